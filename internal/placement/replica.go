@@ -1,0 +1,97 @@
+package placement
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// State is where a replica is in its life: loading, then ready, then draining before unload.
+type State int
+
+const (
+	StateLoading State = iota + 1
+	StateReady
+	StateDraining
+)
+
+// String gives the lower-case name used in Redis records, metrics and logs.
+func (s State) String() string {
+	switch s {
+	case StateLoading:
+		return "loading"
+	case StateReady:
+		return "ready"
+	case StateDraining:
+		return "draining"
+	}
+	return "unknown"
+}
+
+// ParseState is the inverse of String.
+func ParseState(s string) (State, bool) {
+	for _, st := range []State{StateLoading, StateReady, StateDraining} {
+		if st.String() == s {
+			return st, true
+		}
+	}
+	return 0, false
+}
+
+// SizeSource says where the bytes counted for a replica came from, best first.
+type SizeSource string
+
+const (
+	// SizeDeclared is the size the registry declared for the model.
+	SizeDeclared SizeSource = "declared"
+	// SizeMeasured was measured by the runtime at load.
+	SizeMeasured SizeSource = "measured"
+	// SizeLearned was measured at an earlier load, here or on another worker.
+	SizeLearned SizeSource = "learned"
+	// SizeEstimated is derived from the size of the model files.
+	SizeEstimated SizeSource = "estimated"
+)
+
+// Candidate is a resident replica as the eviction policy sees it.
+type Candidate struct {
+	Model    ModelVersion
+	State    State
+	Bytes    int64
+	LastUsed time.Time
+	InFlight int
+	Pinned   bool
+}
+
+// Evictable reports whether the replica may be evicted now: ready, idle and not pinned.
+func (c Candidate) Evictable() bool {
+	return c.State == StateReady && c.InFlight == 0 && !c.Pinned
+}
+
+// ChooseEvictions picks replicas to evict so that at least need bytes are freed, least
+// recently used first (ties broken by id, so the choice is deterministic). It returns nil and
+// false, choosing nothing, when the evictable replicas together cannot free need bytes.
+func ChooseEvictions(cands []Candidate, need int64) ([]Candidate, bool) {
+	if need <= 0 {
+		return nil, true
+	}
+	var pool []Candidate
+	for _, c := range cands {
+		if c.Evictable() {
+			pool = append(pool, c)
+		}
+	}
+	slices.SortFunc(pool, func(a, b Candidate) int {
+		if c := a.LastUsed.Compare(b.LastUsed); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Model.String(), b.Model.String())
+	})
+	var freed int64
+	for i, c := range pool {
+		freed += c.Bytes
+		if freed >= need {
+			return pool[:i+1], true
+		}
+	}
+	return nil, false
+}

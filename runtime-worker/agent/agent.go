@@ -1,0 +1,610 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/runtime-worker/tensor"
+)
+
+// Errors the agent returns; the worker's API maps them to wire statuses in one place.
+var (
+	// ErrNotFound: the model version is not resident (or not ready) on this worker.
+	ErrNotFound = errors.New("model not loaded on this worker")
+	// ErrNoCapacity: the model does not fit even after evicting every idle, unpinned model.
+	ErrNoCapacity = errors.New("not enough memory for the model")
+	// ErrDraining: the model version is being drained and cannot be loaded again until gone.
+	ErrDraining = errors.New("model is draining")
+	// ErrLoadFailed: the runtime rejected the model (corrupt file, wrong format).
+	ErrLoadFailed = errors.New("model failed to load")
+	// ErrClosed: the worker is shutting down.
+	ErrClosed = errors.New("worker is shutting down")
+)
+
+// Config sizes the agent.
+type Config struct {
+	// CapacityBytes is the memory budget; the sum of replica sizes never exceeds it.
+	CapacityBytes int64
+	// LoadConcurrency bounds loads running at once.
+	LoadConcurrency int
+	// LoadTimeout bounds one load, from fetch to ready.
+	LoadTimeout time.Duration
+	// EstimateFactor turns a model file's size into the memory reserved for it when no size
+	// is declared or learned.
+	EstimateFactor float64
+	// DrainGrace is how long a draining model keeps serving requests already routed to it
+	// before the agent waits for the last one and unloads.
+	DrainGrace time.Duration
+}
+
+// Spec is what a load needs to know about a model.
+type Spec struct {
+	Model placement.ModelVersion
+	URI   string
+	// DeclaredBytes, when > 0, is counted as the model's size whatever is measured.
+	DeclaredBytes int64
+	// LearnedBytes, when > 0, was measured at an earlier load and is reserved before this one.
+	LearnedBytes int64
+	Pinned       bool
+}
+
+// Replica is a snapshot of one resident model version.
+type Replica struct {
+	Model    placement.ModelVersion
+	State    placement.State
+	Bytes    int64
+	Source   placement.SizeSource
+	Since    time.Time
+	LastUsed time.Time
+	InFlight int
+	Pinned   bool
+}
+
+// LoadResult is what Load did.
+type LoadResult struct {
+	Replica Replica
+	Evicted []placement.ModelVersion
+	// Loaded is false when the model was already resident or the caller joined a load
+	// another caller started.
+	Loaded bool
+}
+
+type replica struct {
+	model    placement.ModelVersion
+	state    placement.State
+	bytes    int64
+	source   placement.SizeSource
+	pinned   bool
+	since    time.Time
+	lastUsed time.Time
+	inFlight int
+	meta     tensor.Metadata
+	// closing stops new requests; set when the replica is about to unload.
+	closing bool
+	// done is closed when the load ends; err and evicted are its outcome.
+	done    chan struct{}
+	err     error
+	evicted []placement.ModelVersion
+	// idle is closed by the request that leaves a closing replica with none in flight.
+	idle chan struct{}
+}
+
+func (r *replica) snapshot() Replica {
+	return Replica{Model: r.model, State: r.state, Bytes: r.bytes, Source: r.source, Since: r.since,
+		LastUsed: r.lastUsed, InFlight: r.inFlight, Pinned: r.pinned}
+}
+
+// Agent owns the models of one worker. All methods are safe for concurrent use. Loads run on
+// goroutines the agent owns; Close stops them and unloads everything.
+type Agent struct {
+	cfg     Config
+	backend Backend
+	store   Fetcher
+	log     *slog.Logger
+	metrics *Metrics
+	now     func() time.Time
+
+	// admit serialises decisions that change how much memory is spoken for: reservations and
+	// the evictions that make room for them. Held across evictions, never across a load.
+	admit   sync.Mutex
+	loadSem chan struct{}
+	quit    chan struct{}
+	loads   sync.WaitGroup
+	changed chan struct{}
+
+	mu       sync.Mutex
+	replicas map[placement.ModelVersion]*replica
+	used     int64
+	closed   bool
+}
+
+// New returns an agent; metrics may be nil in tests.
+func New(cfg Config, backend Backend, store Fetcher, log *slog.Logger, metrics *Metrics) *Agent {
+	if cfg.LoadConcurrency < 1 {
+		cfg.LoadConcurrency = 1
+	}
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	metrics.capacity.Set(float64(cfg.CapacityBytes))
+	return &Agent{
+		cfg: cfg, backend: backend, store: store, log: log, metrics: metrics, now: time.Now,
+		loadSem:  make(chan struct{}, cfg.LoadConcurrency),
+		quit:     make(chan struct{}),
+		changed:  make(chan struct{}, 1),
+		replicas: make(map[placement.ModelVersion]*replica),
+	}
+}
+
+// Runtime names the backend's runtime.
+func (a *Agent) Runtime() string { return a.backend.Runtime() }
+
+// Capacity is the memory budget in bytes.
+func (a *Agent) Capacity() int64 { return a.cfg.CapacityBytes }
+
+// Changed receives a value after any change of replica state or memory use; several changes
+// may coalesce into one value. Readers take a Snapshot after each.
+func (a *Agent) Changed() <-chan struct{} { return a.changed }
+
+func (a *Agent) notify() {
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Snapshot returns every replica and the bytes in use, loading reservations included.
+func (a *Agent) Snapshot() ([]Replica, int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]Replica, 0, len(a.replicas))
+	for _, r := range a.replicas {
+		out = append(out, r.snapshot())
+	}
+	return out, a.used
+}
+
+// Load makes spec.Model resident and ready, or joins the load already running for it.
+// Blocks until the model is ready, the load fails, or ctx ends; a load outlives its first
+// caller's ctx (other callers may be waiting on it) and is bounded by Config.LoadTimeout.
+func (a *Agent) Load(ctx context.Context, spec Spec) (LoadResult, error) {
+	if err := spec.Model.Validate(); err != nil {
+		return LoadResult{}, err
+	}
+	if spec.Model.Version == "" {
+		return LoadResult{}, fmt.Errorf("%w: a load needs a model version", placement.ErrInvalidID)
+	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return LoadResult{}, ErrClosed
+	}
+	r, exists := a.replicas[spec.Model]
+	if exists && (r.state == placement.StateDraining || r.closing) {
+		a.mu.Unlock()
+		return LoadResult{}, fmt.Errorf("load %s: %w", spec.Model, ErrDraining)
+	}
+	if !exists {
+		r = &replica{model: spec.Model, state: placement.StateLoading, pinned: spec.Pinned, since: a.now(), done: make(chan struct{})}
+		a.replicas[spec.Model] = r
+		a.loads.Add(1)
+		go a.runLoad(context.WithoutCancel(ctx), r, spec)
+	}
+	a.mu.Unlock()
+	if !exists {
+		a.notify()
+	}
+
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return LoadResult{}, fmt.Errorf("wait for load of %s: %w", spec.Model, ctx.Err())
+	}
+	if r.err != nil {
+		return LoadResult{}, r.err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if spec.Pinned && !r.pinned {
+		r.pinned = true // a later caller may pin a model someone else loaded
+	}
+	res := LoadResult{Replica: r.snapshot(), Loaded: !exists}
+	if !exists {
+		res.Evicted = r.evicted
+	}
+	return res, nil
+}
+
+// runLoad performs one load for every caller waiting on r.done.
+func (a *Agent) runLoad(ctx context.Context, r *replica, spec Spec) {
+	defer a.loads.Done()
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.LoadTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-a.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	start := a.now()
+	log := a.log.With("model", spec.Model.Name, "version", spec.Model.Version)
+
+	err := a.load(ctx, r, spec)
+	elapsed := a.now().Sub(start)
+	a.metrics.loadDuration.Observe(elapsed.Seconds())
+	if err != nil {
+		a.metrics.loads.WithLabelValues(loadResult(err)).Inc()
+		a.mu.Lock()
+		delete(a.replicas, r.model)
+		a.used -= r.bytes
+		a.updateGauges()
+		a.mu.Unlock()
+		if rerr := a.store.Remove(r.model); rerr != nil {
+			log.WarnContext(ctx, "remove cached model files", "error", rerr)
+		}
+		r.err = err
+		close(r.done)
+		a.notify()
+		log.WarnContext(ctx, "model load failed", "error", err, "duration_ms", elapsed.Milliseconds())
+		return
+	}
+	a.metrics.loads.WithLabelValues("ok").Inc()
+	close(r.done)
+	a.notify()
+	log.InfoContext(ctx, "model loaded", "bytes", r.bytes, "size_source", string(r.source),
+		"duration_ms", elapsed.Milliseconds(), "evicted", len(r.evicted))
+}
+
+func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
+	select {
+	case a.loadSem <- struct{}{}:
+		defer func() { <-a.loadSem }()
+	case <-ctx.Done():
+		return fmt.Errorf("load %s: waiting for a load slot: %w", spec.Model, ctx.Err())
+	}
+	fetched, err := a.store.Fetch(ctx, spec.URI, spec.Model)
+	if err != nil {
+		return fmt.Errorf("load %s: %w", spec.Model, err)
+	}
+	reserve, source := a.reservation(spec, fetched.Bytes)
+	evicted, err := a.reserve(ctx, r, reserve)
+	if err != nil {
+		return fmt.Errorf("load %s (%d bytes, %s): %w", spec.Model, reserve, source, err)
+	}
+	a.mu.Lock()
+	r.source = source
+	r.evicted = evicted
+	a.mu.Unlock()
+
+	loaded, err := a.backend.Load(ctx, spec.Model, fetched.Path)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("load %s: %w", spec.Model, ctx.Err())
+		}
+		return fmt.Errorf("load %s: %w: %v", spec.Model, ErrLoadFailed, err)
+	}
+	final := reserve
+	if spec.DeclaredBytes == 0 && loaded.MemoryBytes > 0 {
+		final, source = loaded.MemoryBytes, placement.SizeMeasured
+	}
+	if final > reserve {
+		more, err := a.reserve(ctx, r, final-reserve)
+		if err != nil {
+			if uerr := a.backend.Unload(context.WithoutCancel(ctx), spec.Model); uerr != nil {
+				a.log.WarnContext(ctx, "unload a model that did not fit", "model", spec.Model.String(), "error", uerr)
+			}
+			return fmt.Errorf("load %s: measured %d bytes at load, %d reserved: %w", spec.Model, final, reserve, err)
+		}
+		evicted = append(evicted, more...)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.used -= r.bytes - final // release an over-reservation
+	r.bytes, r.source, r.evicted, r.meta = final, source, evicted, loaded.Metadata
+	r.state = placement.StateReady
+	r.since, r.lastUsed = a.now(), a.now()
+	a.updateGauges()
+	return nil
+}
+
+// reservation picks the bytes to reserve before loading, and where the figure comes from.
+func (a *Agent) reservation(spec Spec, fileBytes int64) (int64, placement.SizeSource) {
+	switch {
+	case spec.DeclaredBytes > 0:
+		return spec.DeclaredBytes, placement.SizeDeclared
+	case spec.LearnedBytes > 0:
+		return spec.LearnedBytes, placement.SizeLearned
+	}
+	return int64(math.Ceil(float64(fileBytes) * a.cfg.EstimateFactor)), placement.SizeEstimated
+}
+
+// reserve adds n bytes to r's share of the budget, evicting least-recently-used idle models
+// when needed. If even evicting every candidate cannot make room it changes nothing and
+// returns ErrNoCapacity.
+func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.ModelVersion, error) {
+	a.admit.Lock()
+	defer a.admit.Unlock()
+
+	a.mu.Lock()
+	if n > a.cfg.CapacityBytes {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("%w: needs %d bytes, the worker's whole budget is %d", ErrNoCapacity, n, a.cfg.CapacityBytes)
+	}
+	cands := make([]placement.Candidate, 0, len(a.replicas))
+	for _, o := range a.replicas {
+		if !o.closing {
+			cands = append(cands, placement.Candidate{Model: o.model, State: o.state, Bytes: o.bytes,
+				LastUsed: o.lastUsed, InFlight: o.inFlight, Pinned: o.pinned})
+		}
+	}
+	victims, ok := placement.ChooseEvictions(cands, a.used+n-a.cfg.CapacityBytes)
+	if !ok {
+		free := a.cfg.CapacityBytes - a.used
+		a.mu.Unlock()
+		return nil, fmt.Errorf("%w: needs %d bytes, %d free and not enough idle unpinned models to evict", ErrNoCapacity, n, free)
+	}
+	doomed := make([]*replica, len(victims))
+	for i, v := range victims {
+		doomed[i] = a.replicas[v.Model]
+		doomed[i].closing = true // no new requests; none are in flight
+	}
+	a.mu.Unlock()
+
+	evicted := make([]placement.ModelVersion, 0, len(victims))
+	for i, v := range victims {
+		a.unload(ctx, doomed[i], "evict")
+		evicted = append(evicted, v.Model)
+		a.metrics.evictions.Inc()
+		a.metrics.evictedAge.Observe(a.now().Sub(v.LastUsed).Seconds())
+		a.log.InfoContext(ctx, "model evicted", "model", v.Model.Name, "version", v.Model.Version,
+			"bytes", v.Bytes, "idle_ms", a.now().Sub(v.LastUsed).Milliseconds(), "for", r.model.String())
+	}
+	a.mu.Lock()
+	r.bytes += n
+	a.used += n
+	a.updateGauges()
+	a.mu.Unlock()
+	a.notify()
+	return evicted, nil
+}
+
+// unload releases a replica that is closing and has nothing in flight, then forgets it.
+func (a *Agent) unload(ctx context.Context, r *replica, reason string) {
+	if err := a.backend.Unload(context.WithoutCancel(ctx), r.model); err != nil {
+		a.log.WarnContext(ctx, "backend unload", "model", r.model.String(), "error", err)
+	}
+	if err := a.store.Remove(r.model); err != nil {
+		a.log.WarnContext(ctx, "remove cached model files", "model", r.model.String(), "error", err)
+	}
+	a.mu.Lock()
+	delete(a.replicas, r.model)
+	a.used -= r.bytes
+	a.updateGauges()
+	a.mu.Unlock()
+	a.metrics.unloads.WithLabelValues(reason).Inc()
+	a.notify()
+}
+
+// Acquire resolves m (an empty version means the newest servable one) to a replica that
+// serves requests, ready or draining, and counts one request in flight on it. The caller
+// must call the returned release exactly once.
+func (a *Agent) Acquire(m placement.ModelVersion) (placement.ModelVersion, tensor.Metadata, func(), error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.resolve(m, func(r *replica) bool {
+		return !r.closing && (r.state == placement.StateReady || r.state == placement.StateDraining)
+	})
+	if r == nil {
+		return m, tensor.Metadata{}, nil, fmt.Errorf("%s: %w", display(m), ErrNotFound)
+	}
+	r.inFlight++
+	r.lastUsed = a.now()
+	var once sync.Once
+	release := func() {
+		once.Do(func() {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			r.inFlight--
+			if r.inFlight == 0 && r.idle != nil {
+				close(r.idle)
+				r.idle = nil
+			}
+		})
+	}
+	return r.model, r.meta, release, nil
+}
+
+// Infer runs one request on a resident model, counting it in flight for eviction and drain.
+func (a *Agent) Infer(ctx context.Context, req *tensor.Request) (*tensor.Response, error) {
+	m, meta, release, err := a.Acquire(req.Model)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := meta.Check(req); err != nil {
+		return nil, err
+	}
+	resp, err := a.backend.Infer(ctx, m, req)
+	if err != nil {
+		return nil, fmt.Errorf("infer %s: %w", m, err)
+	}
+	resp.Model, resp.ID = m, req.ID
+	return resp, nil
+}
+
+// Ready reports whether m (empty version: any version) is loaded and not draining.
+func (a *Agent) Ready(m placement.ModelVersion) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.resolve(m, func(r *replica) bool { return r.state == placement.StateReady && !r.closing }) != nil
+}
+
+// Metadata describes a servable model version, and lists the versions of its name here.
+func (a *Agent) Metadata(m placement.ModelVersion) (placement.ModelVersion, tensor.Metadata, []string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.resolve(m, func(r *replica) bool { return r.state != placement.StateLoading && !r.closing })
+	if r == nil {
+		return m, tensor.Metadata{}, nil, fmt.Errorf("%s: %w", display(m), ErrNotFound)
+	}
+	var versions []string
+	for k, o := range a.replicas {
+		if k.Name == m.Name && o.state != placement.StateLoading && !o.closing {
+			versions = append(versions, k.Version)
+		}
+	}
+	return r.model, r.meta, versions, nil
+}
+
+// resolve finds the replica for m among those ok accepts; caller holds a.mu.
+func (a *Agent) resolve(m placement.ModelVersion, ok func(*replica) bool) *replica {
+	if m.Version != "" {
+		if r := a.replicas[m]; r != nil && ok(r) {
+			return r
+		}
+		return nil
+	}
+	var best *replica
+	for k, r := range a.replicas {
+		if k.Name == m.Name && ok(r) && (best == nil || placement.NewerVersion(k.Version, best.model.Version)) {
+			best = r
+		}
+	}
+	return best
+}
+
+// Drain takes m out of service: it is reported draining at once, keeps serving requests
+// already routed to it for Config.DrainGrace, then stops taking new ones, waits for those in
+// flight and unloads. Blocks until the model is gone or ctx ends (the drain then goes on).
+func (a *Agent) Drain(ctx context.Context, m placement.ModelVersion) error {
+	return a.retire(ctx, m, a.cfg.DrainGrace, "drain")
+}
+
+// Unload stops new requests for m at once, waits for those in flight and unloads it.
+func (a *Agent) Unload(ctx context.Context, m placement.ModelVersion) error {
+	return a.retire(ctx, m, 0, "unload")
+}
+
+func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, grace time.Duration, reason string) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	r := a.replicas[m]
+	if r == nil || r.state == placement.StateLoading {
+		a.mu.Unlock()
+		return fmt.Errorf("%s %s: %w", reason, display(m), ErrNotFound)
+	}
+	if r.state == placement.StateDraining {
+		a.mu.Unlock()
+		return fmt.Errorf("%s %s: %w", reason, display(m), ErrDraining)
+	}
+	r.state, r.since = placement.StateDraining, a.now()
+	a.updateGauges()
+	a.mu.Unlock()
+	a.notify()
+	a.loads.Add(1) // the drain outlives ctx; Close waits for it
+	done := make(chan struct{})
+	go func() {
+		defer a.loads.Done()
+		defer close(done)
+		select {
+		case <-time.After(grace):
+		case <-a.quit:
+		}
+		a.mu.Lock()
+		r.closing = true
+		var idle chan struct{}
+		if r.inFlight > 0 {
+			r.idle = make(chan struct{})
+			idle = r.idle
+		}
+		a.mu.Unlock()
+		if idle != nil {
+			<-idle
+		}
+		a.unload(context.WithoutCancel(ctx), r, reason)
+		a.log.InfoContext(ctx, "model unloaded", "model", m.Name, "version", m.Version, "reason", reason)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%s %s: still draining: %w", reason, m, ctx.Err())
+	}
+}
+
+// Close cancels running loads, finishes drains, and unloads every model. Loads and requests
+// after Close fail with ErrClosed or ErrNotFound.
+func (a *Agent) Close(ctx context.Context) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	a.mu.Unlock()
+	close(a.quit)
+	a.loads.Wait()
+	a.mu.Lock()
+	var rest []*replica
+	for _, r := range a.replicas {
+		r.closing = true
+		rest = append(rest, r)
+	}
+	a.mu.Unlock()
+	for _, r := range rest {
+		a.mu.Lock()
+		var idle chan struct{}
+		if r.inFlight > 0 {
+			r.idle = make(chan struct{})
+			idle = r.idle
+		}
+		a.mu.Unlock()
+		if idle != nil {
+			select {
+			case <-idle:
+			case <-ctx.Done():
+			}
+		}
+		a.unload(ctx, r, "shutdown")
+	}
+}
+
+// updateGauges refreshes the memory and state gauges; caller holds a.mu.
+func (a *Agent) updateGauges() {
+	a.metrics.used.Set(float64(a.used))
+	counts := map[placement.State]int{}
+	for _, r := range a.replicas {
+		counts[r.state]++
+	}
+	for _, s := range []placement.State{placement.StateLoading, placement.StateReady, placement.StateDraining} {
+		a.metrics.models.WithLabelValues(s.String()).Set(float64(counts[s]))
+	}
+}
+
+func display(m placement.ModelVersion) string {
+	if m.Version == "" {
+		return m.Name
+	}
+	return m.String()
+}
+
+func loadResult(err error) string {
+	switch {
+	case errors.Is(err, ErrNoCapacity):
+		return "no_capacity"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, ErrLoadFailed):
+		return "runtime_error"
+	}
+	return "error"
+}

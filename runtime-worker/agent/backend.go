@@ -1,0 +1,44 @@
+// Package agent keeps a worker's models: it loads them on request within a memory budget,
+// evicts least-recently-used idle ones to make room, drains them before unloading, and
+// counts requests in flight. Runtimes plug in behind Backend; storage behind Fetcher.
+package agent
+
+import (
+	"context"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/runtime-worker/storage"
+	"github.com/modelmesh/mesh/runtime-worker/tensor"
+)
+
+// Backend is a model runtime. The agent calls Load and Unload at most once at a time per
+// model version, never Unload for a version whose Load has not returned successfully, and
+// Infer only between the two. Different model versions may be handled concurrently.
+//
+// The shape follows Triton's explicit model control: Load makes a model ready (repository
+// load), Unload releases it (repository unload), and Loaded.MemoryBytes carries what the
+// runtime measured (Triton's per-model memory usage, or resident-memory growth).
+type Backend interface {
+	// Runtime names the runtime in the worker's Redis record ("onnxruntime", "triton").
+	Runtime() string
+	// Load makes the model in the file at path servable; it blocks until ready or ctx ends.
+	Load(ctx context.Context, m placement.ModelVersion, path string) (Loaded, error)
+	// Unload releases everything Load took.
+	Unload(ctx context.Context, m placement.ModelVersion) error
+	// Infer runs one request. Runtimes that serve inference on their own ports (Triton)
+	// answer with an error; the gateway routes to them directly.
+	Infer(ctx context.Context, m placement.ModelVersion, req *tensor.Request) (*tensor.Response, error)
+}
+
+// Loaded describes a model the backend has just loaded.
+type Loaded struct {
+	Metadata tensor.Metadata
+	// MemoryBytes is the memory the runtime measured for the model; 0 when it cannot tell.
+	MemoryBytes int64
+}
+
+// Fetcher brings model files to local disk; *storage.Store is the implementation.
+type Fetcher interface {
+	Fetch(ctx context.Context, uri string, m placement.ModelVersion) (storage.Fetched, error)
+	Remove(m placement.ModelVersion) error
+}

