@@ -1,0 +1,84 @@
+// Package residency is the mesh's record in Redis of which worker holds which model version.
+// Workers write it (Reporter); ext_proc and the control plane read it. docs/redis.md
+// describes every key and its invariants.
+package residency
+
+import (
+	"encoding/json"
+	"strconv"
+)
+
+// Keys names the Redis keys under a prefix, so several meshes can share one Redis.
+type Keys struct{ Prefix string }
+
+// Worker is the worker's lease: a hash that expires unless heartbeats refresh it.
+func (k Keys) Worker(id string) string { return k.Prefix + ":worker:" + id }
+
+// Replicas is the hash of the worker's replicas, field "name:version"; it expires with the
+// worker's lease.
+func (k Keys) Replicas(id string) string { return k.Prefix + ":replicas:" + id }
+
+// Workers is the sorted set of worker ids scored by lease expiry (Unix ms).
+func (k Keys) Workers() string { return k.Prefix + ":workers" }
+
+// Sizes is the hash of measured model sizes in bytes, field "name:version".
+func (k Keys) Sizes() string { return k.Prefix + ":sizes" }
+
+// Events is the channel on which every change is published as an Event.
+func (k Keys) Events() string { return k.Prefix + ":events" }
+
+// Worker is the content of a worker's lease hash.
+type Worker struct {
+	ID            string
+	DataAddr      string
+	MgmtAddr      string
+	Runtime       string
+	CapacityBytes int64
+	UsedBytes     int64
+	Labels        map[string]string
+	StartedUnixMs int64
+}
+
+// fields renders the worker for HSET.
+func (w Worker) fields(heartbeatMs int64) map[string]any {
+	labels, _ := json.Marshal(w.Labels) // a map[string]string always marshals
+	return map[string]any{
+		"id": w.ID, "data_addr": w.DataAddr, "mgmt_addr": w.MgmtAddr, "runtime": w.Runtime,
+		"capacity_bytes": w.CapacityBytes, "used_bytes": w.UsedBytes, "labels": string(labels),
+		"started_unix_ms": w.StartedUnixMs, "heartbeat_unix_ms": heartbeatMs,
+	}
+}
+
+// ParseWorker reads a lease hash as HGETALL returns it.
+func ParseWorker(h map[string]string) Worker {
+	w := Worker{ID: h["id"], DataAddr: h["data_addr"], MgmtAddr: h["mgmt_addr"], Runtime: h["runtime"]}
+	w.CapacityBytes, _ = strconv.ParseInt(h["capacity_bytes"], 10, 64)
+	w.UsedBytes, _ = strconv.ParseInt(h["used_bytes"], 10, 64)
+	w.StartedUnixMs, _ = strconv.ParseInt(h["started_unix_ms"], 10, 64)
+	_ = json.Unmarshal([]byte(h["labels"]), &w.Labels) // missing labels read as none
+	return w
+}
+
+// Replica is one field of a worker's replicas hash, JSON-encoded.
+type Replica struct {
+	State       string `json:"state"`
+	Bytes       int64  `json:"bytes"`
+	SizeSource  string `json:"size_source"`
+	SinceUnixMs int64  `json:"since_unix_ms"`
+}
+
+// Event is published on the events channel. Seq grows by one per event of one worker epoch
+// (a worker process's start time), so a reader that sees a gap knows it missed one and
+// resyncs by reading the keys.
+type Event struct {
+	Worker string `json:"worker"`
+	Epoch  int64  `json:"epoch"`
+	Seq    uint64 `json:"seq"`
+	// Kind is "replica" for a replica's change, "worker" when the whole worker record was
+	// (re)written or removed.
+	Kind string `json:"kind"`
+	// Model is "name:version" for replica events.
+	Model string `json:"model,omitempty"`
+	// State is the replica's new state, or "" when it (or the worker) is gone.
+	State string `json:"state"`
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// envPrefix: every flag --some-flag can also be set as MESH_WORKER_SOME_FLAG.
+const envPrefix = "MESH_WORKER_"
+
+// Config is the worker's whole configuration.
+type Config struct {
+	WorkerID        string
+	Listen          string
+	ManagementAddr  string
+	AdvertiseAddr   string
+	AdvertiseMgmt   string
+	ModelRoots      string
+	CacheDir        string
+	Capacity        byteSize
+	LoadConcurrency int
+	LoadTimeout     time.Duration
+	EstimateFactor  float64
+	DrainGrace      time.Duration
+	RedisAddr       string
+	RedisPrefix     string
+	Heartbeat       time.Duration
+	ORTLibrary      string
+	ORTThreads      int
+	MaxBodyBytes    byteSize
+	MaxModelLabels  int
+	Labels          string
+	LogFormat       string
+	LogLevel        string
+	ShutdownTimeout time.Duration
+}
+
+// RegisterFlags declares every setting on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	host, _ := os.Hostname()
+	fs.StringVar(&c.WorkerID, "worker-id", host, "worker id in Redis (default: host name)")
+	fs.StringVar(&c.Listen, "listen", ":8000", "inference address: KServe v2 REST and gRPC on one port")
+	fs.StringVar(&c.ManagementAddr, "management-listen", ":8010", "management address: meshv1 gRPC, /metrics, /healthz")
+	fs.StringVar(&c.AdvertiseAddr, "advertise-addr", "", "inference address others reach this worker at (default: --listen on 127.0.0.1)")
+	fs.StringVar(&c.AdvertiseMgmt, "advertise-management-addr", "", "management address others reach this worker at (default: --management-listen on 127.0.0.1)")
+	fs.StringVar(&c.ModelRoots, "model-roots", "", "comma-separated directories model files may be read from (required)")
+	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for fetched model files (default: a temporary directory)")
+	c.Capacity = 1 << 30
+	fs.Var(&c.Capacity, "capacity", "memory budget for models, bytes or with KiB/MiB/GiB suffix")
+	fs.IntVar(&c.LoadConcurrency, "load-concurrency", 2, "loads running at once")
+	fs.DurationVar(&c.LoadTimeout, "load-timeout", 2*time.Minute, "longest one load may take")
+	fs.Float64Var(&c.EstimateFactor, "estimate-factor", 2, "memory reserved per byte of model file when no size is declared or learned")
+	fs.DurationVar(&c.DrainGrace, "drain-grace", time.Second, "how long a draining model keeps serving requests already routed to it")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for residency records (empty: run without Redis)")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", 2*time.Second, "interval of full state writes to Redis; the lease lasts three")
+	fs.StringVar(&c.ORTLibrary, "ort-library", "", "path of libonnxruntime.so")
+	fs.IntVar(&c.ORTThreads, "ort-threads", 1, "ONNX Runtime intra-op threads per model")
+	c.MaxBodyBytes = 64 << 20
+	fs.Var(&c.MaxBodyBytes, "max-body", "largest inference request, bytes or with KiB/MiB/GiB suffix")
+	fs.IntVar(&c.MaxModelLabels, "metrics-max-models", 500, "distinct model label values in per-model metrics; more are counted as _other")
+	fs.StringVar(&c.Labels, "labels", "", "comma-separated key=value labels recorded in Redis")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "longest graceful shutdown")
+}
+
+// applyEnv sets every flag not given on the command line from its environment variable.
+func applyEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !given[f.Name] {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Validate checks the settings together.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.WorkerID == "" {
+		errs = append(errs, errors.New("--worker-id is empty"))
+	}
+	if c.ModelRoots == "" {
+		errs = append(errs, errors.New("--model-roots is required"))
+	}
+	if c.ORTLibrary == "" {
+		errs = append(errs, errors.New("--ort-library is required (libonnxruntime.so)"))
+	}
+	if c.Capacity <= 0 {
+		errs = append(errs, errors.New("--capacity must be positive"))
+	}
+	if c.LoadConcurrency < 1 {
+		errs = append(errs, errors.New("--load-concurrency must be at least 1"))
+	}
+	if c.LoadTimeout <= 0 || c.Heartbeat <= 0 || c.DrainGrace < 0 {
+		errs = append(errs, errors.New("--load-timeout and --heartbeat must be positive, --drain-grace not negative"))
+	}
+	if c.EstimateFactor <= 0 {
+		errs = append(errs, errors.New("--estimate-factor must be positive"))
+	}
+	if c.MaxBodyBytes <= 0 || c.MaxModelLabels < 1 {
+		errs = append(errs, errors.New("--max-body and --metrics-max-models must be positive"))
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
+	}
+	if _, err := parseLabels(c.Labels); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func parseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--labels: %q is not key=value", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// byteSize is a flag value in bytes that accepts KiB, MiB and GiB suffixes.
+type byteSize int64
+
+func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
+
+func (b *byteSize) Set(s string) error {
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
+		if strings.HasSuffix(s, suffix) {
+			s, mult = strings.TrimSuffix(s, suffix), m
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return fmt.Errorf("%q is not a size in bytes (for example 512MiB)", s)
+	}
+	*b = byteSize(n * mult)
+	return nil
+}

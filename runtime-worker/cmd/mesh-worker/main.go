@@ -1,0 +1,193 @@
+// Command mesh-worker runs beside a model server: it loads models on request within a memory
+// budget, serves them over the KServe v2 protocol, and records what it holds in Redis.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/residency"
+	"github.com/modelmesh/mesh/proto/inference"
+	"github.com/modelmesh/mesh/proto/meshv1"
+	"github.com/modelmesh/mesh/runtime-worker/agent"
+	"github.com/modelmesh/mesh/runtime-worker/onnx"
+	"github.com/modelmesh/mesh/runtime-worker/server"
+	"github.com/modelmesh/mesh/runtime-worker/storage"
+)
+
+const version = "0.1.0"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mesh-worker:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	var cfg Config
+	fs := flag.NewFlagSet("mesh-worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := applyEnv(fs); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr).With("worker", cfg.WorkerID)
+
+	cacheDir := cfg.CacheDir
+	if cacheDir == "" {
+		dir, err := os.MkdirTemp("", "mesh-worker-cache-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		cacheDir = dir
+	}
+	store, err := storage.New(strings.Split(cfg.ModelRoots, ","), filepath.Clean(cacheDir))
+	if err != nil {
+		return err
+	}
+	backend, err := onnx.New(onnx.Config{Library: cfg.ORTLibrary, IntraOpThreads: cfg.ORTThreads})
+	if err != nil {
+		return err
+	}
+	defer backend.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	models := agent.New(agent.Config{
+		CapacityBytes: int64(cfg.Capacity), LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
+		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace,
+	}, backend, store, log, agent.NewMetrics(reg))
+
+	dataLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for inference: %w", err)
+	}
+	mgmtLn, err := net.Listen("tcp", cfg.ManagementAddr)
+	if err != nil {
+		dataLn.Close()
+		return fmt.Errorf("listen for management: %w", err)
+	}
+
+	infer := server.NewInference(models, log, server.NewMetrics(reg, cfg.MaxModelLabels), version, int64(cfg.MaxBodyBytes))
+	inferGRPC := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes)))
+	inference.RegisterGRPCInferenceServiceServer(inferGRPC, infer)
+	dataSrv := newHTTPServer(server.Handler(inferGRPC, infer.REST()))
+
+	mgmtGRPC := grpc.NewServer()
+	meshv1.RegisterWorkerServiceServer(mgmtGRPC, server.NewManagement(models, cfg.WorkerID))
+	mgmtMux := http.NewServeMux()
+	mgmtMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mgmtMux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mgmtSrv := newHTTPServer(server.Handler(mgmtGRPC, mgmtMux))
+
+	labels, _ := parseLabels(cfg.Labels) // validated
+	self := residency.Worker{
+		ID: cfg.WorkerID, Runtime: backend.Runtime(), CapacityBytes: int64(cfg.Capacity), Labels: labels,
+		DataAddr: advertised(cfg.AdvertiseAddr, dataLn.Addr()), MgmtAddr: advertised(cfg.AdvertiseMgmt, mgmtLn.Addr()),
+		StartedUnixMs: time.Now().UnixMilli(),
+	}
+	log.InfoContext(ctx, "worker started", "inference_addr", dataLn.Addr().String(), "management_addr", mgmtLn.Addr().String(),
+		"capacity_bytes", int64(cfg.Capacity), "runtime", backend.Runtime(), "onnxruntime_version", backend.Version())
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serve(dataSrv, dataLn) })
+	g.Go(func() error { return serve(mgmtSrv, mgmtLn) })
+	if cfg.RedisAddr != "" {
+		rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
+		defer rdb.Close()
+		reporter := residency.NewReporter(rdb, residency.Keys{Prefix: cfg.RedisPrefix}, residency.ReporterConfig{Heartbeat: cfg.Heartbeat}, log)
+		g.Go(func() error {
+			return reporter.Run(gctx, models.Changed(), func() residency.State { return stateOf(self, models) })
+		})
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		log.InfoContext(gctx, "shutting down")
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.ShutdownTimeout)
+		defer cancel()
+		// Requests in flight finish; the reporter has already removed the worker's records.
+		err := errors.Join(dataSrv.Shutdown(sctx), mgmtSrv.Shutdown(sctx))
+		models.Close(sctx)
+		return err
+	})
+	return g.Wait()
+}
+
+func newHTTPServer(h http.Handler) *http.Server {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 10 * time.Second}
+}
+
+func serve(srv *http.Server, ln net.Listener) error {
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// advertised is the configured address, else the listener's port on the loopback address.
+func advertised(configured string, addr net.Addr) string {
+	if configured != "" {
+		return configured
+	}
+	_, port, _ := net.SplitHostPort(addr.String())
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
+func stateOf(self residency.Worker, models *agent.Agent) residency.State {
+	replicas, used := models.Snapshot()
+	self.UsedBytes = used
+	st := residency.State{Worker: self, Replicas: make(map[string]residency.Replica, len(replicas)), Measured: map[string]int64{}}
+	for _, r := range replicas {
+		st.Replicas[r.Model.String()] = residency.Replica{State: r.State.String(), Bytes: r.Bytes, SizeSource: string(r.Source), SinceUnixMs: r.Since.UnixMilli()}
+		if r.Source == placement.SizeMeasured {
+			st.Measured[r.Model.String()] = r.Bytes
+		}
+	}
+	return st
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

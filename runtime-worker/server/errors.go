@@ -1,0 +1,46 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/runtime-worker/agent"
+	"github.com/modelmesh/mesh/runtime-worker/storage"
+	"github.com/modelmesh/mesh/runtime-worker/tensor"
+)
+
+// errTooLarge reports a request body over the configured limit.
+var errTooLarge = errors.New("request body too large")
+
+// statusOf is the one place where worker errors become wire statuses, for REST and gRPC.
+func statusOf(err error) (int, codes.Code) {
+	switch {
+	case errors.Is(err, tensor.ErrInvalid), errors.Is(err, placement.ErrInvalidID), errors.Is(err, storage.ErrBadURI):
+		return http.StatusBadRequest, codes.InvalidArgument
+	case errors.Is(err, agent.ErrNotFound), errors.Is(err, storage.ErrNotFound):
+		return http.StatusNotFound, codes.NotFound
+	case errors.Is(err, errTooLarge):
+		return http.StatusRequestEntityTooLarge, codes.ResourceExhausted
+	case errors.Is(err, agent.ErrNoCapacity):
+		return http.StatusInsufficientStorage, codes.ResourceExhausted
+	case errors.Is(err, agent.ErrLoadFailed):
+		return http.StatusUnprocessableEntity, codes.FailedPrecondition
+	case errors.Is(err, agent.ErrDraining), errors.Is(err, agent.ErrClosed):
+		return http.StatusServiceUnavailable, codes.Unavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		return 499, codes.Canceled
+	}
+	return http.StatusInternalServerError, codes.Internal
+}
+
+func grpcError(err error) error {
+	_, code := statusOf(err)
+	return status.Error(code, err.Error())
+}
