@@ -49,7 +49,7 @@ test: setup models build ## unit tests (race) and end-to-end tests over real pro
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target for a while (FUZZTIME, default 30s)
-	$(GO) test ./runtime-worker/kserve -run '^$$' -fuzz FuzzDecodeInferRequest -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./runtime-worker/server -run '^$$' -fuzz FuzzDecodeInferRequest -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./runtime-worker/storage -run '^$$' -fuzz FuzzResolve -fuzztime $${FUZZTIME:-30s}
 
 .PHONY: bench-worker

@@ -29,7 +29,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mesh_worker_inference_requests_total",
 			Help: "Inference requests by model, protocol (rest, grpc) and result code."}, []string{"model", "protocol", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mesh_worker_inference_duration_seconds",
-			Help: "Time to answer an inference request, decoding and encoding included.",
+			Help:    "Time to answer an inference request, decoding and encoding included.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"model", "protocol"}),
 		seen:      make(map[string]bool),
 		maxModels: maxModels,

@@ -87,7 +87,7 @@ func (t Tensor) Validate() error {
 	if err != nil {
 		return fmt.Errorf("tensor %q: %w", t.Name, err)
 	}
-	if want := dataKind(t.Datatype); want != fmt.Sprintf("%T", t.Data) {
+	if !matches(t.Datatype, t.Data) {
 		return fmt.Errorf("%w: tensor %q: datatype %s does not match data %T", ErrInvalid, t.Name, t.Datatype, t.Data)
 	}
 	if got := t.Len(); got != n {
@@ -96,22 +96,23 @@ func (t Tensor) Validate() error {
 	return nil
 }
 
-func dataKind(d Datatype) string {
-	switch d {
-	case FP32:
-		return "[]float32"
-	case FP64:
-		return "[]float64"
-	case INT32:
-		return "[]int32"
-	case INT64:
-		return "[]int64"
-	case BOOL:
-		return "[]bool"
-	case BYTES:
-		return "[][]byte"
+// matches reports whether data is the Go slice type that carries datatype d.
+func matches(d Datatype, data any) bool {
+	switch data.(type) {
+	case []float32:
+		return d == FP32
+	case []float64:
+		return d == FP64
+	case []int32:
+		return d == INT32
+	case []int64:
+		return d == INT64
+	case []bool:
+		return d == BOOL
+	case [][]byte:
+		return d == BYTES
 	}
-	return ""
+	return false
 }
 
 // ElementSize is the fixed byte width of one element, or 0 for BYTES.
