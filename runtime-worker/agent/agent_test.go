@@ -1,0 +1,437 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/runtime-worker/storage"
+	"github.com/modelmesh/mesh/runtime-worker/tensor"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeBackend is a hand-written Backend: it records loads and unloads, reports a configured
+// measured size per model, can be made to fail or block, and answers Infer with its input.
+type fakeBackend struct {
+	mu       sync.Mutex
+	loads    map[string]int
+	unloads  []string
+	measured map[string]int64
+	fail     map[string]error
+	gate     chan struct{} // when set, Load waits on it
+	block    chan struct{} // when set, Infer waits on it
+	resident map[placement.ModelVersion]bool
+}
+
+func newFakeBackend() *fakeBackend {
+	return &fakeBackend{loads: map[string]int{}, measured: map[string]int64{}, fail: map[string]error{}, resident: map[placement.ModelVersion]bool{}}
+}
+
+func (f *fakeBackend) Runtime() string { return "fake" }
+
+func (f *fakeBackend) Load(ctx context.Context, m placement.ModelVersion, _ string) (Loaded, error) {
+	if f.gate != nil {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return Loaded{}, ctx.Err()
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.loads[m.Name]++
+	if err := f.fail[m.Name]; err != nil {
+		return Loaded{}, err
+	}
+	f.resident[m] = true
+	return Loaded{MemoryBytes: f.measured[m.Name], Metadata: tensor.Metadata{
+		Inputs:  []tensor.Spec{{Name: "x", Datatype: tensor.FP32, Shape: []int64{-1}}},
+		Outputs: []tensor.Spec{{Name: "x", Datatype: tensor.FP32, Shape: []int64{-1}}},
+	}}, nil
+}
+
+func (f *fakeBackend) Unload(_ context.Context, m placement.ModelVersion) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.resident[m] {
+		return errors.New("unload of a model that is not loaded")
+	}
+	delete(f.resident, m)
+	f.unloads = append(f.unloads, m.Name)
+	return nil
+}
+
+func (f *fakeBackend) Infer(_ context.Context, _ placement.ModelVersion, req *tensor.Request) (*tensor.Response, error) {
+	if f.block != nil {
+		<-f.block
+	}
+	return &tensor.Response{Outputs: req.Inputs}, nil
+}
+
+func (f *fakeBackend) loadCount(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.loads[name]
+}
+
+type fixture struct {
+	agent   *Agent
+	backend *fakeBackend
+	root    string
+	clock   *time.Time
+	mu      sync.Mutex
+}
+
+// newFixture makes an agent with a real storage.Store over a temporary root holding 1000-byte
+// model files named a to e.
+func newFixture(t *testing.T, capacity int64) *fixture {
+	t.Helper()
+	root := t.TempDir()
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		if err := os.WriteFile(filepath.Join(root, n+".onnx"), make([]byte, 1000), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store, err := storage.New([]string{root}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := &fixture{backend: newFakeBackend(), root: root}
+	now := time.Unix(1_000_000, 0)
+	fx.clock = &now
+	fx.agent = New(Config{CapacityBytes: capacity, LoadConcurrency: 2, LoadTimeout: 5 * time.Second, EstimateFactor: 2},
+		fx.backend, store, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	fx.agent.now = func() time.Time {
+		fx.mu.Lock()
+		defer fx.mu.Unlock()
+		*fx.clock = fx.clock.Add(time.Millisecond)
+		return *fx.clock
+	}
+	t.Cleanup(func() { fx.agent.Close(context.Background()) })
+	return fx
+}
+
+func (fx *fixture) spec(name string, declared int64) Spec {
+	return Spec{Model: placement.ModelVersion{Name: name, Version: "1"}, URI: "file://" + filepath.Join(fx.root, name+".onnx"), DeclaredBytes: declared}
+}
+
+func (fx *fixture) resident(t *testing.T) map[string]placement.State {
+	t.Helper()
+	replicas, used := fx.agent.Snapshot()
+	out := map[string]placement.State{}
+	var sum int64
+	for _, r := range replicas {
+		out[r.Model.Name] = r.State
+		sum += r.Bytes
+	}
+	if sum != used {
+		t.Fatalf("used %d bytes, but replicas add up to %d", used, sum)
+	}
+	if used > fx.agent.Capacity() {
+		t.Fatalf("used %d bytes over the %d budget", used, fx.agent.Capacity())
+	}
+	return out
+}
+
+func (fx *fixture) infer(t *testing.T, name string) {
+	t.Helper()
+	_, err := fx.agent.Infer(context.Background(), &tensor.Request{Model: placement.ModelVersion{Name: name},
+		Inputs: []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1}, Data: []float32{1}}}})
+	if err != nil {
+		t.Fatalf("infer %s: %v", name, err)
+	}
+}
+
+func TestLoadEvictsLeastRecentlyUsed(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 2500)
+	ctx := context.Background()
+	for _, n := range []string{"a", "b"} {
+		if _, err := fx.agent.Load(ctx, fx.spec(n, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fx.infer(t, "a") // b is now the least recently used
+	res, err := fx.agent.Load(ctx, fx.spec("c", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Evicted) != 1 || res.Evicted[0].Name != "b" {
+		t.Fatalf("evicted %v, want b", res.Evicted)
+	}
+	got := fx.resident(t)
+	if _, ok := got["b"]; ok || len(got) != 2 {
+		t.Fatalf("resident %v, want a and c", got)
+	}
+}
+
+func TestLoadThatCannotFitChangesNothing(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 2500)
+	ctx := context.Background()
+	pinned := fx.spec("a", 1000)
+	pinned.Pinned = true
+	if _, err := fx.agent.Load(ctx, pinned); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fx.agent.Load(ctx, fx.spec("b", 1000)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		spec Spec
+	}{
+		{"larger than the budget", fx.spec("c", 3000)},
+		{"pinned model cannot make room", fx.spec("c", 2000)},
+	} {
+		_, err := fx.agent.Load(ctx, tt.spec)
+		if !errors.Is(err, ErrNoCapacity) {
+			t.Fatalf("%s: error %v, want ErrNoCapacity", tt.name, err)
+		}
+	}
+	got := fx.resident(t)
+	if len(got) != 2 || got["a"] != placement.StateReady || got["b"] != placement.StateReady {
+		t.Fatalf("resident %v after failed loads, want a and b ready", got)
+	}
+	if fx.backend.loadCount("c") != 0 {
+		t.Fatal("the runtime was asked to load a model that could not fit")
+	}
+}
+
+func TestBusyModelIsNotEvicted(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 2000)
+	ctx := context.Background()
+	if _, err := fx.agent.Load(ctx, fx.spec("a", 1500)); err != nil {
+		t.Fatal(err)
+	}
+	_, _, release, err := fx.agent.Acquire(placement.ModelVersion{Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fx.agent.Load(ctx, fx.spec("b", 1000)); !errors.Is(err, ErrNoCapacity) {
+		t.Fatalf("load while the only evictable model is busy: %v, want ErrNoCapacity", err)
+	}
+	release()
+	if _, err := fx.agent.Load(ctx, fx.spec("b", 1000)); err != nil {
+		t.Fatalf("load once the model is idle: %v", err)
+	}
+}
+
+func TestConcurrentLoadsAreOneLoad(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 10000)
+	fx.backend.gate = make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	fresh := make(chan bool, 50)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := fx.agent.Load(context.Background(), fx.spec("a", 0))
+			errs <- err
+			fresh <- res.Loaded
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // let the callers pile up on the one load
+	close(fx.backend.gate)
+	wg.Wait()
+	close(errs)
+	close(fresh)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	loaded := 0
+	for f := range fresh {
+		if f {
+			loaded++
+		}
+	}
+	if n := fx.backend.loadCount("a"); n != 1 || loaded != 1 {
+		t.Fatalf("runtime loads %d, callers told they loaded %d; want 1 and 1", n, loaded)
+	}
+}
+
+func TestFailedLoadLeavesNothing(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 10000)
+	ctx := context.Background()
+	if _, err := fx.agent.Load(ctx, fx.spec("a", 0)); err != nil {
+		t.Fatal(err)
+	}
+	fx.backend.fail["b"] = errors.New("protobuf parsing failed")
+	tests := []struct {
+		name string
+		spec Spec
+		want error
+	}{
+		{"runtime rejects the model", fx.spec("b", 0), ErrLoadFailed},
+		{"file missing", Spec{Model: placement.ModelVersion{Name: "z", Version: "1"}, URI: "file://" + filepath.Join(fx.root, "z.onnx")}, storage.ErrNotFound},
+		{"traversal", Spec{Model: placement.ModelVersion{Name: "z", Version: "1"}, URI: "file://" + fx.root + "/../x.onnx"}, storage.ErrBadURI},
+		{"no version", Spec{Model: placement.ModelVersion{Name: "z"}, URI: "file://" + filepath.Join(fx.root, "c.onnx")}, placement.ErrInvalidID},
+	}
+	for _, tt := range tests {
+		if _, err := fx.agent.Load(ctx, tt.spec); !errors.Is(err, tt.want) {
+			t.Fatalf("%s: error %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	got := fx.resident(t)
+	if len(got) != 1 || got["a"] != placement.StateReady {
+		t.Fatalf("resident %v, want only a", got)
+	}
+	fx.infer(t, "a")
+	// A failed load can be retried once its cause is fixed.
+	delete(fx.backend.fail, "b")
+	if _, err := fx.agent.Load(ctx, fx.spec("b", 0)); err != nil {
+		t.Fatalf("retry after fix: %v", err)
+	}
+}
+
+func TestSizeSources(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 100000)
+	ctx := context.Background()
+	fx.backend.measured["b"] = 1234
+	fx.backend.measured["c"] = 99
+	learned := fx.spec("d", 0)
+	learned.LearnedBytes = 777
+	tests := []struct {
+		spec       Spec
+		wantBytes  int64
+		wantSource placement.SizeSource
+	}{
+		{fx.spec("a", 0), 2000, placement.SizeEstimated}, // 1000-byte file x estimate factor 2
+		{fx.spec("b", 0), 1234, placement.SizeMeasured},
+		{fx.spec("c", 5000), 5000, placement.SizeDeclared}, // declared wins over measured
+		{learned, 777, placement.SizeLearned},
+	}
+	for _, tt := range tests {
+		res, err := fx.agent.Load(ctx, tt.spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Replica.Bytes != tt.wantBytes || res.Replica.Source != tt.wantSource {
+			t.Errorf("%s: %d bytes (%s), want %d (%s)", tt.spec.Model.Name, res.Replica.Bytes, res.Replica.Source, tt.wantBytes, tt.wantSource)
+		}
+	}
+	fx.resident(t)
+}
+
+func TestMeasuredSizeOverBudgetFailsCleanly(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 3000)
+	fx.backend.measured["a"] = 5000 // reserved 2000 from the file size, measured far more
+	_, err := fx.agent.Load(context.Background(), fx.spec("a", 0))
+	if !errors.Is(err, ErrNoCapacity) {
+		t.Fatalf("error %v, want ErrNoCapacity", err)
+	}
+	if got := fx.resident(t); len(got) != 0 {
+		t.Fatalf("resident %v, want nothing", got)
+	}
+	if len(fx.backend.resident) != 0 {
+		t.Fatal("the runtime still holds the model that did not fit")
+	}
+}
+
+func TestDrainWaitsForRequestsInFlight(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 10000)
+	ctx := context.Background()
+	if _, err := fx.agent.Load(ctx, fx.spec("a", 0)); err != nil {
+		t.Fatal(err)
+	}
+	fx.backend.block = make(chan struct{})
+	inferred := make(chan error, 1)
+	go func() {
+		_, err := fx.agent.Infer(ctx, &tensor.Request{Model: placement.ModelVersion{Name: "a", Version: "1"},
+			Inputs: []tensor.Tensor{{Name: "x", Datatype: tensor.FP32, Shape: []int64{1}, Data: []float32{1}}}})
+		inferred <- err
+	}()
+	for fx.agentInFlight("a") == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	drained := make(chan error, 1)
+	go func() { drained <- fx.agent.Drain(ctx, placement.ModelVersion{Name: "a", Version: "1"}) }()
+	for fx.resident(t)["a"] != placement.StateDraining {
+		time.Sleep(time.Millisecond)
+	}
+	if fx.agent.Ready(placement.ModelVersion{Name: "a"}) {
+		t.Fatal("a draining model is reported ready")
+	}
+	select {
+	case err := <-drained:
+		t.Fatalf("drain returned (%v) with a request in flight", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(fx.backend.block)
+	if err := <-inferred; err != nil {
+		t.Fatalf("request in flight during drain failed: %v", err)
+	}
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	if got := fx.resident(t); len(got) != 0 {
+		t.Fatalf("resident after drain: %v", got)
+	}
+	if _, _, _, err := fx.agent.Acquire(placement.ModelVersion{Name: "a"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("request after drain: %v, want ErrNotFound", err)
+	}
+}
+
+func (fx *fixture) agentInFlight(name string) int {
+	replicas, _ := fx.agent.Snapshot()
+	for _, r := range replicas {
+		if r.Model.Name == name {
+			return r.InFlight
+		}
+	}
+	return 0
+}
+
+func TestDefaultVersionIsNewest(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 10000)
+	ctx := context.Background()
+	for _, v := range []string{"2", "10", "9"} {
+		s := fx.spec("a", 100)
+		s.Model.Version = v
+		if _, err := fx.agent.Load(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, _, release, err := fx.agent.Acquire(placement.ModelVersion{Name: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if m.Version != "10" {
+		t.Fatalf("default version %s, want 10", m.Version)
+	}
+}
+
+func TestLoadTimesOut(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 10000)
+	fx.agent.cfg.LoadTimeout = 30 * time.Millisecond
+	fx.backend.gate = make(chan struct{}) // never opens
+	_, err := fx.agent.Load(context.Background(), fx.spec("a", 0))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v, want a deadline", err)
+	}
+	if got := fx.resident(t); len(got) != 0 {
+		t.Fatalf("resident after a timed-out load: %v", got)
+	}
+}
