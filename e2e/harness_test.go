@@ -1,0 +1,281 @@
+//go:build e2e
+
+// Package e2e tests the mesh over real processes: the built binaries, a real redis-server and
+// the real ONNX Runtime, with real models. Run with `make test` (or `make e2e`).
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/modelmesh/mesh/proto/inference"
+	"github.com/modelmesh/mesh/proto/meshv1"
+)
+
+var (
+	binDir    = flag.String("bin", "../bin", "directory of the built binaries")
+	modelsDir = flag.String("models", "../testdata/models", "directory of the demo models (make models)")
+)
+
+func ortLibrary(t testing.TB) string {
+	t.Helper()
+	lib := os.Getenv("MESH_ORT_LIB")
+	if lib == "" {
+		found, _ := filepath.Glob("../.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*")
+		if len(found) == 0 {
+			t.Fatal("libonnxruntime.so not found; run `make setup` or set MESH_ORT_LIB")
+		}
+		lib = found[0]
+	}
+	return lib
+}
+
+func models(t testing.TB) string {
+	t.Helper()
+	abs, err := filepath.Abs(*modelsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(abs, "iris", "1", "model.onnx")); err != nil {
+		t.Fatalf("demo models missing; run `make models`: %v", err)
+	}
+	return abs
+}
+
+func freePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// worker is a running mesh-worker process.
+type worker struct {
+	ID       string
+	DataAddr string
+	MgmtAddr string
+	cmd      *exec.Cmd
+	exited   chan error
+	logs     *logBuffer
+	Mgmt     meshv1.WorkerServiceClient
+	Infer    inference.GRPCInferenceServiceClient
+}
+
+// logBuffer keeps the worker's log lines for assertions and for failure reports.
+type logBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logBuffer) add(s string) { l.mu.Lock(); l.lines = append(l.lines, s); l.mu.Unlock() }
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+// startWorker runs bin/mesh-worker with the given extra flags and waits until it serves.
+func startWorker(t testing.TB, id string, extra ...string) *worker {
+	t.Helper()
+	w := &worker{ID: id, DataAddr: freePort(t), MgmtAddr: freePort(t), exited: make(chan error, 1), logs: &logBuffer{}}
+	args := append([]string{
+		"--worker-id", id, "--listen", w.DataAddr, "--management-listen", w.MgmtAddr,
+		"--model-roots", models(t), "--cache-dir", t.TempDir(), "--ort-library", ortLibrary(t),
+		"--log-format", "json",
+	}, extra...)
+	w.cmd = exec.Command(filepath.Join(*binDir, "mesh-worker"), args...)
+	stderr, err := w.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatalf("start mesh-worker (build it with `make build`): %v", err)
+	}
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			w.logs.add(sc.Text())
+		}
+	}()
+	go func() { <-scanned; w.exited <- w.cmd.Wait() }()
+	t.Cleanup(func() {
+		w.cmd.Process.Kill()
+		<-w.exited
+		if t.Failed() {
+			t.Logf("worker %s log:\n%s", id, w.logs)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + w.MgmtAddr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		select {
+		case err := <-w.exited:
+			t.Fatalf("mesh-worker exited at start: %v\n%s", err, w.logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mesh-worker not serving after 20s:\n%s", w.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	w.Mgmt = meshv1.NewWorkerServiceClient(dial(t, w.MgmtAddr))
+	w.Infer = inference.NewGRPCInferenceServiceClient(dial(t, w.DataAddr))
+	return w
+}
+
+func dial(t testing.TB, addr string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (w *worker) stop(t testing.TB) {
+	t.Helper()
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-w.exited:
+		if err != nil {
+			t.Fatalf("worker exited with %v after SIGTERM:\n%s", err, w.logs)
+		}
+		w.exited <- nil // for the cleanup
+	case <-time.After(30 * time.Second):
+		t.Fatal("worker still running 30s after SIGTERM")
+	}
+}
+
+func (w *worker) load(t testing.TB, name string, declared int64) *meshv1.LoadResponse {
+	t.Helper()
+	resp, err := w.Mgmt.Load(context.Background(), &meshv1.LoadRequest{
+		Model: &meshv1.ModelRef{Name: name, Version: "1"}, StorageUri: "file://" + filepath.Join(models(t), name, "1", "model.onnx"),
+		MemoryBytes: declared})
+	if err != nil {
+		t.Fatalf("load %s: %v", name, err)
+	}
+	return resp
+}
+
+// metric reads one sample from the worker's /metrics, 0 when absent.
+func (w *worker) metric(t testing.TB, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + w.MgmtAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return v
+		}
+	}
+	return 0
+}
+
+// restJSON posts (or gets, when body is nil) and decodes the JSON answer.
+func restJSON(t testing.TB, method, url string, body []byte) (int, map[string]any) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		r = strings.NewReader(string(body))
+	}
+	req, _ := http.NewRequest(method, url, r)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatalf("%s %s answered %d with non-JSON %q", method, url, resp.StatusCode, raw)
+	}
+	return resp.StatusCode, out
+}
+
+type testset struct {
+	Features        int         `json:"features"`
+	Inputs          [][]float32 `json:"inputs"`
+	Labels          []int64     `json:"labels"`
+	SklearnAccuracy float64     `json:"sklearn_accuracy"`
+}
+
+func readTestset(t testing.TB, name string) testset {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(models(t), name, "testset.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ts testset
+	if err := json.Unmarshal(b, &ts); err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+func accuracy(got, want []int64) float64 {
+	correct := 0
+	for i := range want {
+		if i < len(got) && got[i] == want[i] {
+			correct++
+		}
+	}
+	return float64(correct) / float64(len(want))
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func eventually(t testing.TB, within time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
