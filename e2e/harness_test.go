@@ -278,4 +278,3 @@ func eventually(t testing.TB, within time.Duration, what string, ok func() bool)
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
