@@ -68,7 +68,8 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 
 .PHONY: bench-worker
 bench-worker: setup models build ## worker latency and throughput against ONNX Runtime in-process
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 2000x $(E2E_FLAGS)
+	$(GO) test -count=1 -run '^$$' -bench WorkerIris -benchtime 3000x $(E2E_FLAGS)
+	$(GO) test -count=1 -run '^$$' -bench WorkerLoad -benchtime 10x $(E2E_FLAGS)
 
 .PHONY: bench
 bench: bench-worker ## every benchmark

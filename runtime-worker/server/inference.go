@@ -11,10 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
-
-	"google.golang.org/grpc"
 
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/proto/inference"
@@ -44,18 +41,6 @@ var _ inference.GRPCInferenceServiceServer = (*Inference)(nil)
 // NewInference returns the inference API over models; version is reported by /v2.
 func NewInference(models Models, log *slog.Logger, metrics *Metrics, version string, maxBodyBytes int64) *Inference {
 	return &Inference{models: models, log: log, metrics: metrics, version: version, maxBodyBytes: maxBodyBytes}
-}
-
-// Handler serves REST on HTTP/1.1 and h2c, and hands gRPC calls (HTTP/2 with a gRPC content
-// type) to the gRPC server, so both protocols share one port.
-func Handler(grpcServer *grpc.Server, rest http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
-			grpcServer.ServeHTTP(w, r)
-			return
-		}
-		rest.ServeHTTP(w, r)
-	})
 }
 
 // REST returns the KServe v2 REST routes.

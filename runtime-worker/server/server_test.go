@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -78,16 +79,24 @@ func startServer(t *testing.T, maxBody int64) string {
 	api := NewInference(fakeModels{}, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(nil, 10), "test", maxBody)
 	gs := grpc.NewServer(grpc.MaxRecvMsgSize(int(maxBody)))
 	inference.RegisterGRPCInferenceServiceServer(gs, api)
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: Handler(gs, api.REST()), Protocols: &p}
+	srv := &http.Server{Handler: api.REST()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close(); gs.Stop() })
+	split := NewSplit(ln)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); split.Run(ctx) }()
+	go func() { defer wg.Done(); gs.Serve(split.H2) }()
+	go func() { defer wg.Done(); srv.Serve(split.HTTP1) }()
+	t.Cleanup(func() {
+		cancel()
+		srv.Close()
+		gs.Stop()
+		wg.Wait()
+	})
 	return ln.Addr().String()
 }
 

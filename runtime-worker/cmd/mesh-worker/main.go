@@ -102,14 +102,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	infer := server.NewInference(models, log, server.NewMetrics(reg, cfg.MaxModelLabels), version, int64(cfg.MaxBodyBytes))
 	inferGRPC := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes)))
 	inference.RegisterGRPCInferenceServiceServer(inferGRPC, infer)
-	dataSrv := newHTTPServer(server.Handler(inferGRPC, infer.REST()))
+	dataSrv := &http.Server{Handler: infer.REST(), ReadHeaderTimeout: 10 * time.Second}
 
 	mgmtGRPC := grpc.NewServer()
 	meshv1.RegisterWorkerServiceServer(mgmtGRPC, server.NewManagement(models, cfg.WorkerID))
 	mgmtMux := http.NewServeMux()
 	mgmtMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mgmtMux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mgmtSrv := newHTTPServer(server.Handler(mgmtGRPC, mgmtMux))
+	mgmtSrv := &http.Server{Handler: mgmtMux, ReadHeaderTimeout: 10 * time.Second}
 
 	labels, _ := parseLabels(cfg.Labels) // validated
 	self := residency.Worker{
@@ -121,8 +121,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		"capacity_bytes", int64(cfg.Capacity), "runtime", backend.Runtime(), "onnxruntime_version", backend.Version())
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serve(dataSrv, dataLn) })
-	g.Go(func() error { return serve(mgmtSrv, mgmtLn) })
+	servePort(g, gctx, dataLn, inferGRPC, dataSrv)
+	servePort(g, gctx, mgmtLn, mgmtGRPC, mgmtSrv)
 	if cfg.RedisAddr != "" {
 		rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
 		defer rdb.Close()
@@ -138,24 +138,38 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		defer cancel()
 		// Requests in flight finish; the reporter has already removed the worker's records.
 		err := errors.Join(dataSrv.Shutdown(sctx), mgmtSrv.Shutdown(sctx))
+		stopGRPC(sctx, inferGRPC)
+		stopGRPC(sctx, mgmtGRPC)
 		models.Close(sctx)
 		return err
 	})
 	return g.Wait()
 }
 
-func newHTTPServer(h http.Handler) *http.Server {
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	return &http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 10 * time.Second}
+// servePort serves gRPC (HTTP/2 connections, native transport) and HTTP/1.1 on one
+// listener, each on a goroutine of g; both stop when ctx ends and the servers shut down.
+func servePort(g *errgroup.Group, ctx context.Context, ln net.Listener, gs *grpc.Server, hs *http.Server) {
+	split := server.NewSplit(ln)
+	g.Go(func() error { return split.Run(ctx) })
+	g.Go(func() error { return gs.Serve(split.H2) })
+	g.Go(func() error {
+		if err := hs.Serve(split.HTTP1); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
 }
 
-func serve(srv *http.Server, ln net.Listener) error {
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
+// stopGRPC lets calls in flight finish until ctx ends, then cuts the rest.
+func stopGRPC(ctx context.Context, gs *grpc.Server) {
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		gs.Stop()
+		<-done
 	}
-	return nil
 }
 
 // advertised is the configured address, else the listener's port on the loopback address.
