@@ -29,13 +29,12 @@ func NewSplit(ln net.Listener) *Split {
 	return &Split{ln: ln, H2: newChanListener(ln.Addr()), HTTP1: newChanListener(ln.Addr()), sniffTimeout: 10 * time.Second}
 }
 
-// Run accepts connections until ctx ends or the listener fails, then closes both halves.
-// Each connection is sniffed on a goroutine of its own, so a slow client blocks no other.
+// Run accepts connections until ctx ends or the listener fails. Each connection is sniffed
+// on a goroutine of its own, so a slow client blocks no other. The halves are closed by
+// the servers that serve them (Shutdown, GracefulStop), so that each stops in its own order.
 func (s *Split) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
 	defer stop()
-	defer s.H2.Close()
-	defer s.HTTP1.Close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
