@@ -292,7 +292,9 @@ func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
 	}
 	final := reserve
 	if spec.DeclaredBytes == 0 && loaded.MemoryBytes > 0 {
-		final, source = loaded.MemoryBytes, placement.SizeMeasured
+		// The runtime holds at least the model's weights; resident-memory growth can read
+		// lower when a small model fits in memory the process had already mapped.
+		final, source = max(loaded.MemoryBytes, fetched.Bytes), placement.SizeMeasured
 	}
 	if final > reserve {
 		more, err := a.reserve(ctx, r, final-reserve)
