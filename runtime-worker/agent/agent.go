@@ -521,17 +521,7 @@ func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, grace time
 		case <-time.After(grace):
 		case <-a.quit:
 		}
-		a.mu.Lock()
-		r.closing = true
-		var idle chan struct{}
-		if r.inFlight > 0 {
-			r.idle = make(chan struct{})
-			idle = r.idle
-		}
-		a.mu.Unlock()
-		if idle != nil {
-			<-idle
-		}
+		a.closeAndWait(context.WithoutCancel(ctx), r)
 		a.unload(context.WithoutCancel(ctx), r, reason)
 		a.log.InfoContext(ctx, "model unloaded", "model", m.Name, "version", m.Version, "reason", reason)
 	}()
@@ -540,6 +530,25 @@ func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, grace time
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("%s %s: still draining: %w", reason, m, ctx.Err())
+	}
+}
+
+// closeAndWait stops new requests on r and waits until none is in flight or ctx ends.
+func (a *Agent) closeAndWait(ctx context.Context, r *replica) {
+	a.mu.Lock()
+	r.closing = true
+	if r.inFlight == 0 {
+		a.mu.Unlock()
+		return
+	}
+	if r.idle == nil {
+		r.idle = make(chan struct{})
+	}
+	idle := r.idle
+	a.mu.Unlock()
+	select {
+	case <-idle:
+	case <-ctx.Done():
 	}
 }
 
@@ -556,26 +565,13 @@ func (a *Agent) Close(ctx context.Context) {
 	close(a.quit)
 	a.loads.Wait()
 	a.mu.Lock()
-	var rest []*replica
+	rest := make([]*replica, 0, len(a.replicas))
 	for _, r := range a.replicas {
-		r.closing = true
 		rest = append(rest, r)
 	}
 	a.mu.Unlock()
 	for _, r := range rest {
-		a.mu.Lock()
-		var idle chan struct{}
-		if r.inFlight > 0 {
-			r.idle = make(chan struct{})
-			idle = r.idle
-		}
-		a.mu.Unlock()
-		if idle != nil {
-			select {
-			case <-idle:
-			case <-ctx.Done():
-			}
-		}
+		a.closeAndWait(ctx, r)
 		a.unload(ctx, r, "shutdown")
 	}
 }

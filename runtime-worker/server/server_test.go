@@ -100,6 +100,16 @@ func startServer(t *testing.T, maxBody int64) string {
 	return ln.Addr().String()
 }
 
+func inferenceClient(t *testing.T, addr string) inference.GRPCInferenceServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return inference.NewGRPCInferenceServiceClient(cc)
+}
+
 func TestREST(t *testing.T) {
 	t.Parallel()
 	addr := startServer(t, 1024)
@@ -168,13 +178,7 @@ func TestREST(t *testing.T) {
 
 func TestGRPCOnTheSamePort(t *testing.T) {
 	t.Parallel()
-	addr := startServer(t, 1024)
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := inference.NewGRPCInferenceServiceClient(cc)
+	c := inferenceClient(t, startServer(t, 1024))
 	ctx := context.Background()
 
 	raw, _ := tensor.EncodeRaw(tensor.Tensor{Datatype: tensor.FP32, Shape: []int64{2}, Data: []float32{1, 2.5}})
@@ -218,13 +222,7 @@ func TestGRPCOnTheSamePort(t *testing.T) {
 
 func TestGRPCErrors(t *testing.T) {
 	t.Parallel()
-	addr := startServer(t, 1024)
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := inference.NewGRPCInferenceServiceClient(cc)
+	c := inferenceClient(t, startServer(t, 1024))
 	input := func(dt string, shape ...int64) []*inference.ModelInferRequest_InferInputTensor {
 		return []*inference.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: dt, Shape: shape}}
 	}
