@@ -24,6 +24,9 @@ func (k Keys) Workers() string { return k.Prefix + ":workers" }
 // Sizes is the hash of measured model sizes in bytes, field "name:version".
 func (k Keys) Sizes() string { return k.Prefix + ":sizes" }
 
+// Registry is the string holding the published model registry (canonical JSON).
+func (k Keys) Registry() string { return k.Prefix + ":registry" }
+
 // Events is the channel on which every change is published as an Event.
 func (k Keys) Events() string { return k.Prefix + ":events" }
 

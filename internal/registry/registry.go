@@ -1,0 +1,265 @@
+// Package registry is the mesh's declarative list of models: what may be served, where its
+// files are, how much memory it declares, and how traffic splits between its versions. The
+// control plane reads it from a YAML file and publishes it to Redis; ext_proc and the control
+// plane's translator read the published form. Standard library plus a YAML decoder only.
+package registry
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/modelmesh/mesh/internal/placement"
+)
+
+// ErrInvalid wraps every reason a registry is rejected.
+var ErrInvalid = errors.New("invalid registry")
+
+// Registry is a validated set of models, sorted by name.
+type Registry struct {
+	Models []Model `json:"models"`
+}
+
+// Model is one registered model.
+type Model struct {
+	Name string `json:"name"`
+	// Runtime the model needs ("onnxruntime", "triton"); workers advertise theirs.
+	Runtime string            `json:"runtime,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	// Pinned models are never evicted once loaded.
+	Pinned      bool `json:"pinned,omitempty"`
+	MinReplicas int  `json:"minReplicas,omitempty"`
+	// DefaultVersion takes the traffic that no rule sends elsewhere; defaults to the newest.
+	DefaultVersion string    `json:"defaultVersion,omitempty"`
+	Versions       []Version `json:"versions"`
+	// Traffic rules, first match wins; a rule without a match applies to every request.
+	// With no rules, everything goes to DefaultVersion.
+	Traffic []Rule `json:"traffic,omitempty"`
+}
+
+// Version is one version of a model.
+type Version struct {
+	Version    string `json:"version"`
+	StorageURI string `json:"storageUri"`
+	// MemoryBytes declared for the version; 0 means measure at load.
+	MemoryBytes int64 `json:"memoryBytes,omitempty"`
+}
+
+// Rule routes the requests it matches to weighted versions, and may mirror a share of them.
+type Rule struct {
+	// Headers that must all be present with exactly these values.
+	Match  map[string]string `json:"match,omitempty"`
+	Split  []Weighted        `json:"split"`
+	Mirror *Mirror           `json:"mirror,omitempty"`
+}
+
+// Weighted is a version and its relative weight in a split.
+type Weighted struct {
+	Version string `json:"version"`
+	Weight  uint32 `json:"weight"`
+}
+
+// Mirror copies Percent of a rule's requests to Version, answers discarded.
+type Mirror struct {
+	Version string  `json:"version"`
+	Percent float64 `json:"percent"`
+}
+
+// DefaultRuntime is the runtime of a model that names none.
+const DefaultRuntime = "onnxruntime"
+
+// Parse decodes and validates a registry from YAML (or JSON). It reports every problem it
+// finds, each with the model it belongs to.
+func Parse(data []byte) (*Registry, error) {
+	var r Registry
+	if err := yaml.UnmarshalStrict(data, &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := r.normalise(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// normalise fills defaults, sorts, and validates the whole registry.
+func (r *Registry) normalise() error {
+	var errs []error
+	seen := map[string]bool{}
+	for i := range r.Models {
+		m := &r.Models[i]
+		if m.Runtime == "" {
+			m.Runtime = DefaultRuntime
+		}
+		if err := m.validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if seen[m.Name] {
+			errs = append(errs, fmt.Errorf("model %q: registered twice", m.Name))
+		}
+		seen[m.Name] = true
+		slices.SortFunc(m.Versions, func(a, b Version) int { return strings.Compare(a.Version, b.Version) })
+		if m.DefaultVersion == "" && len(m.Versions) > 0 {
+			m.DefaultVersion = m.Versions[0].Version
+			for _, v := range m.Versions {
+				if placement.NewerVersion(v.Version, m.DefaultVersion) {
+					m.DefaultVersion = v.Version
+				}
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	slices.SortFunc(r.Models, func(a, b Model) int { return strings.Compare(a.Name, b.Name) })
+	return nil
+}
+
+func (m *Model) validate() error {
+	var errs []error
+	if err := placement.ValidateID(m.Name); err != nil {
+		return fmt.Errorf("model %q: %w", m.Name, err)
+	}
+	fail := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("model %q: "+format, append([]any{m.Name}, args...)...))
+	}
+	if m.MinReplicas < 0 {
+		fail("minReplicas %d is negative", m.MinReplicas)
+	}
+	if len(m.Versions) == 0 {
+		fail("no versions")
+	}
+	versions := map[string]bool{}
+	for _, v := range m.Versions {
+		if err := placement.ValidateID(v.Version); err != nil {
+			fail("version %q: %v", v.Version, err)
+			continue
+		}
+		if versions[v.Version] {
+			fail("version %q listed twice", v.Version)
+		}
+		versions[v.Version] = true
+		if !strings.HasPrefix(v.StorageURI, "file://") {
+			fail("version %q: storageUri %q: only file:// URIs are supported", v.Version, v.StorageURI)
+		}
+		if v.MemoryBytes < 0 {
+			fail("version %q: memoryBytes %d is negative", v.Version, v.MemoryBytes)
+		}
+	}
+	if m.DefaultVersion != "" && !versions[m.DefaultVersion] {
+		fail("defaultVersion %q is not one of its versions", m.DefaultVersion)
+	}
+	for i, rule := range m.Traffic {
+		var total uint64
+		if len(rule.Split) == 0 {
+			fail("traffic rule %d: empty split", i)
+		}
+		for _, w := range rule.Split {
+			if !versions[w.Version] {
+				fail("traffic rule %d: version %q is not registered", i, w.Version)
+			}
+			total += uint64(w.Weight)
+		}
+		if len(rule.Split) > 0 && total == 0 {
+			fail("traffic rule %d: weights add up to 0", i)
+		}
+		for h := range rule.Match {
+			if h == "" || h != strings.ToLower(h) {
+				fail("traffic rule %d: header name %q must be lower-case and not empty", i, h)
+			}
+		}
+		if rule.Mirror != nil && (!versions[rule.Mirror.Version] || rule.Mirror.Percent <= 0 || rule.Mirror.Percent > 100) {
+			fail("traffic rule %d: mirror needs a registered version and a percent in (0, 100]", i)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Model finds a model by name.
+func (r *Registry) Model(name string) (Model, bool) {
+	i, ok := slices.BinarySearchFunc(r.Models, name, func(m Model, n string) int { return strings.Compare(m.Name, n) })
+	if !ok {
+		return Model{}, false
+	}
+	return r.Models[i], true
+}
+
+// Version finds a version of the model.
+func (m Model) Version(v string) (Version, bool) {
+	for _, x := range m.Versions {
+		if x.Version == v {
+			return x, true
+		}
+	}
+	return Version{}, false
+}
+
+// Routes gives the weighted split that applies to a request with the given headers: the
+// first rule whose headers all match, else the default version at full weight.
+func (m Model) Routes(header func(string) string) []Weighted {
+	for _, rule := range m.Traffic {
+		ok := true
+		for k, v := range rule.Match {
+			if header(k) != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return rule.Split
+		}
+	}
+	return []Weighted{{Version: m.DefaultVersion, Weight: 100}}
+}
+
+// ServedVersions lists every version some rule (or the default) can send traffic to.
+func (m Model) ServedVersions() []string {
+	set := map[string]bool{m.DefaultVersion: true}
+	for _, rule := range m.Traffic {
+		for _, w := range rule.Split {
+			if w.Weight > 0 {
+				set[w.Version] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for v := range set {
+		out = append(out, v)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Encode renders the registry as canonical JSON (sorted models and versions, sorted map
+// keys), so equal registries encode to equal bytes.
+func (r *Registry) Encode() []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.Encode(r) // a Registry always encodes
+	return bytes.TrimSpace(buf.Bytes())
+}
+
+// Digest is a short hash of the canonical encoding, used as the registry's version.
+func (r *Registry) Digest() string {
+	sum := sha256.Sum256(r.Encode())
+	return hex.EncodeToString(sum[:8])
+}
+
+// Decode reads a registry written by Encode, validating it again.
+func Decode(data []byte) (*Registry, error) {
+	var r Registry
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := r.normalise(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

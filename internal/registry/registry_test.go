@@ -1,0 +1,132 @@
+package registry
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+const good = `
+models:
+  - name: iris
+    versions:
+      - version: "1"
+        storageUri: file:///models/iris/1
+  - name: digits
+    runtime: triton
+    pinned: true
+    minReplicas: 1
+    labels: {team: vision}
+    versions:
+      - {version: "2", storageUri: "file:///models/digits/2", memoryBytes: 1048576}
+      - {version: "10", storageUri: "file:///models/digits/10"}
+    traffic:
+      - match: {x-canary: "yes"}
+        split: [{version: "10", weight: 1}]
+      - split: [{version: "2", weight: 90}, {version: "10", weight: 10}]
+        mirror: {version: "10", percent: 5}
+`
+
+func TestParse(t *testing.T) {
+	t.Parallel()
+	r, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := []string{r.Models[0].Name, r.Models[1].Name}; !cmp.Equal(got, []string{"digits", "iris"}) {
+		t.Fatalf("models not sorted by name: %v", got)
+	}
+	iris, _ := r.Model("iris")
+	if iris.Runtime != DefaultRuntime || iris.DefaultVersion != "1" {
+		t.Fatalf("iris defaults: %+v", iris)
+	}
+	digits, ok := r.Model("digits")
+	if !ok || digits.DefaultVersion != "10" {
+		t.Fatalf("digits default version %q, want the newest, 10", digits.DefaultVersion)
+	}
+	header := func(h map[string]string) func(string) string { return func(k string) string { return h[k] } }
+	if diff := cmp.Diff([]Weighted{{"10", 1}}, digits.Routes(header(map[string]string{"x-canary": "yes"}))); diff != "" {
+		t.Fatalf("canary header rule: %s", diff)
+	}
+	if diff := cmp.Diff([]Weighted{{"2", 90}, {"10", 10}}, digits.Routes(header(nil))); diff != "" {
+		t.Fatalf("default rule: %s", diff)
+	}
+	if diff := cmp.Diff([]Weighted{{"1", 100}}, iris.Routes(header(nil))); diff != "" {
+		t.Fatalf("no rules: %s", diff)
+	}
+	if diff := cmp.Diff([]string{"10", "2"}, digits.ServedVersions()); diff != "" {
+		t.Fatal(diff)
+	}
+	if _, ok := r.Model("nope"); ok {
+		t.Fatal("found an unregistered model")
+	}
+}
+
+func TestEncodeIsCanonical(t *testing.T) {
+	t.Parallel()
+	a, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same registry written in another order encodes to the same bytes.
+	reordered := strings.Replace(good, "  - name: iris\n    versions:\n      - version: \"1\"\n        storageUri: file:///models/iris/1\n", "", 1) +
+		"  - name: iris\n    versions:\n      - version: \"1\"\n        storageUri: file:///models/iris/1\n"
+	b, err := Parse([]byte(reordered))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Digest() != b.Digest() || string(a.Encode()) != string(b.Encode()) {
+		t.Fatalf("reordered registry encodes differently:\n%s\n%s", a.Encode(), b.Encode())
+	}
+	back, err := Decode(a.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(a, back); diff != "" {
+		t.Fatalf("decode(encode) differs: %s", diff)
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	t.Parallel()
+	model := func(body string) string { return "models:\n  - name: m\n" + body }
+	v1 := "    versions: [{version: \"1\", storageUri: \"file:///m/1\"}]\n"
+	tests := []struct {
+		name, give, want string
+	}{
+		{"not YAML", "models: [", "invalid registry"},
+		{"unknown field", "models:\n  - name: m\n    colour: red\n" + v1, "colour"},
+		{"bad name", "models:\n  - name: ../m\n" + v1, `model "../m"`},
+		{"no versions", model(""), "no versions"},
+		{"bad version", model("    versions: [{version: \"v 1\", storageUri: \"file:///m\"}]\n"), "version \"v 1\""},
+		{"twice", "models:\n  - name: m\n" + v1 + "  - name: m\n" + v1, "registered twice"},
+		{"duplicate version", model("    versions: [{version: \"1\", storageUri: \"file:///a\"}, {version: \"1\", storageUri: \"file:///b\"}]\n"), "listed twice"},
+		{"other scheme", model("    versions: [{version: \"1\", storageUri: \"s3://b/m\"}]\n"), "only file://"},
+		{"negative memory", model("    versions: [{version: \"1\", storageUri: \"file:///m\", memoryBytes: -1}]\n"), "negative"},
+		{"unknown default", model(v1 + "    defaultVersion: \"2\"\n"), "defaultVersion"},
+		{"split to unknown version", model(v1 + "    traffic: [{split: [{version: \"9\", weight: 1}]}]\n"), "not registered"},
+		{"zero weights", model(v1 + "    traffic: [{split: [{version: \"1\", weight: 0}]}]\n"), "add up to 0"},
+		{"upper-case header", model(v1 + "    traffic: [{match: {X-Canary: \"1\"}, split: [{version: \"1\", weight: 1}]}]\n"), "lower-case"},
+		{"bad mirror", model(v1 + "    traffic: [{split: [{version: \"1\", weight: 1}], mirror: {version: \"1\", percent: 150}}]\n"), "mirror"},
+		{"negative min replicas", model(v1 + "    minReplicas: -1\n"), "negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Parse([]byte(tt.give))
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want ErrInvalid mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseReportsEveryProblem(t *testing.T) {
+	t.Parallel()
+	_, err := Parse([]byte("models:\n  - name: a\n  - name: b\n    versions: [{version: \"1\", storageUri: \"ftp://x\"}]\n"))
+	if err == nil || !strings.Contains(err.Error(), `model "a": no versions`) || !strings.Contains(err.Error(), `model "b"`) {
+		t.Fatalf("error %v, want both models' problems", err)
+	}
+}

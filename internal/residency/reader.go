@@ -1,0 +1,181 @@
+package residency
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/registry"
+)
+
+// Snapshot is the whole residency state at one moment: live workers, what each holds, the
+// measured model sizes and the published registry (nil when none was published).
+type Snapshot struct {
+	Workers  map[string]Worker
+	Replicas map[string]map[placement.ModelVersion]Replica
+	Sizes    map[placement.ModelVersion]int64
+	Registry *registry.Registry
+}
+
+// Ready lists the workers holding m ready, sorted by id.
+func (s Snapshot) Ready(m placement.ModelVersion) []string {
+	var out []string
+	for id, reps := range s.Replicas {
+		if r, ok := reps[m]; ok && r.State == placement.StateReady.String() {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Reader reads residency from Redis. Safe for concurrent use.
+type Reader struct {
+	rdb  redis.UniversalClient
+	keys Keys
+	log  *slog.Logger
+}
+
+// NewReader returns a reader over rdb.
+func NewReader(rdb redis.UniversalClient, keys Keys, log *slog.Logger) *Reader {
+	return &Reader{rdb: rdb, keys: keys, log: log}
+}
+
+// Read takes a full snapshot: workers whose lease has not ended, their replicas, the sizes
+// hash and the registry. A worker whose lease key is gone is left out even if the workers
+// set still names it.
+func (r *Reader) Read(ctx context.Context) (Snapshot, error) {
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	ids, err := r.rdb.ZRangeByScore(ctx, r.keys.Workers(), &redis.ZRangeBy{Min: now, Max: "+inf"}).Result()
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("read workers: %w", err)
+	}
+	pipe := r.rdb.Pipeline()
+	workers := make([]*redis.MapStringStringCmd, len(ids))
+	replicas := make([]*redis.MapStringStringCmd, len(ids))
+	for i, id := range ids {
+		workers[i] = pipe.HGetAll(ctx, r.keys.Worker(id))
+		replicas[i] = pipe.HGetAll(ctx, r.keys.Replicas(id))
+	}
+	sizes := pipe.HGetAll(ctx, r.keys.Sizes())
+	reg := pipe.Get(ctx, r.keys.Registry())
+	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+		return Snapshot{}, fmt.Errorf("read residency: %w", err)
+	}
+	snap := Snapshot{Workers: map[string]Worker{}, Replicas: map[string]map[placement.ModelVersion]Replica{}, Sizes: map[placement.ModelVersion]int64{}}
+	for i, id := range ids {
+		h := workers[i].Val()
+		if len(h) == 0 {
+			continue // lease ended between the two reads
+		}
+		snap.Workers[id] = ParseWorker(h)
+		reps := map[placement.ModelVersion]Replica{}
+		for field, raw := range replicas[i].Val() {
+			m, err := placement.ParseModelVersion(field)
+			var rep Replica
+			if err == nil {
+				err = json.Unmarshal([]byte(raw), &rep)
+			}
+			if err != nil {
+				r.log.WarnContext(ctx, "skip malformed replica record", "worker", id, "field", field, "error", err)
+				continue
+			}
+			reps[m] = rep
+		}
+		snap.Replicas[id] = reps
+	}
+	for field, raw := range sizes.Val() {
+		m, err := placement.ParseModelVersion(field)
+		n, perr := strconv.ParseInt(raw, 10, 64)
+		if err == nil && perr == nil && n > 0 {
+			snap.Sizes[m] = n
+		}
+	}
+	if raw, err := reg.Bytes(); err == nil {
+		parsed, err := registry.Decode(raw)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("read registry: %w", err)
+		}
+		snap.Registry = parsed
+	}
+	return snap, nil
+}
+
+// WatchConfig times Watch.
+type WatchConfig struct {
+	// Batch is how long to collect events before reading, so a burst costs one read.
+	Batch time.Duration
+	// Resync is the interval of full reads without events: the backstop for missed events,
+	// lost subscriptions and expired leases, which publish nothing.
+	Resync time.Duration
+}
+
+// Watch calls onSnapshot with a fresh snapshot at start, after each burst of events and at
+// every resync, until ctx ends. A failed read is logged and retried at the next trigger;
+// onSnapshot is then not called, so callers keep the last good state. Returns nil when ctx
+// ends.
+func (r *Reader) Watch(ctx context.Context, cfg WatchConfig, onSnapshot func(Snapshot)) error {
+	sub := r.rdb.Subscribe(ctx, r.keys.Events())
+	defer sub.Close()
+	events := sub.Channel()
+	resync := time.NewTicker(cfg.Resync)
+	defer resync.Stop()
+	healthy := true
+	read := func() {
+		snap, err := r.Read(ctx)
+		if err != nil {
+			if healthy && ctx.Err() == nil {
+				r.log.WarnContext(ctx, "read residency from redis; keeping the last state", "error", err)
+			}
+			healthy = false
+			return
+		}
+		if !healthy {
+			r.log.InfoContext(ctx, "residency readable again")
+		}
+		healthy = true
+		onSnapshot(snap)
+	}
+	read()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+			read()
+		case <-events:
+			timer := time.NewTimer(cfg.Batch)
+		drain:
+			for {
+				select {
+				case <-events:
+				case <-timer.C:
+					break drain
+				case <-ctx.Done():
+					timer.Stop()
+					return nil
+				}
+			}
+			read()
+		}
+	}
+}
+
+// PublishRegistry stores the registry and announces it on the events channel.
+func PublishRegistry(ctx context.Context, rdb redis.UniversalClient, keys Keys, reg *registry.Registry) error {
+	if err := rdb.Set(ctx, keys.Registry(), reg.Encode(), 0).Err(); err != nil {
+		return fmt.Errorf("publish registry: %w", err)
+	}
+	b, _ := json.Marshal(Event{Kind: "registry", State: reg.Digest()}) // plain struct
+	if err := rdb.Publish(ctx, keys.Events(), b).Err(); err != nil {
+		return fmt.Errorf("announce registry: %w", err)
+	}
+	return nil
+}

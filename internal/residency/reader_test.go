@@ -1,0 +1,79 @@
+package residency
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/redistest"
+	"github.com/modelmesh/mesh/internal/registry"
+)
+
+func TestReaderSeesWhatReportersWrite(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	keys := Keys{Prefix: "r"}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	rep := NewReporter(rdb, keys, ReporterConfig{Heartbeat: time.Minute}, log)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(rep.write(ctx, State{Worker: Worker{ID: "w1", DataAddr: "127.0.0.1:1"},
+		Replicas: map[string]Replica{"iris:1": {State: "ready", Bytes: 10}, "digits:1": {State: "loading"}},
+		Measured: map[string]int64{"iris:1": 10}}))
+	must(rep.write(ctx, State{Worker: Worker{ID: "w2", DataAddr: "127.0.0.1:2"}, Replicas: map[string]Replica{"iris:1": {State: "ready"}}}))
+	// A worker whose lease ended is in the set with a past score: it must not be read.
+	must(rdb.ZAdd(ctx, keys.Workers(), redis.Z{Score: 1, Member: "dead"}).Err())
+	reg, err := registry.Parse([]byte("models:\n  - name: iris\n    versions: [{version: \"1\", storageUri: \"file:///m\"}]\n"))
+	must(err)
+	must(PublishRegistry(ctx, rdb, keys, reg))
+
+	r := NewReader(rdb, keys, log)
+	snap, err := r.Read(ctx)
+	must(err)
+	iris := placement.ModelVersion{Name: "iris", Version: "1"}
+	if len(snap.Workers) != 2 || snap.Workers["w2"].DataAddr != "127.0.0.1:2" {
+		t.Fatalf("workers %v", snap.Workers)
+	}
+	if got := snap.Ready(iris); len(got) != 2 || got[0] != "w1" || got[1] != "w2" {
+		t.Fatalf("iris ready on %v, want w1 and w2", got)
+	}
+	if got := snap.Ready(placement.ModelVersion{Name: "digits", Version: "1"}); len(got) != 0 {
+		t.Fatalf("loading digits counted ready on %v", got)
+	}
+	if snap.Sizes[iris] != 10 || snap.Registry == nil || snap.Registry.Digest() != reg.Digest() {
+		t.Fatalf("sizes %v, registry %v", snap.Sizes, snap.Registry)
+	}
+
+	// Watch delivers a snapshot at start and after a change.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	snaps := make(chan Snapshot, 10)
+	done := make(chan error, 1)
+	go func() { done <- r.Watch(wctx, WatchConfig{Batch: 10 * time.Millisecond, Resync: time.Minute}, func(s Snapshot) { snaps <- s }) }()
+	<-snaps
+	time.Sleep(50 * time.Millisecond) // the subscription is set up before the first read returns
+	rep.publish(ctx, Worker{ID: "w3"}, Event{Kind: "replica", Model: "iris:1", State: "ready"})
+	must(rep.write(ctx, State{Worker: Worker{ID: "w3"}, Replicas: map[string]Replica{"iris:1": {State: "ready"}}}))
+	rep.publish(ctx, Worker{ID: "w3"}, Event{Kind: "replica", Model: "iris:1", State: "ready"})
+	select {
+	case s := <-snaps:
+		if len(s.Ready(iris)) < 2 {
+			t.Fatalf("snapshot after change: %v", s.Ready(iris))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no snapshot after a change")
+	}
+	cancel()
+	must(<-done)
+}
