@@ -1,0 +1,471 @@
+// Package translate turns the mesh's state (registry and residency) into the gateway Envoy's
+// xDS resources. It is a pure function of its input, so equal states give byte-equal
+// resources, and a restarted control plane pushes no change.
+package translate
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	overridehostv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/override_host/v3"
+	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/registry"
+)
+
+// Names shared with the other parts of the mesh.
+const (
+	ListenerName    = "gateway"
+	RouteConfigName = "models"
+	// WorkersCluster holds every live worker; ext_proc picks the host.
+	WorkersCluster = "workers"
+	// ExtProcCluster is the ext_proc service.
+	ExtProcCluster = "extproc"
+	// ModelHeader and VersionHeader are set by the wasm filter.
+	ModelHeader   = "x-model-id"
+	VersionHeader = "x-model-version"
+	// DestinationHeader and the envoy.lb metadata key carry ext_proc's choice of worker.
+	DestinationHeader = "x-gateway-destination-endpoint"
+	lbMetadata        = "envoy.lb"
+	extProcFilter     = "envoy.filters.http.ext_proc"
+	wasmFilter        = "envoy.filters.http.wasm"
+)
+
+// ClusterName is the stable name of the cluster of a model version's ready replicas.
+func ClusterName(m placement.ModelVersion) string { return "model|" + m.Name + "|" + m.Version }
+
+// Config is the part of the gateway's configuration that does not come from state.
+type Config struct {
+	// ListenerAddress and ListenerPort are where the gateway accepts requests.
+	ListenerAddress string
+	ListenerPort    uint32
+	// ExtProcAddress is the ext_proc service, "host:port".
+	ExtProcAddress string
+	// WasmPath is the modelid.wasm file on the Envoy host.
+	WasmPath string
+	// WasmMaxModels bounds the filter's per-model stats.
+	WasmMaxModels int
+	// RouteTimeout bounds an upstream request (not the wait for a cold load, which ext_proc
+	// holds before routing).
+	RouteTimeout time.Duration
+	// ExtProcMessageTimeout is Envoy's wait for an ext_proc answer; MaxMessageTimeout is the
+	// most ext_proc may extend it to while a load runs.
+	ExtProcMessageTimeout time.Duration
+	MaxMessageTimeout     time.Duration
+}
+
+// State is the proto-free input: the registry, the live workers and which replicas are ready.
+type State struct {
+	Registry *registry.Registry
+	// Workers are the live workers' data addresses ("ip:port").
+	Workers []string
+	// Ready maps a model version to the data addresses of its ready replicas.
+	Ready map[placement.ModelVersion][]string
+}
+
+// Resources are the xDS resources of one state, each list sorted by name.
+type Resources struct {
+	Listeners []types.Resource
+	Routes    []types.Resource
+	Clusters  []types.Resource
+	Endpoints []types.Resource
+}
+
+// Translate builds the gateway's resources for st. Models whose routed versions all have a
+// ready replica get routes straight to per-version clusters with ext_proc disabled; all other
+// requests take the catch-all route through ext_proc to the workers pool.
+func Translate(cfg Config, st State) (Resources, error) {
+	var res Resources
+	listener, err := buildListener(cfg)
+	if err != nil {
+		return res, err
+	}
+	res.Listeners = []types.Resource{listener}
+
+	ready := map[placement.ModelVersion][]string{}
+	for m, addrs := range st.Ready {
+		if len(addrs) > 0 {
+			ready[m] = sortedUnique(addrs)
+		}
+	}
+	var routes []*routev3.Route
+	var models []registry.Model
+	if st.Registry != nil {
+		models = st.Registry.Models
+	}
+	for _, m := range models {
+		r, err := modelRoutes(m, ready, durationpb.New(cfg.RouteTimeout))
+		if err != nil {
+			return res, err
+		}
+		routes = append(routes, r...)
+	}
+	routes = append(routes, &routev3.Route{
+		Name:  "cold",
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: WorkersCluster},
+			Timeout:          durationpb.New(cfg.RouteTimeout),
+		}},
+	})
+	res.Routes = []types.Resource{&routev3.RouteConfiguration{
+		Name:         RouteConfigName,
+		VirtualHosts: []*routev3.VirtualHost{{Name: "models", Domains: []string{"*"}, Routes: routes}},
+	}}
+
+	var clusters []*clusterv3.Cluster
+	var endpoints []*endpointv3.ClusterLoadAssignment
+	for _, m := range sortedModels(ready) {
+		if st.Registry == nil {
+			break
+		}
+		if _, ok := st.Registry.Model(m.Name); !ok {
+			continue // resident but no longer registered: not routed
+		}
+		c, err := edsCluster(ClusterName(m), nil)
+		if err != nil {
+			return res, err
+		}
+		clusters = append(clusters, c)
+		endpoints = append(endpoints, assignment(ClusterName(m), ready[m]))
+	}
+	pool, err := workersCluster()
+	if err != nil {
+		return res, err
+	}
+	clusters = append(clusters, pool)
+	endpoints = append(endpoints, assignment(WorkersCluster, sortedUnique(st.Workers)))
+	ext, err := extProcCluster(cfg.ExtProcAddress)
+	if err != nil {
+		return res, err
+	}
+	clusters = append(clusters, ext)
+	slices.SortFunc(clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int { return strings.Compare(a.ClusterName, b.ClusterName) })
+	for _, c := range clusters {
+		res.Clusters = append(res.Clusters, c)
+	}
+	for _, e := range endpoints {
+		res.Endpoints = append(res.Endpoints, e)
+	}
+	return res, nil
+}
+
+// modelRoutes gives a model's routes, in the order Envoy must try them: one per ready
+// version for requests that name the version, then one per traffic rule (the default
+// version when there are none) for requests that do not.
+func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, timeout *durationpb.Duration) ([]*routev3.Route, error) {
+	disabled, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
+	if err != nil {
+		return nil, err
+	}
+	hot := func(v string) bool { return len(ready[placement.ModelVersion{Name: m.Name, Version: v}]) > 0 }
+	cluster := func(v string) string { return ClusterName(placement.ModelVersion{Name: m.Name, Version: v}) }
+	var routes []*routev3.Route
+	for _, v := range m.Versions {
+		if !hot(v.Version) {
+			continue
+		}
+		routes = append(routes, &routev3.Route{
+			Name: m.Name + "@" + v.Version,
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+				Headers: []*routev3.HeaderMatcher{exact(ModelHeader, m.Name), exact(VersionHeader, v.Version)}},
+			Action:               &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)}, Timeout: timeout}},
+			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: disabled},
+		})
+	}
+	rules := m.Traffic
+	if len(rules) == 0 {
+		rules = []registry.Rule{{Split: []registry.Weighted{{Version: m.DefaultVersion, Weight: 100}}}}
+	}
+	var ruleRoutes []*routev3.Route
+	anyHot := false
+	for i, rule := range rules {
+		headers := []*routev3.HeaderMatcher{exact(ModelHeader, m.Name), absent(VersionHeader)}
+		for _, h := range sortedKeys(rule.Match) {
+			headers = append(headers, exact(h, rule.Match[h]))
+		}
+		route := &routev3.Route{
+			Name:  m.Name + "#" + strconv.Itoa(i),
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: headers},
+		}
+		allHot := true
+		var weighted []*routev3.WeightedCluster_ClusterWeight
+		for _, w := range rule.Split {
+			if w.Weight == 0 {
+				continue
+			}
+			allHot = allHot && hot(w.Version)
+			weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: cluster(w.Version), Weight: wrapperspb.UInt32(w.Weight)})
+		}
+		if !allHot {
+			// Requests this rule matches must not fall through to a later rule: send them to
+			// the cold path explicitly.
+			route.Action = &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: WorkersCluster}, Timeout: timeout}}
+			ruleRoutes = append(ruleRoutes, route)
+			continue
+		}
+		anyHot = true
+		action := &routev3.RouteAction{Timeout: timeout}
+		if len(weighted) == 1 {
+			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: weighted[0].Name}
+		} else {
+			action.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: weighted}}
+		}
+		if mir := rule.Mirror; mir != nil && hot(mir.Version) {
+			action.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{
+				Cluster: cluster(mir.Version),
+				RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{
+					Numerator: uint32(mir.Percent * 10000), Denominator: typev3.FractionalPercent_MILLION}},
+			}}
+		}
+		route.Action = &routev3.Route_Route{Route: action}
+		route.TypedPerFilterConfig = map[string]*anypb.Any{extProcFilter: disabled}
+		ruleRoutes = append(ruleRoutes, route)
+	}
+	if anyHot {
+		routes = append(routes, ruleRoutes...)
+	}
+	return routes, nil
+}
+
+func exact(name, value string) *routev3.HeaderMatcher {
+	return &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+		StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: value}}}}
+}
+
+func absent(name string) *routev3.HeaderMatcher {
+	return &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}, InvertMatch: true}
+}
+
+func buildListener(cfg Config) (*listenerv3.Listener, error) {
+	pluginConf, err := anypb.New(wrapperspb.String(fmt.Sprintf(`{"max_models": %d}`, cfg.WasmMaxModels)))
+	if err != nil {
+		return nil, err
+	}
+	wasm, err := anypb.New(&wasmfilterv3.Wasm{Config: &wasmv3.PluginConfig{
+		Name:   "modelid",
+		RootId: "modelid",
+		Vm: &wasmv3.PluginConfig_VmConfig{VmConfig: &wasmv3.VmConfig{
+			VmId:    "modelid",
+			Runtime: "envoy.wasm.runtime.v8",
+			Code: &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{
+				Local: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: cfg.WasmPath}}}},
+		}},
+		Configuration:               pluginConf,
+		AllowOnHeadersStopIteration: wrapperspb.Bool(true), // the filter waits for the gRPC body
+	}})
+	if err != nil {
+		return nil, err
+	}
+	extProc, err := anypb.New(&extprocv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}}},
+		ProcessingMode: &extprocv3.ProcessingMode{
+			RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+			ResponseHeaderMode:  extprocv3.ProcessingMode_SKIP,
+			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+		},
+		MessageTimeout:    durationpb.New(cfg.ExtProcMessageTimeout),
+		MaxMessageTimeout: durationpb.New(cfg.MaxMessageTimeout),
+	})
+	if err != nil {
+		return nil, err
+	}
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: "gateway",
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: RouteConfigName, ConfigSource: ads()}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: wasmFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wasm}},
+			{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: extProc}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:    ListenerName,
+		Address: socketAddress(cfg.ListenerAddress, cfg.ListenerPort),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}},
+	}, nil
+}
+
+func ads() *corev3.ConfigSource {
+	return &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+}
+
+// followDownstream makes a cluster speak to the worker in the client's protocol: HTTP/1.1
+// for REST, HTTP/2 for gRPC (the worker splits its port by the connection's first bytes).
+func followDownstream() (map[string]*anypb.Any, error) {
+	opts, err := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+		UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+			HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts}, nil
+}
+
+func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) (*clusterv3.Cluster, error) {
+	protocol, err := followDownstream()
+	if err != nil {
+		return nil, err
+	}
+	c := &clusterv3.Cluster{
+		Name:                          name,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:              &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()},
+		ConnectTimeout:                durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: protocol,
+	}
+	if policy != nil {
+		c.LoadBalancingPolicy = policy
+	} else {
+		c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
+	}
+	return c, nil
+}
+
+// workersCluster is the pool of every live worker; the override_host policy sends each
+// request to the worker ext_proc chose (header or envoy.lb metadata). A chosen host that is
+// not in the pool is never used, so a forged value cannot send traffic anywhere else.
+func workersCluster() (*clusterv3.Cluster, error) {
+	rr, err := anypb.New(&roundrobinv3.RoundRobin{})
+	if err != nil {
+		return nil, err
+	}
+	override, err := anypb.New(&overridehostv3.OverrideHost{
+		OverrideHostSources: []*overridehostv3.OverrideHost_OverrideHostSource{
+			{Header: DestinationHeader},
+			{Metadata: &metadatav3.MetadataKey{Key: lbMetadata, Path: []*metadatav3.MetadataKey_PathSegment{{
+				Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: DestinationHeader}}}}},
+		},
+		FallbackPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
+			TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.round_robin", TypedConfig: rr}}}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return edsCluster(WorkersCluster, &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
+		TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.override_host", TypedConfig: override}}}})
+}
+
+func extProcCluster(addr string) (*clusterv3.Cluster, error) {
+	host, port, err := splitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("ext_proc address: %w", err)
+	}
+	h2, err := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+		ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})
+	if err != nil {
+		return nil, err
+	}
+	kind := clusterv3.Cluster_STRICT_DNS
+	if net.ParseIP(host) != nil {
+		kind = clusterv3.Cluster_STATIC
+	}
+	return &clusterv3.Cluster{
+		Name:                          ExtProcCluster,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: kind},
+		ConnectTimeout:                durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: ExtProcCluster, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(host, port)}}}},
+	}, nil
+}
+
+func assignment(cluster string, addrs []string) *endpointv3.ClusterLoadAssignment {
+	var eps []*endpointv3.LbEndpoint
+	for _, a := range addrs {
+		host, port, err := splitHostPort(a)
+		if err != nil {
+			continue // residency records are written by workers; a bad one is skipped, not fatal
+		}
+		eps = append(eps, lbEndpoint(host, port))
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
+	if len(eps) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}}
+	}
+	return cla
+}
+
+func lbEndpoint(host string, port uint32) *endpointv3.LbEndpoint {
+	return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+		Endpoint: &endpointv3.Endpoint{Address: socketAddress(host, port)}}}
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+func splitHostPort(addr string) (string, uint32, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || port == 0 {
+		return "", 0, fmt.Errorf("%q: bad port", addr)
+	}
+	return host, uint32(port), nil
+}
+
+func sortedUnique(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func sortedModels(m map[placement.ModelVersion][]string) []placement.ModelVersion {
+	out := make([]placement.ModelVersion, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.SortFunc(out, func(a, b placement.ModelVersion) int { return strings.Compare(a.String(), b.String()) })
+	return out
+}
