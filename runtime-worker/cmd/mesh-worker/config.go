@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// envPrefix: every flag --some-flag can also be set as MESH_WORKER_SOME_FLAG.
+// envPrefix: every flag --some-flag can also be set as MESH_WORKER_SOME_FLAG (flagenv).
 const envPrefix = "MESH_WORKER_"
 
 // Config is the worker's whole configuration.
@@ -68,22 +68,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "longest graceful shutdown")
-}
-
-// applyEnv sets every flag not given on the command line from its environment variable.
-func applyEnv(fs *flag.FlagSet) error {
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok && !given[f.Name] {
-			if err := f.Value.Set(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
-			}
-		}
-	})
-	return errors.Join(errs...)
 }
 
 // Validate checks the settings together.

@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/modelmesh/mesh/internal/flagenv"
 )
 
 func TestByteSize(t *testing.T) {
@@ -42,7 +44,7 @@ func TestEnvironmentSetsFlagsTheCommandLineLeaves(t *testing.T) {
 	if err := fs.Parse([]string{"--model-roots", "/from/flag"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyEnv(fs); err != nil {
+	if err := flagenv.Apply(fs, envPrefix); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Capacity != 3<<30 || cfg.LoadConcurrency != 7 || cfg.ModelRoots != "/from/flag" {
@@ -56,7 +58,7 @@ func TestBadEnvironmentIsAnError(t *testing.T) {
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
 	fs.Parse(nil)
-	if err := applyEnv(fs); err == nil || !strings.Contains(err.Error(), "MESH_WORKER_HEARTBEAT") {
+	if err := flagenv.Apply(fs, envPrefix); err == nil || !strings.Contains(err.Error(), "MESH_WORKER_HEARTBEAT") {
 		t.Fatalf("applyEnv = %v, want an error naming the variable", err)
 	}
 }

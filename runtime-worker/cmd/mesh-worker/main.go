@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/modelmesh/mesh/internal/flagenv"
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/inference"
@@ -55,7 +56,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := applyEnv(fs); err != nil {
+	if err := flagenv.Apply(fs, envPrefix); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {

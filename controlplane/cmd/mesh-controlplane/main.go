@@ -1,0 +1,199 @@
+// Command mesh-controlplane serves the gateway Envoy's configuration over ADS, built from the
+// model registry file and the residency records in Redis.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/modelmesh/mesh/controlplane"
+	"github.com/modelmesh/mesh/controlplane/translate"
+	"github.com/modelmesh/mesh/controlplane/xds"
+	"github.com/modelmesh/mesh/internal/flagenv"
+	"github.com/modelmesh/mesh/internal/residency"
+)
+
+const envPrefix = "MESH_CONTROLPLANE_"
+
+// Config is the control plane's whole configuration.
+type Config struct {
+	XDSListen         string
+	MetricsListen     string
+	RegistryPath      string
+	RedisAddr         string
+	RedisPrefix       string
+	ListenerAddress   string
+	ListenerPort      uint
+	ExtProcAddr       string
+	WasmPath          string
+	WasmMaxModels     int
+	RouteTimeout      time.Duration
+	MessageTimeout    time.Duration
+	MaxMessageTimeout time.Duration
+	AckTimeout        time.Duration
+	Batch             time.Duration
+	Resync            time.Duration
+	LogFormat         string
+	LogLevel          string
+}
+
+// RegisterFlags declares every setting on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.XDSListen, "xds-listen", ":18000", "ADS gRPC address the gateway Envoy connects to")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", ":18001", "address of /metrics and /healthz")
+	fs.StringVar(&c.RegistryPath, "registry", "", "model registry YAML file (required; watched for changes)")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address (required)")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
+	fs.StringVar(&c.ListenerAddress, "gateway-address", "0.0.0.0", "address the gateway listener binds")
+	fs.UintVar(&c.ListenerPort, "gateway-port", 8080, "port of the gateway listener")
+	fs.StringVar(&c.ExtProcAddr, "extproc-addr", "127.0.0.1:9002", "ext_proc service address, host:port")
+	fs.StringVar(&c.WasmPath, "wasm-path", "", "path of modelid.wasm on the Envoy host (required)")
+	fs.IntVar(&c.WasmMaxModels, "wasm-max-models", 1000, "distinct models the wasm filter keeps stats for")
+	fs.DurationVar(&c.RouteTimeout, "route-timeout", 60*time.Second, "upstream timeout of a routed request")
+	fs.DurationVar(&c.MessageTimeout, "extproc-message-timeout", 200*time.Millisecond, "Envoy's wait for an ext_proc answer")
+	fs.DurationVar(&c.MaxMessageTimeout, "extproc-max-message-timeout", 120*time.Second, "longest ext_proc may extend that wait while a model loads")
+	fs.DurationVar(&c.AckTimeout, "ack-timeout", 5*time.Second, "longest wait for Envoy to acknowledge one push phase")
+	fs.DurationVar(&c.Batch, "batch", 50*time.Millisecond, "how long to gather residency events into one push")
+	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+// Validate checks the settings together.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.RegistryPath == "" {
+		errs = append(errs, errors.New("--registry is required"))
+	}
+	if c.RedisAddr == "" {
+		errs = append(errs, errors.New("--redis-addr is required"))
+	}
+	if c.WasmPath == "" {
+		errs = append(errs, errors.New("--wasm-path is required"))
+	}
+	if c.ListenerPort == 0 || c.ListenerPort > 65535 {
+		errs = append(errs, fmt.Errorf("--gateway-port %d out of range", c.ListenerPort))
+	}
+	if _, _, err := net.SplitHostPort(c.ExtProcAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--extproc-addr: %w", err))
+	}
+	if c.MessageTimeout <= 0 || c.MaxMessageTimeout < c.MessageTimeout {
+		errs = append(errs, errors.New("--extproc-message-timeout must be positive and at most --extproc-max-message-timeout"))
+	}
+	if c.AckTimeout <= 0 || c.Batch <= 0 || c.Resync <= 0 || c.RouteTimeout <= 0 {
+		errs = append(errs, errors.New("--ack-timeout, --batch, --resync and --route-timeout must be positive"))
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mesh-controlplane:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	var cfg Config
+	fs := flag.NewFlagSet("mesh-controlplane", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := flagenv.Apply(fs, envPrefix); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv := xds.New(xds.Config{AckTimeout: cfg.AckTimeout}, log, xds.NewMetrics(reg))
+	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
+	defer rdb.Close()
+	ctrl := controlplane.New(controlplane.Config{
+		RegistryPath: cfg.RegistryPath,
+		Translate: translate.Config{
+			ListenerAddress: cfg.ListenerAddress, ListenerPort: uint32(cfg.ListenerPort), ExtProcAddress: cfg.ExtProcAddr,
+			WasmPath: cfg.WasmPath, WasmMaxModels: cfg.WasmMaxModels, RouteTimeout: cfg.RouteTimeout,
+			ExtProcMessageTimeout: cfg.MessageTimeout, MaxMessageTimeout: cfg.MaxMessageTimeout,
+		},
+		Watch: residency.WatchConfig{Batch: cfg.Batch, Resync: cfg.Resync},
+	}, rdb, residency.Keys{Prefix: cfg.RedisPrefix}, srv, log, reg)
+
+	xdsLn, err := net.Listen("tcp", cfg.XDSListen)
+	if err != nil {
+		return fmt.Errorf("listen for xDS: %w", err)
+	}
+	metricsLn, err := net.Listen("tcp", cfg.MetricsListen)
+	if err != nil {
+		xdsLn.Close()
+		return fmt.Errorf("listen for metrics: %w", err)
+	}
+	gs := grpc.NewServer(grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	log.InfoContext(ctx, "control plane started", "xds_addr", xdsLn.Addr().String(), "metrics_addr", metricsLn.Addr().String(), "registry", cfg.RegistryPath)
+
+	g, gctx := errgroup.WithContext(ctx)
+	srv.Register(gctx, gs)
+	g.Go(func() error { return gs.Serve(xdsLn) })
+	g.Go(func() error {
+		if err := hs.Serve(metricsLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error { return ctrl.Run(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		log.InfoContext(gctx, "shutting down")
+		gs.Stop() // xDS streams are long-lived; Envoy keeps its configuration and reconnects
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	})
+	return g.Wait()
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,164 @@
+package controlplane
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/modelmesh/mesh/controlplane/translate"
+	"github.com/modelmesh/mesh/controlplane/xds"
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/registry"
+	"github.com/modelmesh/mesh/internal/residency"
+)
+
+// Config configures the controller.
+type Config struct {
+	RegistryPath string
+	Translate    translate.Config
+	Watch        residency.WatchConfig
+}
+
+// Controller reconciles state into configuration. Run owns all its goroutines.
+type Controller struct {
+	cfg     Config
+	rdb     redis.UniversalClient
+	keys    residency.Keys
+	xds     *xds.Server
+	log     *slog.Logger
+	metrics *metrics
+}
+
+// New returns a controller pushing through srv.
+func New(cfg Config, rdb redis.UniversalClient, keys residency.Keys, srv *xds.Server, log *slog.Logger, reg prometheus.Registerer) *Controller {
+	return &Controller{cfg: cfg, rdb: rdb, keys: keys, xds: srv, log: log, metrics: newMetrics(reg)}
+}
+
+// event is one input of the reconcile loop: a new registry or a new residency snapshot.
+type event struct {
+	registry *registry.Registry
+	snapshot *residency.Snapshot
+}
+
+// Run loads the registry (an invalid file at start is an error), then reconciles until ctx
+// ends. Redis being unreachable never stops it: Envoy keeps the last configuration.
+func (c *Controller) Run(ctx context.Context) error {
+	reg, err := LoadRegistry(c.cfg.RegistryPath)
+	if err != nil {
+		return err
+	}
+	c.log.InfoContext(ctx, "registry loaded", "models", len(reg.Models), "digest", reg.Digest())
+	events := make(chan event, 16)
+	send := func(e event) {
+		select {
+		case events <- e:
+		case <-ctx.Done():
+		}
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return WatchRegistry(ctx, c.cfg.RegistryPath, c.log, func(r *registry.Registry) { send(event{registry: r}) }, func(err error) {
+			c.metrics.registryRejected.Inc()
+			c.log.ErrorContext(ctx, "registry file rejected; the last good registry stays in force", "error", err)
+		})
+	})
+	g.Go(func() error {
+		return residency.NewReader(c.rdb, c.keys, c.log).Watch(ctx, c.cfg.Watch, func(s residency.Snapshot) { send(event{snapshot: &s}) })
+	})
+	g.Go(func() error { return c.loop(ctx, reg, events) })
+	return g.Wait()
+}
+
+// loop is the only place that pushes: it folds bursts of events into one push.
+func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-chan event) error {
+	var snap *residency.Snapshot
+	published := ""
+	republish := time.NewTicker(c.cfg.Watch.Resync)
+	defer republish.Stop()
+	publish := func() {
+		if published == reg.Digest() {
+			return
+		}
+		if err := residency.PublishRegistry(ctx, c.rdb, c.keys, reg); err != nil {
+			c.log.WarnContext(ctx, "publish registry to redis; will retry", "error", err)
+			return
+		}
+		published = reg.Digest()
+		c.log.InfoContext(ctx, "registry published", "models", len(reg.Models), "digest", published)
+	}
+	publish()
+	for {
+		var e event
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-republish.C:
+			publish()
+			continue
+		case e = <-events:
+		}
+		for drained := false; !drained; {
+			if e.registry != nil {
+				reg = e.registry
+			}
+			if e.snapshot != nil {
+				snap = e.snapshot
+			}
+			select {
+			case e = <-events:
+			default:
+				drained = true
+			}
+		}
+		publish()
+		if snap == nil {
+			continue // no residency read yet: nothing is known to be routable
+		}
+		start := time.Now()
+		res, err := translate.Translate(c.cfg.Translate, stateOf(reg, *snap))
+		c.metrics.buildDuration.Observe(time.Since(start).Seconds())
+		if err != nil {
+			c.log.ErrorContext(ctx, "translate state", "error", err)
+			continue
+		}
+		if err := c.xds.Push(ctx, res); err != nil && ctx.Err() == nil {
+			c.log.ErrorContext(ctx, "push configuration", "error", err)
+		}
+	}
+}
+
+// stateOf turns a residency snapshot into the translator's input. Only ready replicas route.
+func stateOf(reg *registry.Registry, snap residency.Snapshot) translate.State {
+	st := translate.State{Registry: reg, Ready: map[placement.ModelVersion][]string{}}
+	for id, w := range snap.Workers {
+		st.Workers = append(st.Workers, w.DataAddr)
+		for m, r := range snap.Replicas[id] {
+			if r.State == placement.StateReady.String() {
+				st.Ready[m] = append(st.Ready[m], w.DataAddr)
+			}
+		}
+	}
+	return st
+}
+
+type metrics struct {
+	buildDuration    prometheus.Histogram
+	registryRejected prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		buildDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_controlplane_build_duration_seconds",
+			Help: "Time to translate the state into xDS resources.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		registryRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_controlplane_registry_rejected_total",
+			Help: "Registry file changes rejected as invalid."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.buildDuration, m.registryRejected)
+	}
+	return m
+}

@@ -1,0 +1,35 @@
+package xds
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the xDS server's Prometheus metrics.
+type Metrics struct {
+	pushDuration prometheus.Histogram
+	ackLatency   prometheus.Histogram
+	ackTimeouts  prometheus.Counter
+	nacks        *prometheus.CounterVec
+	streams      prometheus.Gauge
+	resources    *prometheus.GaugeVec
+}
+
+// NewMetrics creates the metrics and registers them with reg when it is not nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		pushDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_controlplane_push_duration_seconds",
+			Help: "Time to push one configuration through all its phases, acknowledgements included.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_controlplane_push_ack_seconds",
+			Help: "Time from setting a phase until every connected Envoy acknowledged it.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		ackTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_controlplane_ack_timeouts_total",
+			Help: "Phases not acknowledged by every Envoy within the ack timeout."}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mesh_controlplane_nacks_total",
+			Help: "Configurations Envoy rejected, by resource type."}, []string{"type"}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mesh_controlplane_xds_streams",
+			Help: "Open xDS streams."}),
+		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mesh_controlplane_resources",
+			Help: "Resources in the served configuration, by type."}, []string{"type"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.pushDuration, m.ackLatency, m.ackTimeouts, m.nacks, m.streams, m.resources)
+	}
+	return m
+}

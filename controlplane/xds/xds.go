@@ -1,0 +1,309 @@
+// Package xds serves the gateway Envoy's configuration over ADS (state-of-the-world and
+// delta) with go-control-plane, and pushes each new configuration make-before-break: new
+// clusters and endpoints first, routes once every Envoy has acknowledged them, removals last.
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/modelmesh/mesh/controlplane/translate"
+)
+
+// nodeGroup is the one cache key: every gateway Envoy gets the same configuration.
+const nodeGroup = "gateway"
+
+type groupHash struct{}
+
+func (groupHash) ID(*corev3.Node) string { return nodeGroup }
+
+// Config times the pushes.
+type Config struct {
+	// AckTimeout bounds the wait for every connected Envoy to acknowledge a phase.
+	AckTimeout time.Duration
+}
+
+// Server holds the configuration, serves it and tracks what each Envoy acknowledged.
+// Push must not be called concurrently with itself; everything else is safe concurrently.
+type Server struct {
+	cfg     Config
+	cache   cachev3.SnapshotCache
+	acks    *acks
+	log     *slog.Logger
+	metrics *Metrics
+
+	current translate.Resources
+}
+
+// New returns a server with an empty configuration.
+func New(cfg Config, log *slog.Logger, metrics *Metrics) *Server {
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	return &Server{cfg: cfg, cache: cachev3.NewSnapshotCache(true, groupHash{}, nil), acks: newAcks(log, metrics), log: log, metrics: metrics}
+}
+
+// Register adds the ADS service (both protocols) to gs. ctx bounds go-control-plane's
+// server and should live as long as gs serves.
+func (s *Server) Register(ctx context.Context, gs *grpc.Server) {
+	srv := serverv3.NewServer(ctx, s.cache, s.acks.callbacks())
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
+}
+
+// Push makes next the served configuration, in three phases so that no route ever names a
+// cluster an Envoy does not have: (1) clusters and endpoints of next added to the current
+// ones, routes unchanged; (2) routes of next; (3) clusters and endpoints only of next. Each
+// of the first two phases waits (up to AckTimeout) for every connected Envoy to acknowledge
+// it. Resource versions are content hashes, so pushing an unchanged configuration, or the
+// same one from a restarted control plane, sends Envoy nothing.
+func (s *Server) Push(ctx context.Context, next translate.Resources) error {
+	start := time.Now()
+	prev := s.current
+	union := translate.Resources{
+		Listeners: next.Listeners,
+		Clusters:  merge(prev.Clusters, next.Clusters),
+		Endpoints: merge(prev.Endpoints, next.Endpoints),
+	}
+	phases := []struct {
+		name string
+		res  translate.Resources
+		wait []resourcev3.Type
+	}{
+		{"add clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
+			[]resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType}},
+		{"switch routes", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: next.Routes},
+			[]resourcev3.Type{resourcev3.RouteType, resourcev3.ListenerType}},
+		{"remove clusters", next, nil},
+	}
+	last := versions(translate.Resources{})
+	for _, p := range phases {
+		v := versions(p.res)
+		if err := s.set(ctx, p.res, v); err != nil {
+			return fmt.Errorf("push phase %q: %w", p.name, err)
+		}
+		for _, typ := range p.wait {
+			if v[typ] == last[typ] && v[typ] == s.served(typ) {
+				continue
+			}
+			wctx, cancel := context.WithTimeout(ctx, s.cfg.AckTimeout)
+			err := s.acks.wait(wctx, typ, v[typ])
+			cancel()
+			if err != nil {
+				s.metrics.ackTimeouts.Inc()
+				s.log.WarnContext(ctx, "envoy did not acknowledge in time; going on", "phase", p.name, "type", typ, "version", v[typ], "error", err)
+			}
+		}
+		last = v
+	}
+	s.current = next
+	s.metrics.pushDuration.Observe(time.Since(start).Seconds())
+	for typ, n := range map[string]int{"listener": len(next.Listeners), "route": len(next.Routes), "cluster": len(next.Clusters), "endpoint": len(next.Endpoints)} {
+		s.metrics.resources.WithLabelValues(typ).Set(float64(n))
+	}
+	return nil
+}
+
+// served is the version last set for typ; "" before the first push.
+func (s *Server) served(typ resourcev3.Type) string {
+	snap, err := s.cache.GetSnapshot(nodeGroup)
+	if err != nil {
+		return ""
+	}
+	return snap.GetVersion(typ)
+}
+
+func (s *Server) set(ctx context.Context, res translate.Resources, v map[resourcev3.Type]string) error {
+	snap := &cachev3.Snapshot{}
+	for typ, items := range map[resourcev3.Type][]types.Resource{
+		resourcev3.ListenerType: res.Listeners, resourcev3.RouteType: res.Routes,
+		resourcev3.ClusterType: res.Clusters, resourcev3.EndpointType: res.Endpoints,
+	} {
+		snap.Resources[cachev3.GetResponseType(typ)] = cachev3.NewResources(v[typ], items)
+	}
+	return s.cache.SetSnapshot(ctx, nodeGroup, snap)
+}
+
+// versions hashes each type's resources; deterministic marshalling makes equal
+// configurations hash equal in every process.
+func versions(res translate.Resources) map[resourcev3.Type]string {
+	out := map[resourcev3.Type]string{}
+	for typ, items := range map[resourcev3.Type][]types.Resource{
+		resourcev3.ListenerType: res.Listeners, resourcev3.RouteType: res.Routes,
+		resourcev3.ClusterType: res.Clusters, resourcev3.EndpointType: res.Endpoints,
+	} {
+		h := sha256.New()
+		for _, r := range items {
+			b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r) // generated messages always marshal
+			h.Write(b)
+		}
+		out[typ] = hex.EncodeToString(h.Sum(nil)[:8])
+	}
+	return out
+}
+
+// merge gives the union of two resource lists by name, b's version winning, sorted by name.
+func merge(a, b []types.Resource) []types.Resource {
+	byName := map[string]types.Resource{}
+	var names []string
+	for _, list := range [][]types.Resource{a, b} {
+		for _, r := range list {
+			n := cachev3.GetResourceName(r)
+			if _, ok := byName[n]; !ok {
+				names = append(names, n)
+			}
+			byName[n] = r
+		}
+	}
+	slices.Sort(names)
+	out := make([]types.Resource, len(names))
+	for i, n := range names {
+		out[i] = byName[n]
+	}
+	return out
+}
+
+// acks tracks, per xDS stream, the version of each resource type the Envoy on it last
+// acknowledged, for both protocols.
+type acks struct {
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every change
+	streams map[int64]map[string]string
+	nodes   map[int64]string
+	// nonces maps a delta response nonce to its type and version.
+	nonces map[string][2]string
+}
+
+func newAcks(log *slog.Logger, m *Metrics) *acks {
+	return &acks{log: log, metrics: m, changed: make(chan struct{}), streams: map[int64]map[string]string{},
+		nodes: map[int64]string{}, nonces: map[string][2]string{}}
+}
+
+func (a *acks) bump() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+func (a *acks) callbacks() serverv3.Callbacks {
+	return serverv3.CallbackFuncs{
+		StreamOpenFunc:      func(context.Context, int64, string) error { a.metrics.streams.Inc(); return nil },
+		DeltaStreamOpenFunc: func(context.Context, int64, string) error { a.metrics.streams.Inc(); return nil },
+		StreamClosedFunc:    func(id int64, _ *corev3.Node) { a.closed(id) },
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
+			a.closed(id)
+		},
+		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
+			a.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(), r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
+			return nil
+		},
+		StreamDeltaResponseFunc: func(_ int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+			a.mu.Lock()
+			a.nonces[resp.GetNonce()] = [2]string{resp.GetTypeUrl(), resp.GetSystemVersionInfo()}
+			a.mu.Unlock()
+		},
+		StreamDeltaRequestFunc: func(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
+			a.mu.Lock()
+			sent, ok := a.nonces[r.GetResponseNonce()]
+			delete(a.nonces, r.GetResponseNonce())
+			a.mu.Unlock()
+			version := ""
+			if ok {
+				version = sent[1]
+			}
+			a.request(id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), version, r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
+			return nil
+		},
+	}
+}
+
+// request records a subscription, an ACK (a request answering a nonce without error) or a
+// NACK (with error: logged and counted, the Envoy keeps its previous version).
+func (a *acks) request(stream int64, node *corev3.Node, typeURL, nonce, version, errMsg string, nack bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if node.GetId() != "" {
+		a.nodes[stream] = node.GetId()
+	}
+	st := a.streams[stream]
+	if st == nil {
+		st = map[string]string{}
+		a.streams[stream] = st
+	}
+	if _, ok := st[typeURL]; !ok {
+		st[typeURL] = "" // subscribed, nothing acknowledged yet
+	}
+	switch {
+	case nack:
+		a.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
+		a.log.Error("envoy rejected configuration (NACK)", "node", a.nodes[stream], "type", shortType(typeURL), "error", errMsg)
+	case nonce != "" && version != "":
+		st[typeURL] = version
+	}
+	a.bump()
+}
+
+func (a *acks) closed(stream int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.streams, stream)
+	delete(a.nodes, stream)
+	a.metrics.streams.Dec()
+	a.bump()
+}
+
+// wait blocks until every stream subscribed to typ has acknowledged version, or ctx ends.
+// With no Envoy connected it returns at once.
+func (a *acks) wait(ctx context.Context, typ, version string) error {
+	start := time.Now()
+	for {
+		a.mu.Lock()
+		done := true
+		for _, st := range a.streams {
+			if v, ok := st[typ]; ok && v != version {
+				done = false
+			}
+		}
+		changed := a.changed
+		a.mu.Unlock()
+		if done {
+			a.metrics.ackLatency.Observe(time.Since(start).Seconds())
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func shortType(typeURL string) string {
+	switch typeURL {
+	case resourcev3.ClusterType:
+		return "cluster"
+	case resourcev3.EndpointType:
+		return "endpoint"
+	case resourcev3.RouteType:
+		return "route"
+	case resourcev3.ListenerType:
+		return "listener"
+	}
+	return "other"
+}
