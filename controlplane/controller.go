@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,6 +77,7 @@ func (c *Controller) Run(ctx context.Context) error {
 // loop is the only place that pushes: it folds bursts of events into one push.
 func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-chan event) error {
 	var snap *residency.Snapshot
+	var routed map[string][]string
 	published := ""
 	republish := time.NewTicker(c.cfg.Watch.Resync)
 	defer republish.Stop()
@@ -125,10 +127,57 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 			c.log.ErrorContext(ctx, "translate state", "error", err)
 			continue
 		}
-		if err := c.xds.Push(ctx, res); err != nil && ctx.Err() == nil {
-			c.log.ErrorContext(ctx, "push configuration", "error", err)
+		if err := c.xds.Push(ctx, res); err != nil {
+			if ctx.Err() == nil {
+				c.log.ErrorContext(ctx, "push configuration", "error", err)
+			}
+			continue
+		}
+		routed = c.writeRouted(ctx, routedOf(reg, *snap), routed)
+	}
+}
+
+// writeRouted records, per worker, the model versions the acknowledged configuration routes
+// to it, so that a draining worker knows when it may unload (drain before unload). Only the
+// sets that changed since last are written; it returns what is now recorded.
+func (c *Controller) writeRouted(ctx context.Context, now, last map[string][]string) map[string][]string {
+	changed := map[string][]string{}
+	for id, models := range now {
+		if !slices.Equal(models, last[id]) {
+			changed[id] = models
 		}
 	}
+	var gone []string
+	for id := range last {
+		if _, ok := now[id]; !ok {
+			gone = append(gone, id)
+		}
+	}
+	if len(changed) == 0 && len(gone) == 0 {
+		return last
+	}
+	if err := residency.WriteRouted(ctx, c.rdb, c.keys, changed, gone); err != nil {
+		c.log.WarnContext(ctx, "record routed replicas; draining workers will wait", "error", err)
+		return last
+	}
+	return now
+}
+
+// routedOf lists, per live worker, the registered model versions it holds ready: exactly
+// the replicas the translated configuration routes to.
+func routedOf(reg *registry.Registry, snap residency.Snapshot) map[string][]string {
+	out := map[string][]string{}
+	for id := range snap.Workers {
+		var models []string
+		for m, r := range snap.Replicas[id] {
+			if _, ok := reg.Model(m.Name); ok && r.State == placement.StateReady.String() {
+				models = append(models, m.String())
+			}
+		}
+		slices.Sort(models)
+		out[id] = models
+	}
+	return out
 }
 
 // stateOf turns a residency snapshot into the translator's input. Only ready replicas route.

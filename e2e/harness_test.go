@@ -69,19 +69,15 @@ func freePort(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-// worker is a running mesh-worker process.
-type worker struct {
-	ID       string
-	DataAddr string
-	MgmtAddr string
-	cmd      *exec.Cmd
-	exited   chan error
-	logs     *logBuffer
-	Mgmt     meshv1.WorkerServiceClient
-	Infer    inference.GRPCInferenceServiceClient
+// process is a running binary whose stderr is kept for assertions and failure reports.
+type process struct {
+	name   string
+	cmd    *exec.Cmd
+	exited chan error
+	logs   *logBuffer
 }
 
-// logBuffer keeps the worker's log lines for assertions and for failure reports.
+// logBuffer keeps a process's log lines.
 type logBuffer struct {
 	mu    sync.Mutex
 	lines []string
@@ -95,22 +91,19 @@ func (l *logBuffer) String() string {
 	return strings.Join(l.lines, "\n")
 }
 
-// startWorker runs bin/mesh-worker with the given extra flags and waits until it serves.
-func startWorker(t testing.TB, id string, extra ...string) *worker {
+// startProcess runs path with args, killed when the test ends (its log printed if the test
+// failed), and waits until ready returns true.
+func startProcess(t testing.TB, name, path string, args []string, ready func() bool) *process {
 	t.Helper()
-	w := &worker{ID: id, DataAddr: freePort(t), MgmtAddr: freePort(t), exited: make(chan error, 1), logs: &logBuffer{}}
-	args := append([]string{
-		"--worker-id", id, "--listen", w.DataAddr, "--management-listen", w.MgmtAddr,
-		"--model-roots", models(t), "--cache-dir", t.TempDir(), "--ort-library", ortLibrary(t),
-		"--log-format", "json",
-	}, extra...)
-	w.cmd = exec.Command(filepath.Join(*binDir, "mesh-worker"), args...)
-	stderr, err := w.cmd.StderrPipe()
+	p := &process{name: name, exited: make(chan error, 1), logs: &logBuffer{}}
+	p.cmd = exec.Command(path, args...)
+	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.cmd.Start(); err != nil {
-		t.Fatalf("start mesh-worker (build it with `make build`): %v", err)
+	p.cmd.Stdout = p.cmd.Stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s (build it with `make build`): %v", name, err)
 	}
 	scanned := make(chan struct{})
 	go func() {
@@ -118,34 +111,85 @@ func startWorker(t testing.TB, id string, extra ...string) *worker {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
-			w.logs.add(sc.Text())
+			p.logs.add(sc.Text())
 		}
 	}()
-	go func() { <-scanned; w.exited <- w.cmd.Wait() }()
+	go func() { <-scanned; p.exited <- p.cmd.Wait() }()
 	t.Cleanup(func() {
-		w.cmd.Process.Kill()
-		<-w.exited
+		p.kill()
 		if t.Failed() {
-			t.Logf("worker %s log:\n%s", id, w.logs)
+			t.Logf("%s log:\n%s", name, p.logs)
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + w.MgmtAddr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
+	deadline := time.Now().Add(30 * time.Second)
+	for !ready() {
 		select {
-		case err := <-w.exited:
-			t.Fatalf("mesh-worker exited at start: %v\n%s", err, w.logs)
+		case err := <-p.exited:
+			p.exited <- err
+			t.Fatalf("%s exited at start: %v\n%s", name, err, p.logs)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("mesh-worker not serving after 20s:\n%s", w.logs)
+			t.Fatalf("%s not ready after 30s:\n%s", name, p.logs)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return p
+}
+
+// kill ends the process at once (SIGKILL) and waits for it; safe to call twice.
+func (p *process) kill() {
+	p.cmd.Process.Kill()
+	err := <-p.exited
+	p.exited <- err
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *process) stop(t testing.TB) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		if err != nil {
+			t.Fatalf("%s exited with %v after SIGTERM:\n%s", p.name, err, p.logs)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s still running 30s after SIGTERM", p.name)
+	}
+}
+
+func httpOK(url string) func() bool {
+	return func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+}
+
+// worker is a running mesh-worker process.
+type worker struct {
+	*process
+	ID       string
+	DataAddr string
+	MgmtAddr string
+	Mgmt     meshv1.WorkerServiceClient
+	Infer    inference.GRPCInferenceServiceClient
+}
+
+// startWorker runs bin/mesh-worker with the given extra flags and waits until it serves.
+func startWorker(t testing.TB, id string, extra ...string) *worker {
+	t.Helper()
+	w := &worker{ID: id, DataAddr: freePort(t), MgmtAddr: freePort(t)}
+	args := append([]string{
+		"--worker-id", id, "--listen", w.DataAddr, "--management-listen", w.MgmtAddr,
+		"--model-roots", models(t), "--cache-dir", t.TempDir(), "--ort-library", ortLibrary(t),
+		"--log-format", "json",
+	}, extra...)
+	w.process = startProcess(t, "worker "+id, filepath.Join(*binDir, "mesh-worker"), args, httpOK("http://"+w.MgmtAddr+"/healthz"))
 	w.Mgmt = meshv1.NewWorkerServiceClient(dial(t, w.MgmtAddr))
 	w.Infer = inference.NewGRPCInferenceServiceClient(dial(t, w.DataAddr))
 	return w
@@ -160,21 +204,6 @@ func dial(t testing.TB, addr string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { cc.Close() })
 	return cc
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (w *worker) stop(t testing.TB) {
-	t.Helper()
-	w.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-w.exited:
-		if err != nil {
-			t.Fatalf("worker exited with %v after SIGTERM:\n%s", err, w.logs)
-		}
-		w.exited <- nil // for the cleanup
-	case <-time.After(30 * time.Second):
-		t.Fatal("worker still running 30s after SIGTERM")
-	}
 }
 
 func (w *worker) load(t testing.TB, name string, declared int64) *meshv1.LoadResponse {

@@ -4,6 +4,7 @@ For each data set this writes, under --out:
   <name>/1/model.onnx   the classifier, inputs "input" FP32 [N, features],
                         outputs "label" INT64 [N] and "probabilities" FP32 [N, classes]
   <name>/testset.json   the held-out test split and scikit-learn's own accuracy on it
+  breast-cancer/2/model.onnx   a second version (logistic regression) for canary splits
 
 and synthetic models of chosen sizes (for memory and eviction tests):
   synthetic-<mb>mb/1/model.onnx   Y = X @ W with W an FP32 constant of about <mb> MiB
@@ -29,6 +30,11 @@ from sklearn.preprocessing import StandardScaler
 
 SEED = 7
 
+# Second versions of a model, for canary splits: (data set, version) -> estimator factory.
+SECOND_VERSIONS = {
+    "breast-cancer": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+}
+
 # name -> (loader, estimator factory)
 DATASETS = {
     "iris": (datasets.load_iris, lambda: LogisticRegression(max_iter=1000)),
@@ -40,7 +46,7 @@ DATASETS = {
 }
 
 
-def export_classifier(name, loader, factory, out):
+def export_classifier(name, loader, factory, out, version="1"):
     X, y = loader(return_X_y=True)
     X = X.astype(np.float32)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=SEED, stratify=y)
@@ -61,9 +67,12 @@ def export_classifier(name, loader, factory, out):
         o.name = renames.get(o.name, o.name)
     onnx.checker.check_model(onx)
 
-    version_dir = out / name / "1"
+    version_dir = out / name / version
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / "model.onnx").write_bytes(onx.SerializeToString())
+    if version != "1":
+        print(f"{name} v{version}: scikit-learn accuracy {accuracy:.4f}")
+        return
     testset = {
         "features": X.shape[1],
         "classes": int(len(np.unique(y))),
@@ -102,6 +111,8 @@ def main():
     args = parser.parse_args()
     for name, (loader, factory) in DATASETS.items():
         export_classifier(name, loader, factory, args.out)
+    for name, factory in SECOND_VERSIONS.items():
+        export_classifier(name, DATASETS[name][0], factory, args.out, version="2")
     for mib in filter(None, args.synthetic_mb.split(",")):
         export_synthetic(int(mib), args.out)
 

@@ -60,7 +60,9 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 	defer cancel()
 	snaps := make(chan Snapshot, 10)
 	done := make(chan error, 1)
-	go func() { done <- r.Watch(wctx, WatchConfig{Batch: 10 * time.Millisecond, Resync: time.Minute}, func(s Snapshot) { snaps <- s }) }()
+	go func() {
+		done <- r.Watch(wctx, WatchConfig{Batch: 10 * time.Millisecond, Resync: time.Minute}, func(s Snapshot) { snaps <- s })
+	}()
 	<-snaps
 	time.Sleep(50 * time.Millisecond) // the subscription is set up before the first read returns
 	rep.publish(ctx, Worker{ID: "w3"}, Event{Kind: "replica", Model: "iris:1", State: "ready"})

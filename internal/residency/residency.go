@@ -27,6 +27,10 @@ func (k Keys) Sizes() string { return k.Prefix + ":sizes" }
 // Registry is the string holding the published model registry (canonical JSON).
 func (k Keys) Registry() string { return k.Prefix + ":registry" }
 
+// Routed is the set of model versions ("name:version") the gateway's acknowledged
+// configuration routes to the worker; the control plane writes it after each push.
+func (k Keys) Routed(id string) string { return k.Prefix + ":routed:" + id }
+
 // Events is the channel on which every change is published as an Event.
 func (k Keys) Events() string { return k.Prefix + ":events" }
 

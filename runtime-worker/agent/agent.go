@@ -27,6 +27,14 @@ var (
 	ErrClosed = errors.New("worker is shutting down")
 )
 
+// Router tells whether the mesh still routes requests for a model version to this worker.
+// The agent asks it before unloading, so that no request is sent to a replica that no
+// longer holds its model (drain before unload).
+type Router interface {
+	// WaitUnrouted blocks until the gateway no longer routes m here, or ctx ends.
+	WaitUnrouted(ctx context.Context, m placement.ModelVersion) error
+}
+
 // Config sizes the agent.
 type Config struct {
 	// CapacityBytes is the memory budget; the sum of replica sizes never exceeds it.
@@ -38,9 +46,12 @@ type Config struct {
 	// EstimateFactor turns a model file's size into the memory reserved for it when no size
 	// is declared or learned.
 	EstimateFactor float64
-	// DrainGrace is how long a draining model keeps serving requests already routed to it
-	// before the agent waits for the last one and unloads.
+	// DrainGrace is how long a draining model keeps serving requests already routed to it,
+	// once the mesh has stopped routing new ones here, before the agent waits for the last
+	// one and unloads.
 	DrainGrace time.Duration
+	// DrainTimeout bounds the wait for the mesh to stop routing a draining model here.
+	DrainTimeout time.Duration
 }
 
 // Spec is what a load needs to know about a model.
@@ -93,6 +104,8 @@ type replica struct {
 	evicted []placement.ModelVersion
 	// idle is closed by the request that leaves a closing replica with none in flight.
 	idle chan struct{}
+	// gone is closed once the replica is unloaded and forgotten.
+	gone chan struct{}
 }
 
 func (r *replica) snapshot() Replica {
@@ -106,6 +119,7 @@ type Agent struct {
 	cfg     Config
 	backend Backend
 	store   Fetcher
+	router  Router
 	log     *slog.Logger
 	metrics *Metrics
 	now     func() time.Time
@@ -124,8 +138,9 @@ type Agent struct {
 	closed   bool
 }
 
-// New returns an agent; metrics may be nil in tests.
-func New(cfg Config, backend Backend, store Fetcher, log *slog.Logger, metrics *Metrics) *Agent {
+// New returns an agent; router may be nil (a worker outside a mesh), metrics may be nil in
+// tests.
+func New(cfg Config, backend Backend, store Fetcher, router Router, log *slog.Logger, metrics *Metrics) *Agent {
 	if cfg.LoadConcurrency < 1 {
 		cfg.LoadConcurrency = 1
 	}
@@ -134,7 +149,7 @@ func New(cfg Config, backend Backend, store Fetcher, log *slog.Logger, metrics *
 	}
 	metrics.capacity.Set(float64(cfg.CapacityBytes))
 	return &Agent{
-		cfg: cfg, backend: backend, store: store, log: log, metrics: metrics, now: time.Now,
+		cfg: cfg, backend: backend, store: store, router: router, log: log, metrics: metrics, now: time.Now,
 		loadSem:  make(chan struct{}, cfg.LoadConcurrency),
 		quit:     make(chan struct{}),
 		changed:  make(chan struct{}, 1),
@@ -187,11 +202,17 @@ func (a *Agent) Load(ctx context.Context, spec Spec) (LoadResult, error) {
 	}
 	r, exists := a.replicas[spec.Model]
 	if exists && (r.state == placement.StateDraining || r.closing) {
+		// Evicted or drained while still wanted: let the retirement finish, then load again.
 		a.mu.Unlock()
-		return LoadResult{}, fmt.Errorf("load %s: %w", spec.Model, ErrDraining)
+		select {
+		case <-r.gone:
+			return a.Load(ctx, spec)
+		case <-ctx.Done():
+			return LoadResult{}, fmt.Errorf("load %s: waiting for its drain to end: %w", spec.Model, ErrDraining)
+		}
 	}
 	if !exists {
-		r = &replica{model: spec.Model, state: placement.StateLoading, pinned: spec.Pinned, since: a.now(), done: make(chan struct{})}
+		r = &replica{model: spec.Model, state: placement.StateLoading, pinned: spec.Pinned, since: a.now(), done: make(chan struct{}), gone: make(chan struct{})}
 		a.replicas[spec.Model] = r
 		a.loads.Add(1)
 		go a.runLoad(context.WithoutCancel(ctx), r, spec)
@@ -251,6 +272,7 @@ func (a *Agent) runLoad(ctx context.Context, r *replica, spec Spec) {
 		}
 		r.err = err
 		close(r.done)
+		close(r.gone)
 		a.notify()
 		log.WarnContext(ctx, "model load failed", "error", err, "duration_ms", elapsed.Milliseconds())
 		return
@@ -355,12 +377,17 @@ func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.M
 	doomed := make([]*replica, len(victims))
 	for i, v := range victims {
 		doomed[i] = a.replicas[v.Model]
-		doomed[i].closing = true // no new requests; none are in flight
+		// Draining: reported so the mesh stops routing here, still serving what arrives.
+		doomed[i].state, doomed[i].since = placement.StateDraining, a.now()
 	}
+	a.updateGauges()
 	a.mu.Unlock()
+	a.notify()
 
 	evicted := make([]placement.ModelVersion, 0, len(victims))
 	for i, v := range victims {
+		a.waitUnrouted(ctx, doomed[i])
+		a.closeAndWait(ctx, doomed[i])
 		a.unload(ctx, doomed[i], "evict")
 		evicted = append(evicted, v.Model)
 		a.metrics.evictions.Inc()
@@ -390,6 +417,7 @@ func (a *Agent) unload(ctx context.Context, r *replica, reason string) {
 	a.used -= r.bytes
 	a.updateGauges()
 	a.mu.Unlock()
+	close(r.gone)
 	a.metrics.unloads.WithLabelValues(reason).Inc()
 	a.notify()
 }
@@ -482,19 +510,20 @@ func (a *Agent) resolve(m placement.ModelVersion, ok func(*replica) bool) *repli
 	return best
 }
 
-// Drain takes m out of service: it is reported draining at once, keeps serving requests
-// already routed to it for Config.DrainGrace, then stops taking new ones, waits for those in
+// Drain takes m out of service: it is reported draining at once and keeps serving; once the
+// mesh no longer routes it here (Router, bounded by Config.DrainTimeout) and Config.DrainGrace
+// has passed for requests already under way, it stops taking new ones, waits for those in
 // flight and unloads. Blocks until the model is gone or ctx ends (the drain then goes on).
 func (a *Agent) Drain(ctx context.Context, m placement.ModelVersion) error {
-	return a.retire(ctx, m, a.cfg.DrainGrace, "drain")
+	return a.retire(ctx, m, true, "drain")
 }
 
 // Unload stops new requests for m at once, waits for those in flight and unloads it.
 func (a *Agent) Unload(ctx context.Context, m placement.ModelVersion) error {
-	return a.retire(ctx, m, 0, "unload")
+	return a.retire(ctx, m, false, "unload")
 }
 
-func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, grace time.Duration, reason string) error {
+func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, drain bool, reason string) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
@@ -517,9 +546,12 @@ func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, grace time
 	go func() {
 		defer a.loads.Done()
 		defer close(done)
-		select {
-		case <-time.After(grace):
-		case <-a.quit:
+		if drain {
+			a.waitUnrouted(context.WithoutCancel(ctx), r)
+			select {
+			case <-time.After(a.cfg.DrainGrace):
+			case <-a.quit:
+			}
 		}
 		a.closeAndWait(context.WithoutCancel(ctx), r)
 		a.unload(context.WithoutCancel(ctx), r, reason)
@@ -531,6 +563,24 @@ func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, grace time
 	case <-ctx.Done():
 		return fmt.Errorf("%s %s: still draining: %w", reason, m, ctx.Err())
 	}
+}
+
+// waitUnrouted waits, up to Config.DrainTimeout, until the mesh no longer routes r here.
+// Without a router (a worker outside a mesh) it returns at once; on timeout it logs and
+// returns, since a replica must not be held forever by an unreachable control plane.
+func (a *Agent) waitUnrouted(ctx context.Context, r *replica) {
+	if a.router == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.DrainTimeout)
+	defer cancel()
+	start := a.now()
+	if err := a.router.WaitUnrouted(ctx, r.model); err != nil {
+		a.metrics.drainTimeouts.Inc()
+		a.log.WarnContext(ctx, "the mesh still routes a draining model here; unloading anyway", "model", r.model.String(), "error", err)
+		return
+	}
+	a.metrics.drainWait.Observe(a.now().Sub(start).Seconds())
 }
 
 // closeAndWait stops new requests on r and waits until none is in flight or ctx ends.

@@ -110,7 +110,7 @@ func newFixture(t *testing.T, capacity int64) *fixture {
 	now := time.Unix(1_000_000, 0)
 	fx.clock = &now
 	fx.agent = New(Config{CapacityBytes: capacity, LoadConcurrency: 2, LoadTimeout: 5 * time.Second, EstimateFactor: 2},
-		fx.backend, store, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+		fx.backend, store, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	fx.agent.now = func() time.Time {
 		fx.mu.Lock()
 		defer fx.mu.Unlock()
@@ -433,5 +433,106 @@ func TestLoadTimesOut(t *testing.T) {
 	}
 	if got := fx.resident(t); len(got) != 0 {
 		t.Fatalf("resident after a timed-out load: %v", got)
+	}
+}
+
+// fakeRouter is a hand-written Router: models stay routed until the test lets them go.
+type fakeRouter struct {
+	mu       sync.Mutex
+	routed   map[placement.ModelVersion]chan struct{}
+	asked    chan placement.ModelVersion
+	released map[placement.ModelVersion]bool
+}
+
+func newFakeRouter() *fakeRouter {
+	return &fakeRouter{routed: map[placement.ModelVersion]chan struct{}{}, asked: make(chan placement.ModelVersion, 10), released: map[placement.ModelVersion]bool{}}
+}
+
+func (f *fakeRouter) gate(m placement.ModelVersion) chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.routed[m] == nil {
+		f.routed[m] = make(chan struct{})
+	}
+	return f.routed[m]
+}
+
+func (f *fakeRouter) WaitUnrouted(ctx context.Context, m placement.ModelVersion) error {
+	f.asked <- m
+	select {
+	case <-f.gate(m):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func TestEvictionWaitsUntilTheMeshStopsRouting(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 2500)
+	router := newFakeRouter()
+	fx.agent.router = router
+	fx.agent.cfg.DrainTimeout = 10 * time.Second
+	ctx := context.Background()
+	for _, n := range []string{"a", "b"} {
+		if _, err := fx.agent.Load(ctx, fx.spec(n, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fx.infer(t, "b") // a is the least recently used
+	loaded := make(chan error, 1)
+	go func() {
+		_, err := fx.agent.Load(ctx, fx.spec("c", 1000))
+		loaded <- err
+	}()
+	a := placement.ModelVersion{Name: "a", Version: "1"}
+	if got := <-router.asked; got != a {
+		t.Fatalf("asked about %v, want a", got)
+	}
+	// While the mesh still routes a here, a is draining but keeps answering.
+	if got := fx.resident(t)["a"]; got != placement.StateDraining {
+		t.Fatalf("a is %v while waiting for the mesh, want draining", got)
+	}
+	fx.infer(t, "a")
+	if fx.agent.Ready(a) {
+		t.Fatal("a draining model is reported ready")
+	}
+	close(router.gate(a))
+	if err := <-loaded; err != nil {
+		t.Fatal(err)
+	}
+	if got := fx.resident(t); len(got) != 2 || got["c"] != placement.StateReady {
+		t.Fatalf("resident %v, want b and c", got)
+	}
+}
+
+func TestLoadOfADrainingModelWaitsThenLoadsAgain(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 10000)
+	router := newFakeRouter()
+	fx.agent.router = router
+	fx.agent.cfg.DrainTimeout = 10 * time.Second
+	ctx := context.Background()
+	if _, err := fx.agent.Load(ctx, fx.spec("a", 0)); err != nil {
+		t.Fatal(err)
+	}
+	a := placement.ModelVersion{Name: "a", Version: "1"}
+	drained := make(chan error, 1)
+	go func() { drained <- fx.agent.Drain(ctx, a) }()
+	<-router.asked
+	reloaded := make(chan error, 1)
+	go func() {
+		_, err := fx.agent.Load(ctx, fx.spec("a", 0))
+		reloaded <- err
+	}()
+	close(router.gate(a))
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-reloaded; err != nil {
+		t.Fatalf("load after drain: %v", err)
+	}
+	if fx.backend.loadCount("a") != 2 || !fx.agent.Ready(a) {
+		t.Fatalf("runtime loads %d, ready %v; want a loaded again", fx.backend.loadCount("a"), fx.agent.Ready(a))
 	}
 }

@@ -5,14 +5,16 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics are the agent's Prometheus metrics. Labels are bounded: load result, unload reason
 // and replica state take a handful of fixed values each.
 type Metrics struct {
-	capacity     prometheus.Gauge
-	used         prometheus.Gauge
-	models       *prometheus.GaugeVec
-	loads        *prometheus.CounterVec
-	loadDuration prometheus.Histogram
-	unloads      *prometheus.CounterVec
-	evictions    prometheus.Counter
-	evictedAge   prometheus.Histogram
+	capacity      prometheus.Gauge
+	used          prometheus.Gauge
+	models        *prometheus.GaugeVec
+	loads         *prometheus.CounterVec
+	loadDuration  prometheus.Histogram
+	unloads       *prometheus.CounterVec
+	evictions     prometheus.Counter
+	evictedAge    prometheus.Histogram
+	drainWait     prometheus.Histogram
+	drainTimeouts prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg when it is not nil.
@@ -34,9 +36,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Idle models evicted to make room for a load."}),
 		evictedAge: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_evicted_idle_seconds",
 			Help: "How long an evicted model had been idle.", Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
+		drainWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_drain_wait_seconds",
+			Help: "Time from draining a model until the mesh stopped routing it here.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
+		drainTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_worker_drain_timeouts_total",
+			Help: "Drains that gave up waiting for the mesh to stop routing the model here."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.capacity, m.used, m.models, m.loads, m.loadDuration, m.unloads, m.evictions, m.evictedAge)
+		reg.MustRegister(m.capacity, m.used, m.models, m.loads, m.loadDuration, m.unloads, m.evictions, m.evictedAge, m.drainWait, m.drainTimeouts)
 	}
 	return m
 }

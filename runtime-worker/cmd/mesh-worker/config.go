@@ -27,6 +27,7 @@ type Config struct {
 	LoadTimeout     time.Duration
 	EstimateFactor  float64
 	DrainGrace      time.Duration
+	DrainTimeout    time.Duration
 	RedisAddr       string
 	RedisPrefix     string
 	Heartbeat       time.Duration
@@ -55,7 +56,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.LoadConcurrency, "load-concurrency", 2, "loads running at once")
 	fs.DurationVar(&c.LoadTimeout, "load-timeout", 2*time.Minute, "longest one load may take")
 	fs.Float64Var(&c.EstimateFactor, "estimate-factor", 2, "memory reserved per byte of model file when no size is declared or learned")
-	fs.DurationVar(&c.DrainGrace, "drain-grace", time.Second, "how long a draining model keeps serving requests already routed to it")
+	fs.DurationVar(&c.DrainGrace, "drain-grace", time.Second, "how long a draining model keeps serving requests already on their way once the mesh stopped routing it here")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "longest wait for the mesh to stop routing a draining model here")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for residency records (empty: run without Redis)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 2*time.Second, "interval of full state writes to Redis; the lease lasts three")
@@ -88,8 +90,8 @@ func (c *Config) Validate() error {
 	if c.LoadConcurrency < 1 {
 		errs = append(errs, errors.New("--load-concurrency must be at least 1"))
 	}
-	if c.LoadTimeout <= 0 || c.Heartbeat <= 0 || c.DrainGrace < 0 {
-		errs = append(errs, errors.New("--load-timeout and --heartbeat must be positive, --drain-grace not negative"))
+	if c.LoadTimeout <= 0 || c.Heartbeat <= 0 || c.DrainGrace < 0 || c.DrainTimeout <= 0 {
+		errs = append(errs, errors.New("--load-timeout, --heartbeat and --drain-timeout must be positive, --drain-grace not negative"))
 	}
 	if c.EstimateFactor <= 0 {
 		errs = append(errs, errors.New("--estimate-factor must be positive"))

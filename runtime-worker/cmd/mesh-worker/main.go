@@ -85,10 +85,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var rdb *redis.Client
+	var router agent.Router
+	if cfg.RedisAddr != "" {
+		rdb = redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
+		defer rdb.Close()
+		router = residency.NewRoutes(rdb, residency.Keys{Prefix: cfg.RedisPrefix}, cfg.WorkerID)
+	}
 	models := agent.New(agent.Config{
 		CapacityBytes: int64(cfg.Capacity), LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
-		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace,
-	}, backend, store, log, agent.NewMetrics(reg))
+		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout,
+	}, backend, store, router, log, agent.NewMetrics(reg))
 
 	dataLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -124,9 +131,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	g, gctx := errgroup.WithContext(ctx)
 	servePort(g, gctx, dataLn, inferGRPC, dataSrv)
 	servePort(g, gctx, mgmtLn, mgmtGRPC, mgmtSrv)
-	if cfg.RedisAddr != "" {
-		rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
-		defer rdb.Close()
+	if rdb != nil {
 		reporter := residency.NewReporter(rdb, residency.Keys{Prefix: cfg.RedisPrefix}, residency.ReporterConfig{Heartbeat: cfg.Heartbeat}, log)
 		g.Go(func() error {
 			return reporter.Run(gctx, models.Changed(), func() residency.State { return stateOf(self, models) })

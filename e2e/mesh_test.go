@@ -1,0 +1,254 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/modelmesh/mesh/proto/inference"
+	"github.com/modelmesh/mesh/runtime-worker/tensor"
+)
+
+const irisSetosa = `{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}`
+
+// sumMetric adds every sample of a metric family (all label values) at a /metrics address.
+func sumMetric(t testing.TB, addr, name string) float64 {
+	t.Helper()
+	code, body := get(t, "http://"+addr+"/metrics")
+	if code != 200 {
+		t.Fatalf("metrics at %s: %d", addr, code)
+	}
+	var sum float64
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+			v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			must(t, err)
+			sum += v
+		}
+	}
+	return sum
+}
+
+// inferREST posts body to model through the gateway and returns the status, the answer and
+// the response headers.
+func inferREST(t testing.TB, gateway, model, body string, headers map[string]string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+gateway+"/v2/models/"+model+"/infer", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatalf("POST %s answered %d with non-JSON %q", model, resp.StatusCode, raw)
+	}
+	return resp.StatusCode, out
+}
+
+func label(t testing.TB, out map[string]any) int64 {
+	t.Helper()
+	for _, o := range out["outputs"].([]any) {
+		o := o.(map[string]any)
+		if o["name"] == "label" {
+			return int64(o["data"].([]any)[0].(float64))
+		}
+	}
+	t.Fatalf("no label in %v", out)
+	return -1
+}
+
+func (m *mesh) decisions(t testing.TB) float64 {
+	return sumMetric(t, m.ExtProcMetrics, "mesh_extproc_decisions_total")
+}
+
+func (m *mesh) loads(t testing.TB) float64 {
+	var n float64
+	for _, w := range m.workers {
+		n += w.metric(t, `mesh_worker_loads_total{result="ok"}`)
+	}
+	return n
+}
+
+// waitHot waits until Envoy has a ready endpoint in the cluster of model version mv.
+func (m *mesh) waitHot(t testing.TB, name, version string) {
+	t.Helper()
+	stat := "cluster.model|" + name + "|" + version + ".membership_healthy"
+	eventually(t, 10*time.Second, "Envoy routes "+name+":"+version+" on the hot path", func() bool { return m.envoyStat(t, stat) > 0 })
+}
+
+func TestMeshColdRequestThenHotPath(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(t *testing.T) {
+			m := startMesh(t, meshOptions{Delta: delta})
+			code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil)
+			if code != 200 || label(t, out) != 0 {
+				t.Fatalf("cold iris request: %d %v", code, out)
+			}
+			if got := m.loads(t); got != 1 {
+				t.Fatalf("%v loads for one cold request", got)
+			}
+			m.waitHot(t, "iris", "1")
+			before := m.decisions(t)
+			for range 20 {
+				if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 || label(t, out) != 0 {
+					t.Fatalf("hot iris request: %d %v", code, out)
+				}
+			}
+			if after := m.decisions(t); after != before {
+				t.Fatalf("ext_proc decided %v more times; hot requests must not reach it", after-before)
+			}
+			if n := m.envoyStat(t, "cluster.model|iris|1.upstream_rq_total"); n < 20 {
+				t.Fatalf("the iris cluster served %d requests, want at least 20", n)
+			}
+		})
+	}
+}
+
+func TestMeshConcurrentColdRequestsLoadOnce(t *testing.T) {
+	m := startMesh(t, meshOptions{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[int]int{}
+	body := `{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[` + strings.TrimSuffix(strings.Repeat("0,", 64), ",") + `]}]}`
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _ := inferREST(t, m.Gateway, "digits", body, nil)
+			mu.Lock()
+			codes[code]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if codes[200] != 200 {
+		t.Fatalf("statuses %v, want 200 x 200", codes)
+	}
+	if got := m.loads(t); got != 1 {
+		t.Fatalf("%v loads for 200 concurrent cold requests, want 1", got)
+	}
+}
+
+func TestMeshCanarySplit(t *testing.T) {
+	m := startMesh(t, meshOptions{})
+	row := func() string {
+		ts := readTestset(t, "breast-cancer")
+		b, _ := json.Marshal(map[string]any{"inputs": []any{map[string]any{"name": "input", "shape": []int{1, ts.Features}, "datatype": "FP32", "data": ts.Inputs[0]}}})
+		return string(b)
+	}()
+	// Warm both versions, then wait for the weighted route.
+	for _, v := range []string{"1", "2"} {
+		if code, out := inferREST(t, m.Gateway, "breast-cancer/versions/"+v, row, nil); code != 200 {
+			t.Fatalf("warm version %s: %d %v", v, code, out)
+		}
+	}
+	m.waitHot(t, "breast-cancer", "1")
+	m.waitHot(t, "breast-cancer", "2")
+	eventually(t, 10*time.Second, "weighted route in force", func() bool {
+		_, out := inferREST(t, m.Gateway, "breast-cancer", row, nil)
+		return out["model_version"] != nil
+	})
+	const n = 1000
+	canary := 0
+	for range n {
+		code, out := inferREST(t, m.Gateway, "breast-cancer", row, nil)
+		if code != 200 {
+			t.Fatalf("split request: %d %v", code, out)
+		}
+		if out["model_version"] == "2" {
+			canary++
+		}
+	}
+	// 10% of 1000 has a standard deviation of 9.5; 4 deviations either side.
+	if canary < 62 || canary > 138 {
+		t.Fatalf("%d of %d requests went to the 10%% canary", canary, n)
+	}
+}
+
+func TestMeshErrorsAndSpoofing(t *testing.T) {
+	m := startMesh(t, meshOptions{})
+	tests := []struct {
+		name    string
+		model   string
+		headers map[string]string
+		want    int
+	}{
+		{"unknown model", "nope", nil, 404},
+		{"invalid id", "bad..id", nil, 400},
+		{"invalid id in header", "iris", map[string]string{"x-model-id": "-bad"}, 400},
+		{"unregistered version", "iris/versions/7", nil, 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := inferREST(t, m.Gateway, tt.model, irisSetosa, tt.headers)
+			if msg, _ := out["error"].(string); code != tt.want || msg == "" {
+				t.Fatalf("%d %v, want %d with an error message", code, out, tt.want)
+			}
+		})
+	}
+	// A client naming a destination itself is ignored: the request is answered by the mesh.
+	code, out := inferREST(t, m.Gateway, "iris", irisSetosa, map[string]string{
+		"x-gateway-destination-endpoint": "127.0.0.1:1", "x-mesh-internal": "1"})
+	if code != 200 || label(t, out) != 0 {
+		t.Fatalf("spoofed destination: %d %v", code, out)
+	}
+
+	ctx := context.Background()
+	_, err := m.Infer.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "nope",
+		Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "input", Datatype: "FP32", Shape: []int64{1, 4}}}, RawInputContents: [][]byte{make([]byte, 16)}})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("gRPC unknown model: %v", err)
+	}
+	_, err = m.Infer.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "a/../b",
+		Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "input", Datatype: "FP32", Shape: []int64{1, 4}}}, RawInputContents: [][]byte{make([]byte, 16)}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("gRPC invalid id: %v", err)
+	}
+}
+
+func TestMeshStockGRPCClient(t *testing.T) {
+	m := startMesh(t, meshOptions{})
+	ctx := context.Background()
+	ready, err := m.Infer.ServerReady(ctx, &inference.ServerReadyRequest{})
+	if err != nil || !ready.GetReady() {
+		t.Fatalf("ServerReady through the gateway: %v %v", ready, err)
+	}
+	raw, _ := tensor.EncodeRaw(tensor.Tensor{Datatype: tensor.FP32, Data: []float32{5.1, 3.5, 1.4, 0.2}})
+	for i := range 3 { // cold, then hot
+		resp, err := m.Infer.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "iris",
+			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "input", Datatype: "FP32", Shape: []int64{1, 4}}},
+			RawInputContents: [][]byte{raw}})
+		if err != nil {
+			t.Fatalf("ModelInfer %d: %v", i, err)
+		}
+		got, err := tensor.DecodeRaw("label", tensor.INT64, []int64{1}, resp.GetRawOutputContents()[0])
+		if err != nil || got.Data.([]int64)[0] != 0 {
+			t.Fatalf("ModelInfer %d label: %v %v", i, got, err)
+		}
+		if i == 0 {
+			m.waitHot(t, "iris", "1")
+		}
+	}
+	meta, err := m.Infer.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: "iris"})
+	if err != nil || meta.GetInputs()[0].GetName() != "input" {
+		t.Fatalf("ModelMetadata: %v %v", meta, err)
+	}
+}
