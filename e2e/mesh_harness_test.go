@@ -48,7 +48,7 @@ type meshOptions struct {
 	ExtProcArgs []string
 }
 
-func envoyBinary(t testing.TB) string {
+func envoyPath(t testing.TB) string {
 	t.Helper()
 	p, err := filepath.Abs("../.venv/bin/envoy")
 	if err != nil {
@@ -129,7 +129,7 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 		"ADMIN_PORT": adminPort, "XDS_HOST": xdsHost, "XDS_PORT": xdsPort, "XDS_API": api, "NODE_ID": "gateway-e2e"})
 	bootPath := filepath.Join(t.TempDir(), "envoy.yaml")
 	must(t, os.WriteFile(bootPath, []byte(boot), 0o644))
-	m.envoy = startProcess(t, "envoy", envoyBinary(t), []string{"-c", bootPath, "--concurrency", "2", "--disable-hot-restart",
+	m.envoy = startProcess(t, "envoy", envoyPath(t), []string{"-c", bootPath, "--concurrency", "2", "--disable-hot-restart",
 		"--use-dynamic-base-id", "--log-level", "warn"}, httpOK("http://"+m.Admin+"/ready"))
 	// Ready once the gateway listener is up and routes server-level calls to a worker.
 	eventually(t, 30*time.Second, "gateway serves /v2/health/ready", httpOK("http://"+m.Gateway+"/v2/health/ready"))

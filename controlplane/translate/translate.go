@@ -219,7 +219,8 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 				continue
 			}
 			allHot = allHot && hot(w.Version)
-			weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: cluster(w.Version), Weight: wrapperspb.UInt32(w.Weight)})
+			weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: cluster(w.Version), Weight: wrapperspb.UInt32(w.Weight),
+				RequestHeadersToAdd: versionHeader(w.Version)})
 		}
 		if !allHot {
 			// Requests this rule matches must not fall through to a later rule: send them to
@@ -232,6 +233,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 		action := &routev3.RouteAction{Timeout: timeout}
 		if len(weighted) == 1 {
 			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: weighted[0].Name}
+			route.RequestHeadersToAdd = weighted[0].RequestHeadersToAdd
 		} else {
 			action.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: weighted}}
 		}
@@ -250,6 +252,13 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 		routes = append(routes, ruleRoutes...)
 	}
 	return routes, nil
+}
+
+// versionHeader tells the worker which version the route chose: the request names only the
+// model, and a worker may hold several of its versions.
+func versionHeader(v string) []*corev3.HeaderValueOption {
+	return []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: VersionHeader, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}}
 }
 
 func exact(name, value string) *routev3.HeaderMatcher {

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"time"
 
+	"google.golang.org/grpc/metadata"
+
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/proto/inference"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
@@ -77,8 +79,15 @@ func (s *Inference) get(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// VersionHeader names the version when the path does not: the gateway sets it on routes
+// that chose a version by weight, since a worker may hold several versions of a model.
+const VersionHeader = "x-model-version"
+
 func modelFromPath(r *http.Request) (placement.ModelVersion, error) {
 	m := placement.ModelVersion{Name: r.PathValue("name"), Version: r.PathValue("version")}
+	if m.Version == "" {
+		m.Version = r.Header.Get(VersionHeader)
+	}
 	if err := m.Validate(); err != nil {
 		return m, err
 	}
@@ -203,17 +212,32 @@ func (s *Inference) ServerMetadata(context.Context, *inference.ServerMetadataReq
 }
 
 // ModelReady implements the gRPC API; an unknown model is simply not ready.
-func (s *Inference) ModelReady(_ context.Context, r *inference.ModelReadyRequest) (*inference.ModelReadyResponse, error) {
+func (s *Inference) ModelReady(ctx context.Context, r *inference.ModelReadyRequest) (*inference.ModelReadyResponse, error) {
 	m := placement.ModelVersion{Name: r.GetName(), Version: r.GetVersion()}
+	if m.Version == "" {
+		m.Version = versionFromMetadata(ctx)
+	}
 	if err := m.Validate(); err != nil {
 		return nil, grpcError(err)
 	}
 	return &inference.ModelReadyResponse{Ready: s.models.Ready(m)}, nil
 }
 
+// versionFromMetadata is the gRPC form of VersionHeader.
+func versionFromMetadata(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(VersionHeader); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
 // ModelMetadata implements the gRPC API.
-func (s *Inference) ModelMetadata(_ context.Context, r *inference.ModelMetadataRequest) (*inference.ModelMetadataResponse, error) {
+func (s *Inference) ModelMetadata(ctx context.Context, r *inference.ModelMetadataRequest) (*inference.ModelMetadataResponse, error) {
 	m := placement.ModelVersion{Name: r.GetName(), Version: r.GetVersion()}
+	if m.Version == "" {
+		m.Version = versionFromMetadata(ctx)
+	}
 	if err := m.Validate(); err != nil {
 		return nil, grpcError(err)
 	}
@@ -242,6 +266,10 @@ func (s *Inference) ModelInfer(ctx context.Context, r *inference.ModelInferReque
 		}
 		s.metrics.observe(m, "grpc", code.String(), time.Since(start).Seconds())
 	}()
+	if r.GetModelVersion() == "" {
+		r.ModelVersion = versionFromMetadata(ctx)
+		m.Version = r.ModelVersion
+	}
 	req, raw, err := decodeGRPCRequest(r)
 	if err != nil {
 		return nil, grpcError(err)
