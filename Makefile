@@ -11,7 +11,7 @@ MODELS := testdata/models
 # Generator versions for `make proto`; bump together with go.mod's protobuf and grpc.
 PROTOC_GEN_GO_VERSION      := v1.36.11
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
-E2E_FLAGS = -tags e2e ./e2e/... -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
+E2E_FLAGS = -tags e2e ./e2e/... ./extproc/... -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
 
 .PHONY: help
 help: ## list the targets

@@ -22,6 +22,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	overridehostv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/override_host/v3"
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -193,7 +194,8 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 			Name: m.Name + "@" + v.Version,
 			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
 				Headers: []*routev3.HeaderMatcher{exact(ModelHeader, m.Name), exact(VersionHeader, v.Version)}},
-			Action:               &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)}, Timeout: timeout}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)},
+				Timeout: timeout, RetryPolicy: retryOtherReplica()}},
 			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: disabled},
 		})
 	}
@@ -230,7 +232,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 			continue
 		}
 		anyHot = true
-		action := &routev3.RouteAction{Timeout: timeout}
+		action := &routev3.RouteAction{Timeout: timeout, RetryPolicy: retryOtherReplica()}
 		if len(weighted) == 1 {
 			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: weighted[0].Name}
 			route.RequestHeadersToAdd = weighted[0].RequestHeadersToAdd
@@ -252,6 +254,20 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 		routes = append(routes, ruleRoutes...)
 	}
 	return routes, nil
+}
+
+// retryOtherReplica retries a request that never reached a worker (connection refused or
+// reset before any answer) on another replica: a worker that died is still routed until its
+// lease ends. Requests a worker answered are never retried.
+func retryOtherReplica() *routev3.RetryPolicy {
+	previousHosts, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{}) // an empty message always marshals
+	return &routev3.RetryPolicy{
+		RetryOn:    "connect-failure,refused-stream,reset-before-request",
+		NumRetries: wrapperspb.UInt32(2),
+		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
+			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: previousHosts}}},
+		HostSelectionRetryMaxAttempts: 3,
+	}
 }
 
 // versionHeader tells the worker which version the route chose: the request names only the
@@ -301,6 +317,8 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 		},
 		MessageTimeout:    durationpb.New(cfg.ExtProcMessageTimeout),
 		MaxMessageTimeout: durationpb.New(cfg.MaxMessageTimeout),
+		// ext_proc unreachable: cold requests fail fast with 503, as for a failed load.
+		StatusOnError: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
 	})
 	if err != nil {
 		return nil, err

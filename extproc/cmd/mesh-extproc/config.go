@@ -1,0 +1,78 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// envPrefix: every flag --some-flag can also be set as MESH_EXTPROC_SOME_FLAG.
+const envPrefix = "MESH_EXTPROC_"
+
+// Config is the whole configuration of mesh-extproc.
+type Config struct {
+	Listen            string
+	MetricsListen     string
+	RedisAddr         string
+	RedisPrefix       string
+	LoadDeadline      time.Duration
+	MaxMessageTimeout time.Duration
+	MaxWaiting        int
+	RetryAfter        time.Duration
+	LockTTL           time.Duration
+	Resync            time.Duration
+	EventBatch        time.Duration
+	LogFormat         string
+	LogLevel          string
+	ShutdownTimeout   time.Duration
+}
+
+// RegisterFlags declares every setting on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Listen, "listen", ":9002", "gRPC address of the ext_proc service")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", ":9003", "HTTP address of /metrics and /healthz")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address of the residency records (required)")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
+	fs.DurationVar(&c.LoadDeadline, "load-deadline", 60*time.Second, "longest a request is held while its model loads; below --max-message-timeout")
+	fs.DurationVar(&c.MaxMessageTimeout, "max-message-timeout", 120*time.Second, "Envoy ext_proc max_message_timeout, the ceiling of the timeout override")
+	fs.IntVar(&c.MaxWaiting, "max-waiting", 1000, "requests held per model version; more get 429")
+	fs.DurationVar(&c.RetryAfter, "retry-after", time.Second, "Retry-After of 503 and 429 answers (rounded up to seconds)")
+	fs.DurationVar(&c.LockTTL, "lock-ttl", 10*time.Second, "life of the Redis load lock, renewed while loading")
+	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads from Redis")
+	fs.DurationVar(&c.EventBatch, "event-batch", 20*time.Millisecond, "how long to gather residency events into one read")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "longest wait for held requests at shutdown")
+}
+
+// Validate checks the settings together.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.RedisAddr == "" {
+		errs = append(errs, errors.New("--redis-addr is required"))
+	}
+	if c.RedisPrefix == "" {
+		errs = append(errs, errors.New("--redis-prefix is empty"))
+	}
+	if c.LoadDeadline <= 0 || c.MaxMessageTimeout <= 0 {
+		errs = append(errs, errors.New("--load-deadline and --max-message-timeout must be positive"))
+	} else if c.LoadDeadline >= c.MaxMessageTimeout {
+		errs = append(errs, fmt.Errorf("--load-deadline %s must stay below --max-message-timeout %s (Envoy's max_message_timeout)", c.LoadDeadline, c.MaxMessageTimeout))
+	}
+	if c.MaxWaiting < 1 {
+		errs = append(errs, errors.New("--max-waiting must be at least 1"))
+	}
+	if c.RetryAfter <= 0 || c.LockTTL <= 0 || c.Resync <= 0 || c.EventBatch <= 0 || c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("--retry-after, --lock-ttl, --resync, --event-batch and --shutdown-timeout must be positive"))
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level %q: debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}

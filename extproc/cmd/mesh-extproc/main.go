@@ -1,0 +1,160 @@
+// Command mesh-extproc is the Envoy ext_proc service on the mesh's cold path: it routes a
+// request for a model that is not (yet) on the hot path to a worker that holds it, or has a
+// worker load it once for all waiting requests and holds them until it is ready.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/modelmesh/mesh/extproc"
+	"github.com/modelmesh/mesh/internal/flagenv"
+	"github.com/modelmesh/mesh/internal/residency"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mesh-extproc:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	var cfg Config
+	fs := flag.NewFlagSet("mesh-extproc", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := flagenv.Apply(fs, envPrefix); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+
+	grpcLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for ext_proc: %w", err)
+	}
+	metricsLn, err := net.Listen("tcp", cfg.MetricsListen)
+	if err != nil {
+		grpcLn.Close()
+		return fmt.Errorf("listen for metrics: %w", err)
+	}
+
+	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
+	defer rdb.Close()
+	keys := residency.Keys{Prefix: cfg.RedisPrefix}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	view := extproc.NewView()
+	loader := extproc.NewGRPCLoader()
+	defer loader.Close()
+	srv := extproc.New(extproc.Config{
+		LoadDeadline: cfg.LoadDeadline, MaxMessageTimeout: cfg.MaxMessageTimeout, MaxWaiting: cfg.MaxWaiting,
+		RetryAfter: cfg.RetryAfter, LockTTL: cfg.LockTTL,
+	}, view, loader, extproc.NewLocks(rdb, cfg.RedisPrefix, cfg.LockTTL), log, extproc.NewMetrics(reg))
+	defer srv.Close()
+
+	gs := grpc.NewServer()
+	extprocv3.RegisterExternalProcessorServer(gs, srv)
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if view.Snapshot() == nil {
+			http.Error(w, "no residency snapshot read from redis yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	log.InfoContext(ctx, "mesh-extproc started", "listen", grpcLn.Addr().String(), "metrics_listen", metricsLn.Addr().String(),
+		"redis_addr", cfg.RedisAddr, "redis_prefix", cfg.RedisPrefix, "load_deadline", cfg.LoadDeadline.String())
+
+	g, gctx := errgroup.WithContext(ctx)
+	reader := residency.NewReader(rdb, keys, log)
+	g.Go(func() error {
+		return view.Run(gctx, reader, cfg.EventBatch, cfg.Resync)
+	})
+	g.Go(func() error {
+		// Forget management connections of workers that left.
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-time.After(cfg.Resync):
+			}
+			if snap := view.Snapshot(); snap != nil {
+				live := map[string]bool{}
+				for _, w := range snap.Workers {
+					live[w.MgmtAddr] = true
+				}
+				loader.Forget(live)
+			}
+		}
+	})
+	g.Go(func() error { return gs.Serve(grpcLn) })
+	g.Go(func() error {
+		if err := hs.Serve(metricsLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.InfoContext(gctx, "shutting down")
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.ShutdownTimeout)
+		defer cancel()
+		// Held requests get their answer until the timeout; then loads under way are
+		// cancelled (their requests get 503) and the remaining streams cut.
+		done := make(chan struct{})
+		go func() { gs.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-sctx.Done():
+			srv.Close()
+			gs.Stop()
+			<-done
+		}
+		srv.Close()
+		return hs.Shutdown(sctx)
+	})
+	return g.Wait()
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

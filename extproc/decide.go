@@ -1,0 +1,293 @@
+package extproc
+
+import (
+	"cmp"
+	"hash/fnv"
+	"slices"
+	"strings"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/registry"
+	"github.com/modelmesh/mesh/internal/residency"
+)
+
+// Request is what the decision needs from one request's headers. Header names are
+// lower-case, as Envoy sends them.
+type Request struct {
+	// Path is the request path without its query (":path").
+	Path string
+	// Model and Version are x-model-id and x-model-version; Version may be empty.
+	Model   string
+	Version string
+	// Header looks up any request header by lower-case name ("" when absent); the
+	// registry's traffic rules match on it. May be nil.
+	Header func(string) string
+}
+
+// Kind says what the server must do with a decision.
+type Kind int
+
+const (
+	// Route: send the request to Endpoint now.
+	Route Kind = iota + 1
+	// Load: make Target resident on one of Candidates, then route there.
+	Load
+)
+
+// Decision is the proto-free result of Decide.
+type Decision struct {
+	Kind Kind
+	// Outcome is the metrics label of a Route decision: "routed_ready" or "server_level".
+	Outcome string
+	// Model is the chosen model version; empty for server-level calls.
+	Model placement.ModelVersion
+	// Endpoint is the worker's data address ("host:port") for Route.
+	Endpoint string
+	// Target describes the load for Load decisions.
+	Target Target
+	// Candidates are the workers able to hold Target, best first (see Candidates).
+	Candidates []residency.Worker
+}
+
+// Target is a model version to make resident, with what the worker's Load needs.
+type Target struct {
+	Model      placement.ModelVersion
+	Runtime    string
+	StorageURI string
+	// Declared is the registry's size (0: none); Learned the size measured at an earlier
+	// load anywhere in the mesh (0: never measured).
+	Declared int64
+	Learned  int64
+	Pinned   bool
+}
+
+// Size is the size placement reserves for: declared, else learned, else 0 (unknown).
+func (t Target) Size() int64 {
+	if t.Declared > 0 {
+		return t.Declared
+	}
+	return t.Learned
+}
+
+// serverLevel lists the calls a worker answers about itself rather than about a model.
+var serverLevel = map[string]bool{
+	"/v2/health/live":  true,
+	"/v2/health/ready": true,
+	"/v2":              true,
+	"/v2/":             true,
+	"/inference.GRPCInferenceService/ServerLive":     true,
+	"/inference.GRPCInferenceService/ServerReady":    true,
+	"/inference.GRPCInferenceService/ServerMetadata": true,
+}
+
+// Decide is the whole per-request decision, without I/O: given the latest snapshot (nil when
+// none was read yet) and the request, it routes the request, asks for a load, or fails with
+// an *Error. rnd(n) returns a uniform number in [0, n); it picks the version by the traffic
+// weights and the worker for server-level calls.
+func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (Decision, error) {
+	if snap == nil {
+		return Decision{}, errorf(ErrNoState, "mesh state not read from redis yet")
+	}
+	if req.Model == "" {
+		if !serverLevel[req.Path] {
+			return Decision{}, errorf(ErrNoModel, "no model named in the request (x-model-id, or a /v2/models/{name}/... path)")
+		}
+		live := liveWorkers(snap)
+		if len(live) == 0 {
+			return Decision{}, errorf(ErrNoWorker, "no live worker")
+		}
+		return Decision{Kind: Route, Outcome: "server_level", Endpoint: live[rnd(uint64(len(live)))].DataAddr}, nil
+	}
+	var model registry.Model
+	ok := false
+	if snap.Registry != nil {
+		model, ok = snap.Registry.Model(req.Model)
+	}
+	if !ok {
+		return Decision{}, errorf(ErrNotRegistered, "model %s is not registered", req.Model)
+	}
+	version := req.Version
+	if version == "" {
+		header := req.Header
+		if header == nil {
+			header = func(string) string { return "" }
+		}
+		version = pickWeighted(model.Routes(header), rnd)
+	}
+	v, ok := model.Version(version)
+	if !ok {
+		return Decision{}, errorf(ErrNotRegistered, "model %s version %s is not registered", req.Model, version)
+	}
+	m := placement.ModelVersion{Name: model.Name, Version: v.Version}
+	if w, ok := ReadyWorker(snap, m); ok {
+		return Decision{Kind: Route, Outcome: "routed_ready", Model: m, Endpoint: w.DataAddr}, nil
+	}
+	t := Target{Model: m, Runtime: model.Runtime, StorageURI: v.StorageURI, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
+	cands := Candidates(snap, t)
+	if len(cands) == 0 {
+		if t.Size() > 0 {
+			return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s and capacity for model %s (%d bytes)", t.Runtime, m, t.Size())
+		}
+		return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s for model %s", t.Runtime, m)
+	}
+	return Decision{Kind: Load, Model: m, Target: t, Candidates: cands}, nil
+}
+
+// pickWeighted chooses a version with probability weight/total; the split is never empty
+// and its weights never all zero (the registry validates both).
+func pickWeighted(split []registry.Weighted, rnd func(uint64) uint64) string {
+	var total uint64
+	for _, w := range split {
+		total += uint64(w.Weight)
+	}
+	if total == 0 {
+		return split[0].Version
+	}
+	r := rnd(total)
+	for _, w := range split {
+		if r < uint64(w.Weight) {
+			return w.Version
+		}
+		r -= uint64(w.Weight)
+	}
+	return split[len(split)-1].Version
+}
+
+// liveWorkers are the snapshot's workers with a data address, sorted by id.
+func liveWorkers(snap *residency.Snapshot) []residency.Worker {
+	var out []residency.Worker
+	for _, w := range snap.Workers {
+		if w.DataAddr != "" {
+			out = append(out, w)
+		}
+	}
+	slices.SortFunc(out, func(a, b residency.Worker) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// ReadyWorker picks the least-loaded worker holding m ready: lowest used/capacity, then
+// fewest loads in progress, then a per-model hash of the worker id (so equal workers are
+// shared out between models, the same way on every ext_proc replica), then the id.
+func ReadyWorker(snap *residency.Snapshot, m placement.ModelVersion) (residency.Worker, bool) {
+	var best residency.Worker
+	found := false
+	for _, id := range snap.Ready(m) {
+		w, ok := snap.Workers[id]
+		if !ok || w.DataAddr == "" {
+			continue
+		}
+		if !found || compareLoad(snap, m, w, best) < 0 {
+			best, found = w, true
+		}
+	}
+	return best, found
+}
+
+func compareLoad(snap *residency.Snapshot, m placement.ModelVersion, a, b residency.Worker) int {
+	if c := cmp.Compare(fullness(a), fullness(b)); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(loading(snap, a.ID), loading(snap, b.ID)); c != 0 {
+		return c
+	}
+	return spread(m, a, b)
+}
+
+// fullness is used/capacity; a worker without capacity counts as full.
+func fullness(w residency.Worker) float64 {
+	if w.CapacityBytes <= 0 {
+		return 1
+	}
+	return float64(w.UsedBytes) / float64(w.CapacityBytes)
+}
+
+// loading counts the worker's loads in progress.
+func loading(snap *residency.Snapshot, id string) int {
+	n := 0
+	for _, r := range snap.Replicas[id] {
+		if r.State == placement.StateLoading.String() {
+			n++
+		}
+	}
+	return n
+}
+
+// spread orders two otherwise equal workers by rendezvous hashing of (model, worker): the
+// order is deterministic, the same on every ext_proc replica, and differs between models.
+func spread(m placement.ModelVersion, a, b residency.Worker) int {
+	if c := cmp.Compare(rendezvous(m, b.ID), rendezvous(m, a.ID)); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
+}
+
+func rendezvous(m placement.ModelVersion, worker string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(m.String()))
+	h.Write([]byte{0})
+	h.Write([]byte(worker))
+	return h.Sum64()
+}
+
+// Candidates lists the live workers that can hold t, best first:
+//
+//  1. workers where t is already loading (a Load there joins the load in progress);
+//  2. workers with free room (capacity - used) for t's size; when the size is unknown, any
+//     free byte counts as room;
+//  3. fewest loads in progress;
+//  4. spread: rendezvous hash of (model, worker), then id.
+//
+// Left out: workers of another runtime, workers whose whole capacity is below t's known
+// size, workers without addresses. Workers where t is draining come last.
+func Candidates(snap *residency.Snapshot, t Target) []residency.Worker {
+	size := t.Size()
+	type cand struct {
+		w                       residency.Worker
+		joining, draining, room bool
+		loads                   int
+	}
+	var cs []cand
+	for id, w := range snap.Workers {
+		if w.Runtime != t.Runtime || w.DataAddr == "" || w.MgmtAddr == "" {
+			continue
+		}
+		if size > 0 && w.CapacityBytes < size {
+			continue
+		}
+		free := w.CapacityBytes - w.UsedBytes
+		rep, has := snap.Replicas[id][t.Model]
+		cs = append(cs, cand{
+			w:        w,
+			joining:  has && rep.State == placement.StateLoading.String(),
+			draining: has && rep.State == placement.StateDraining.String(),
+			room:     (size > 0 && free >= size) || (size <= 0 && free > 0),
+			loads:    loading(snap, id),
+		})
+	}
+	slices.SortFunc(cs, func(a, b cand) int {
+		switch {
+		case a.draining != b.draining:
+			return boolFirst(b.draining)
+		case a.joining != b.joining:
+			return boolFirst(a.joining)
+		case a.room != b.room:
+			return boolFirst(a.room)
+		case a.loads != b.loads:
+			return cmp.Compare(a.loads, b.loads)
+		}
+		return spread(t.Model, a.w, b.w)
+	})
+	out := make([]residency.Worker, len(cs))
+	for i, c := range cs {
+		out[i] = c.w
+	}
+	return out
+}
+
+// boolFirst orders a before b when first is true (a's flag set, b's not).
+func boolFirst(first bool) int {
+	if first {
+		return -1
+	}
+	return 1
+}

@@ -1,0 +1,256 @@
+package extproc
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/registry"
+	"github.com/modelmesh/mesh/internal/residency"
+)
+
+const testRegistry = `
+models:
+  - name: iris
+    versions:
+      - {version: "1", storageUri: "file:///m/iris/1", memoryBytes: 100}
+      - {version: "2", storageUri: "file:///m/iris/2", memoryBytes: 100}
+    traffic:
+      - match: {x-canary: "yes"}
+        split: [{version: "2", weight: 1}]
+      - split: [{version: "1", weight: 90}, {version: "2", weight: 10}]
+  - name: digits
+    versions: [{version: "1", storageUri: "file:///m/digits/1"}]
+  - name: big
+    versions: [{version: "1", storageUri: "file:///m/big/1", memoryBytes: 500}]
+  - name: llm
+    runtime: triton
+    pinned: true
+    versions: [{version: "7", storageUri: "file:///m/llm/7", memoryBytes: 10}]
+`
+
+func mustRegistry(t testing.TB, yaml string) *registry.Registry {
+	t.Helper()
+	reg, err := registry.Parse([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// worker is a live worker record for tests: data port 1000+n, management port 2000+n.
+func worker(id string, n int, runtime string, capacity, used int64) residency.Worker {
+	return residency.Worker{ID: id, Runtime: runtime, CapacityBytes: capacity, UsedBytes: used,
+		DataAddr: fmt.Sprintf("10.0.0.%d:8000", n), MgmtAddr: fmt.Sprintf("10.0.0.%d:8010", n)}
+}
+
+type snapOpt func(*residency.Snapshot)
+
+func withWorker(w residency.Worker, replicas map[string]string) snapOpt {
+	return func(s *residency.Snapshot) {
+		s.Workers[w.ID] = w
+		reps := map[placement.ModelVersion]residency.Replica{}
+		for mv, state := range replicas {
+			m, err := placement.ParseModelVersion(mv)
+			if err != nil {
+				panic(err)
+			}
+			reps[m] = residency.Replica{State: state}
+		}
+		s.Replicas[w.ID] = reps
+	}
+}
+
+func withSize(mv string, n int64) snapOpt {
+	return func(s *residency.Snapshot) {
+		m, _ := placement.ParseModelVersion(mv)
+		s.Sizes[m] = n
+	}
+}
+
+func snapshot(t testing.TB, opts ...snapOpt) *residency.Snapshot {
+	s := &residency.Snapshot{Workers: map[string]residency.Worker{}, Replicas: map[string]map[placement.ModelVersion]residency.Replica{},
+		Sizes: map[placement.ModelVersion]int64{}, Registry: mustRegistry(t, testRegistry)}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// fixed is a random source that always returns r (mod n).
+func fixed(r uint64) func(uint64) uint64 { return func(n uint64) uint64 { return r % n } }
+
+func mv(name, version string) placement.ModelVersion {
+	return placement.ModelVersion{Name: name, Version: version}
+}
+
+// want is the comparable part of a decision.
+type want struct {
+	Kind       Kind
+	Outcome    string
+	Model      placement.ModelVersion
+	Endpoint   string
+	Candidates []string // worker ids, in order
+	Err        error
+}
+
+func summary(d Decision, err error) want {
+	var kind error
+	if err != nil {
+		for _, k := range []error{ErrNoState, ErrNoModel, ErrNotRegistered, ErrNoWorker} {
+			if errors.Is(err, k) {
+				kind = k
+			}
+		}
+		return want{Err: kind}
+	}
+	w := want{Kind: d.Kind, Outcome: d.Outcome, Model: d.Model, Endpoint: d.Endpoint}
+	for _, c := range d.Candidates {
+		w.Candidates = append(w.Candidates, c.ID)
+	}
+	return w
+}
+
+func TestDecide(t *testing.T) {
+	const ort = "onnxruntime"
+	w1 := worker("w1", 1, ort, 1000, 0)
+	w2 := worker("w2", 2, ort, 1000, 0)
+	tests := []struct {
+		name string
+		snap *residency.Snapshot
+		req  Request
+		rnd  func(uint64) uint64
+		want want
+	}{
+		{name: "no snapshot yet", snap: nil, req: Request{Model: "iris"}, want: want{Err: ErrNoState}},
+		{name: "server live goes to a live worker", snap: snapshot(t, withWorker(w1, nil), withWorker(w2, nil)),
+			req: Request{Path: "/v2/health/live"}, rnd: fixed(1), want: want{Kind: Route, Outcome: "server_level", Endpoint: w2.DataAddr}},
+		{name: "server metadata", snap: snapshot(t, withWorker(w1, nil)),
+			req: Request{Path: "/v2"}, want: want{Kind: Route, Outcome: "server_level", Endpoint: w1.DataAddr}},
+		{name: "grpc server ready", snap: snapshot(t, withWorker(w1, nil)),
+			req: Request{Path: "/inference.GRPCInferenceService/ServerReady"}, want: want{Kind: Route, Outcome: "server_level", Endpoint: w1.DataAddr}},
+		{name: "server level without a live worker", snap: snapshot(t),
+			req: Request{Path: "/v2/health/ready"}, want: want{Err: ErrNoWorker}},
+		{name: "no model on another path", snap: snapshot(t, withWorker(w1, nil)),
+			req: Request{Path: "/v2/models"}, want: want{Err: ErrNoModel}},
+		{name: "unknown model", snap: snapshot(t, withWorker(w1, nil)),
+			req: Request{Model: "nope"}, want: want{Err: ErrNotRegistered}},
+		{name: "no registry published", snap: &residency.Snapshot{},
+			req: Request{Model: "iris"}, want: want{Err: ErrNotRegistered}},
+		{name: "unknown version", snap: snapshot(t, withWorker(w1, nil)),
+			req: Request{Model: "iris", Version: "3"}, want: want{Err: ErrNotRegistered}},
+		{name: "weighted split picks v1 below 90", snap: snapshot(t, withWorker(w1, map[string]string{"iris:1": "ready", "iris:2": "ready"})),
+			req: Request{Model: "iris"}, rnd: fixed(89), want: want{Kind: Route, Outcome: "routed_ready", Model: mv("iris", "1"), Endpoint: w1.DataAddr}},
+		{name: "weighted split picks v2 from 90", snap: snapshot(t, withWorker(w1, map[string]string{"iris:1": "ready", "iris:2": "ready"})),
+			req: Request{Model: "iris"}, rnd: fixed(90), want: want{Kind: Route, Outcome: "routed_ready", Model: mv("iris", "2"), Endpoint: w1.DataAddr}},
+		{name: "header rule sends canaries to v2", snap: snapshot(t, withWorker(w1, map[string]string{"iris:2": "ready"})),
+			req: Request{Model: "iris", Header: func(k string) string { return map[string]string{"x-canary": "yes"}[k] }}, rnd: fixed(0),
+			want: want{Kind: Route, Outcome: "routed_ready", Model: mv("iris", "2"), Endpoint: w1.DataAddr}},
+		{name: "explicit version beats the split", snap: snapshot(t, withWorker(w1, map[string]string{"iris:2": "ready"})),
+			req: Request{Model: "iris", Version: "2"}, rnd: fixed(0), want: want{Kind: Route, Outcome: "routed_ready", Model: mv("iris", "2"), Endpoint: w1.DataAddr}},
+		{name: "default version without rules", snap: snapshot(t, withWorker(w1, map[string]string{"digits:1": "ready"})),
+			req: Request{Model: "digits"}, want: want{Kind: Route, Outcome: "routed_ready", Model: mv("digits", "1"), Endpoint: w1.DataAddr}},
+		{name: "hot goes to the least full ready worker",
+			snap: snapshot(t, withWorker(worker("w1", 1, ort, 1000, 800), map[string]string{"digits:1": "ready"}),
+				withWorker(worker("w2", 2, ort, 1000, 100), map[string]string{"digits:1": "ready"}),
+				withWorker(worker("w3", 3, ort, 1000, 0), map[string]string{"digits:1": "loading"})),
+			req: Request{Model: "digits"}, want: want{Kind: Route, Outcome: "routed_ready", Model: mv("digits", "1"), Endpoint: "10.0.0.2:8000"}},
+		{name: "draining is not ready",
+			snap: snapshot(t, withWorker(w1, map[string]string{"digits:1": "draining"})),
+			req:  Request{Model: "digits"}, want: want{Kind: Load, Model: mv("digits", "1"), Candidates: []string{"w1"}}},
+		{name: "cold: runtime must match",
+			snap: snapshot(t, withWorker(w1, nil), withWorker(worker("t1", 9, "triton", 1000, 0), nil)),
+			req:  Request{Model: "llm"}, want: want{Kind: Load, Model: mv("llm", "7"), Candidates: []string{"t1"}}},
+		{name: "cold: no worker of the runtime",
+			snap: snapshot(t, withWorker(w1, nil)),
+			req:  Request{Model: "llm"}, want: want{Err: ErrNoWorker}},
+		{name: "cold: capacity below the declared size is never chosen",
+			snap: snapshot(t, withWorker(worker("small", 1, ort, 400, 0), nil), withWorker(worker("large", 2, ort, 600, 550), nil)),
+			req:  Request{Model: "big"}, want: want{Kind: Load, Model: mv("big", "1"), Candidates: []string{"large"}}},
+		{name: "cold: nobody large enough",
+			snap: snapshot(t, withWorker(worker("small", 1, ort, 400, 0), nil)),
+			req:  Request{Model: "big"}, want: want{Err: ErrNoWorker}},
+		{name: "cold: room before fewer loads",
+			snap: snapshot(t, withWorker(worker("full", 1, ort, 1000, 950), nil),
+				withWorker(worker("busy", 2, ort, 1000, 0), map[string]string{"a:1": "loading", "b:1": "loading"})),
+			req: Request{Model: "iris", Version: "1"}, want: want{Kind: Load, Model: mv("iris", "1"), Candidates: []string{"busy", "full"}}},
+		{name: "cold: learned size counts as the size",
+			snap: snapshot(t, withSize("digits:1", 300), withWorker(worker("a", 1, ort, 1000, 800), nil),
+				withWorker(worker("b", 2, ort, 1000, 600), map[string]string{"x:1": "loading"})),
+			req: Request{Model: "digits"}, want: want{Kind: Load, Model: mv("digits", "1"), Candidates: []string{"b", "a"}}},
+		{name: "cold: learned size above a worker's capacity excludes it",
+			snap: snapshot(t, withSize("digits:1", 2000), withWorker(worker("a", 1, ort, 1000, 0), nil), withWorker(worker("b", 2, ort, 4000, 0), nil)),
+			req:  Request{Model: "digits"}, want: want{Kind: Load, Model: mv("digits", "1"), Candidates: []string{"b"}}},
+		{name: "cold: with room everywhere, fewest loads in progress",
+			snap: snapshot(t, withWorker(worker("a", 1, ort, 1000, 0), map[string]string{"x:1": "loading"}),
+				withWorker(worker("b", 2, ort, 1000, 500), map[string]string{"y:1": "ready"})),
+			req: Request{Model: "iris", Version: "1"}, want: want{Kind: Load, Model: mv("iris", "1"), Candidates: []string{"b", "a"}}},
+		{name: "cold: join a load already under way",
+			snap: snapshot(t, withWorker(worker("a", 1, ort, 1000, 0), nil),
+				withWorker(worker("b", 2, ort, 1000, 950), map[string]string{"iris:1": "loading"})),
+			req: Request{Model: "iris", Version: "1"}, want: want{Kind: Load, Model: mv("iris", "1"), Candidates: []string{"b", "a"}}},
+		{name: "cold: unknown size, a full worker comes last",
+			snap: snapshot(t, withWorker(worker("a", 1, ort, 1000, 1000), nil), withWorker(worker("b", 2, ort, 1000, 999), nil)),
+			req:  Request{Model: "digits"}, want: want{Kind: Load, Model: mv("digits", "1"), Candidates: []string{"b", "a"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rnd := tt.rnd
+			if rnd == nil {
+				rnd = fixed(0)
+			}
+			got := summary(Decide(tt.snap, tt.req, rnd))
+			if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b error) bool { return a == b })); diff != "" {
+				t.Errorf("Decide (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWeightedChoiceFollowsTheWeights(t *testing.T) {
+	snap := snapshot(t, withWorker(worker("w1", 1, "onnxruntime", 1000, 0), map[string]string{"iris:1": "ready", "iris:2": "ready"}))
+	counts := map[string]int{}
+	for r := uint64(0); r < 100; r++ {
+		d, err := Decide(snap, Request{Model: "iris"}, fixed(r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[d.Model.Version]++
+	}
+	if counts["1"] != 90 || counts["2"] != 10 {
+		t.Fatalf("versions over every draw: %v, want 90 v1 and 10 v2", counts)
+	}
+}
+
+func TestEqualWorkersAreSharedOutDeterministically(t *testing.T) {
+	var opts []snapOpt
+	yaml := "models:\n"
+	for i := range 40 {
+		yaml += fmt.Sprintf("  - name: m%d\n    versions: [{version: \"1\", storageUri: \"file:///m\"}]\n", i)
+	}
+	for i, id := range []string{"a", "b", "c"} {
+		opts = append(opts, withWorker(worker(id, i, "onnxruntime", 1000, 0), nil))
+	}
+	snap := snapshot(t, opts...)
+	snap.Registry = mustRegistry(t, yaml)
+	first := map[string]int{}
+	for i := range 40 {
+		req := Request{Model: fmt.Sprintf("m%d", i)}
+		d1, err := Decide(snap, req, fixed(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d2, _ := Decide(snap, req, fixed(7))
+		if diff := cmp.Diff(summary(d1, nil), summary(d2, nil)); diff != "" {
+			t.Fatalf("two decisions on one snapshot differ:\n%s", diff)
+		}
+		first[d1.Candidates[0].ID]++
+	}
+	if len(first) != 3 {
+		t.Fatalf("40 cold models went first to %v; want all three equal workers used", first)
+	}
+}

@@ -1,0 +1,118 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
+
+// Process is the ext_proc stream: one per HTTP request. Only request headers are expected
+// (processing mode request_header_mode SEND, everything else SKIP); any other message is
+// let through unchanged. It returns when Envoy closes the stream.
+func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
+	ctx := stream.Context()
+	for {
+		req, err := stream.Recv()
+		if err == io.EOF || status.Code(err) == codes.Canceled {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var resp *extprocv3.ProcessingResponse
+		switch r := req.Request.(type) {
+		case *extprocv3.ProcessingRequest_RequestHeaders:
+			if resp, err = s.onRequestHeaders(ctx, stream, r.RequestHeaders); err != nil {
+				return err
+			}
+		default:
+			resp = passThrough(req)
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// onRequestHeaders answers one request's headers; it returns an error only when the
+// stream is gone.
+func (s *Server) onRequestHeaders(ctx context.Context, stream extprocv3.ExternalProcessor_ProcessServer, h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {
+	start := time.Now()
+	req, grpc := requestOf(h)
+	extend := func() error {
+		return stream.Send(extendResponse(s.overrideTimeout()))
+	}
+	a, err := s.Handle(ctx, req, extend)
+	var resp *extprocv3.ProcessingResponse
+	outcome := a.Outcome
+	switch {
+	case err == nil:
+		resp = routeResponse(a)
+	case ctx.Err() != nil:
+		s.metrics.decisions.WithLabelValues("canceled").Inc()
+		return nil, ctx.Err()
+	case !errors.As(err, new(*Error)):
+		return nil, err // the stream failed while extending the timeout
+	default:
+		resp, outcome = errorResponse(err, grpc, s.cfg.RetryAfter)
+	}
+	s.metrics.decisions.WithLabelValues(outcome).Inc()
+	s.metrics.decisionSeconds.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.DebugContext(ctx, "decided", "model", req.Model, "version", a.Model.Version, "path", req.Path,
+			"outcome", outcome, "endpoint", a.Endpoint, "error", err)
+	}
+	return resp, nil
+}
+
+// overrideTimeout is the message timeout asked of Envoy before holding a request: the
+// load deadline plus a margin for the answer, within Envoy's max_message_timeout.
+func (s *Server) overrideTimeout() time.Duration {
+	return min(s.cfg.LoadDeadline+5*time.Second, s.cfg.MaxMessageTimeout)
+}
+
+// requestOf extracts the decision's input from Envoy's headers, and whether the request
+// is gRPC.
+func requestOf(h *extprocv3.HttpHeaders) (Request, bool) {
+	headers := map[string]string{}
+	for _, hv := range h.GetHeaders().GetHeaders() {
+		v := hv.GetValue()
+		if len(hv.GetRawValue()) > 0 {
+			v = string(hv.GetRawValue())
+		}
+		headers[strings.ToLower(hv.GetKey())] = v
+	}
+	path, _, _ := strings.Cut(headers[":path"], "?")
+	req := Request{
+		Path:    path,
+		Model:   headers[HeaderModel],
+		Version: headers[HeaderVersion],
+		Header:  func(k string) string { return headers[k] },
+	}
+	return req, strings.HasPrefix(headers["content-type"], "application/grpc")
+}
+
+// passThrough lets a message the server has no business with continue unchanged.
+func passThrough(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	switch req.Request.(type) {
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}
+	case *extprocv3.ProcessingRequest_RequestBody:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
+	default:
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
+	}
+}

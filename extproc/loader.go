@@ -1,0 +1,89 @@
+package extproc
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/modelmesh/mesh/internal/residency"
+	"github.com/modelmesh/mesh/proto/meshv1"
+)
+
+// Loader makes a model version resident on a worker. Load blocks until the model is ready
+// on w or the load failed, bounded by ctx; it returns an error wrapping ErrNoRoom when the
+// worker cannot make room for the model. Implementations must be safe for concurrent use.
+type Loader interface {
+	Load(ctx context.Context, w residency.Worker, t Target) error
+}
+
+// GRPCLoader calls the worker management API (meshv1.WorkerService/Load) at the worker's
+// MgmtAddr over plaintext gRPC, keeping one client connection per address. Safe for
+// concurrent use; Close releases the connections.
+type GRPCLoader struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+var _ Loader = (*GRPCLoader)(nil)
+
+// NewGRPCLoader returns a loader with no connections yet.
+func NewGRPCLoader() *GRPCLoader { return &GRPCLoader{conns: map[string]*grpc.ClientConn{}} }
+
+// Load implements Loader.
+func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) error {
+	conn, err := l.conn(w.MgmtAddr)
+	if err != nil {
+		return err
+	}
+	_, err = meshv1.NewWorkerServiceClient(conn).Load(ctx, &meshv1.LoadRequest{
+		Model:              &meshv1.ModelRef{Name: t.Model.Name, Version: t.Model.Version},
+		StorageUri:         t.StorageURI,
+		MemoryBytes:        t.Declared,
+		LearnedMemoryBytes: t.Learned,
+		Pinned:             t.Pinned,
+	})
+	if err == nil {
+		return nil
+	}
+	if status.Code(err) == codes.ResourceExhausted {
+		return fmt.Errorf("%w: worker %s: %s", ErrNoRoom, w.ID, status.Convert(err).Message())
+	}
+	return fmt.Errorf("worker %s: %s", w.ID, status.Convert(err).Message())
+}
+
+func (l *GRPCLoader) conn(addr string) (*grpc.ClientConn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c, ok := l.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connect to worker management %s: %w", addr, err)
+	}
+	l.conns[addr] = c
+	return c, nil
+}
+
+// Forget closes the connections to addresses not in live (workers that left the mesh).
+func (l *GRPCLoader) Forget(live map[string]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for addr, c := range l.conns {
+		if !live[addr] {
+			c.Close()
+			delete(l.conns, addr)
+		}
+	}
+}
+
+// Close closes every connection.
+func (l *GRPCLoader) Close() error {
+	l.Forget(nil)
+	return nil
+}

@@ -1,0 +1,58 @@
+package extproc
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the server's Prometheus metrics. Labels are bounded: outcomes and results
+// only, never model names.
+type Metrics struct {
+	decisions       *prometheus.CounterVec
+	decisionSeconds *prometheus.HistogramVec
+	coldWait        *prometheus.HistogramVec
+	loadsInFlight   prometheus.Gauge
+	loads           *prometheus.CounterVec
+	coalesced       prometheus.Counter
+	lockWaits       prometheus.Counter
+	snapshotTime    prometheus.Gauge
+}
+
+// Outcomes are the values of the outcome label.
+var Outcomes = []string{"routed_ready", "server_level", "cold_loaded", "not_found", "no_worker", "load_failed", "deadline", "queue_full", "canceled"}
+
+// NewMetrics registers the metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_extproc_decisions_total", Help: "Requests answered, by outcome.",
+		}, []string{"outcome"}),
+		decisionSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mesh_extproc_decision_duration_seconds", Help: "Time from request headers to the answer, by outcome.",
+			Buckets: []float64{.0001, .0005, .001, .005, .01, .05, .1, .5, 1, 2.5, 5, 10, 30, 60, 120},
+		}, []string{"outcome"}),
+		coldWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "mesh_extproc_cold_wait_seconds", Help: "Time a request was held waiting for a load, by result (ok, error).",
+			Buckets: []float64{.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60, 120},
+		}, []string{"result"}),
+		loadsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mesh_extproc_loads_in_flight", Help: "Coalesced loads this replica is running or waiting on.",
+		}),
+		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_extproc_worker_loads_total", Help: "Load calls to workers, by result (ok, no_room, error).",
+		}, []string{"result"}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mesh_extproc_coalesced_requests_total", Help: "Cold requests that joined a load already under way in this replica.",
+		}),
+		lockWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mesh_extproc_lock_waits_total", Help: "Loads left to another ext_proc replica that held the model's lock.",
+		}),
+		snapshotTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mesh_extproc_snapshot_timestamp_seconds", Help: "Unix time of the last residency snapshot read from Redis.",
+		}),
+	}
+	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.loads, m.coalesced, m.lockWaits, m.snapshotTime)
+	for _, o := range Outcomes {
+		m.decisions.WithLabelValues(o)
+	}
+	return m
+}

@@ -1,0 +1,388 @@
+// Package extproc is the mesh's Envoy ext_proc service on the cold path. For each request
+// Envoy sends (headers only) it resolves the model version, routes to a worker that holds it
+// ready, or has one worker load it (once for all waiting requests, across every ext_proc
+// replica) and holds the request until the load is done.
+//
+// The package is three layers: handler.go is the ext_proc stream loop and the only place
+// Envoy protos appear (with response.go, which turns decisions and errors into
+// ProcessingResponses in one function); decide.go is the pure per-request decision; this
+// file coordinates loads (in-process coalescing, the Redis lock, waiting).
+package extproc
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/residency"
+)
+
+// Config tunes a Server. Zero durations take the defaults named on each field.
+type Config struct {
+	// LoadDeadline bounds how long a request is held for a load (default 60s). It must stay
+	// below Envoy's max_message_timeout (MaxMessageTimeout).
+	LoadDeadline time.Duration
+	// MaxWaiting bounds the requests held per model version; more are refused (default 1000).
+	MaxWaiting int
+	// MaxMessageTimeout is Envoy's max_message_timeout (default 120s): the ceiling of the
+	// override_message_timeout sent before holding a request.
+	MaxMessageTimeout time.Duration
+	// RetryAfter is the Retry-After sent with 503 answers (default 1s, rounded up to seconds).
+	RetryAfter time.Duration
+	// LockTTL is the life of the Redis load lock, extended every third of it while the
+	// load runs (default 10s); a crashed holder blocks others at most this long.
+	LockTTL time.Duration
+	// LockPoll is how often a replica waiting on another's lock checks whether it is gone
+	// (default 100ms); readiness itself arrives with residency snapshots.
+	LockPoll time.Duration
+	// Settle is how long a finished load's result answers late requests directly, and how
+	// long its lock is kept after success, until the worker's ready state reaches every
+	// replica's snapshot (default 2s).
+	Settle time.Duration
+	// Rand returns a uniform number in [0, n); default math/rand/v2.Uint64N.
+	Rand func(n uint64) uint64
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.LoadDeadline, 60*time.Second)
+	def(&c.MaxMessageTimeout, 120*time.Second)
+	def(&c.RetryAfter, time.Second)
+	def(&c.LockTTL, 10*time.Second)
+	def(&c.LockPoll, 100*time.Millisecond)
+	def(&c.Settle, 2*time.Second)
+	if c.MaxWaiting <= 0 {
+		c.MaxWaiting = 1000
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Uint64N
+	}
+	return c
+}
+
+// Server is the ext_proc service. Every method is safe for concurrent use. It owns the
+// goroutines that run loads; Close cancels them and waits for them.
+type Server struct {
+	cfg     Config
+	view    *View
+	loader  Loader
+	locks   *Locks
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu      sync.Mutex
+	flights map[placement.ModelVersion]*flight
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+// flight is one coalesced load of a model version in this replica. Fields other than done
+// and cancel are guarded by Server.mu.
+type flight struct {
+	done    chan struct{}
+	cancel  context.CancelFunc
+	waiting int
+	// Set once, before done is closed.
+	finished bool
+	worker   residency.Worker
+	err      error
+	until    time.Time // a successful result answers new requests until then
+}
+
+// New returns a server reading state from view, loading through loader and coordinating
+// with other replicas through locks (nil: coalesce within this process only).
+func New(cfg Config, view *View, loader Loader, locks *Locks, log *slog.Logger, metrics *Metrics) *Server {
+	view.mu.Lock()
+	view.onSet = func(t time.Time) { metrics.snapshotTime.Set(float64(t.UnixNano()) / 1e9) }
+	view.mu.Unlock()
+	return &Server{
+		cfg: cfg.withDefaults(), view: view, loader: loader, locks: locks, log: log, metrics: metrics,
+		flights: map[placement.ModelVersion]*flight{},
+	}
+}
+
+// Answer is a successful handling: send the request to Endpoint.
+type Answer struct {
+	Outcome  string
+	Endpoint string
+	// Model is the chosen version (empty for server-level calls).
+	Model placement.ModelVersion
+}
+
+// Handle decides one request and, when its model must be loaded, holds it until the load
+// finished, the load deadline passed or ctx ended. extend is called once, before the first
+// wait, so the caller can ask Envoy for more time; an error from it ends the handling.
+// Errors are *Error values (or ctx's error).
+func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (Answer, error) {
+	d, err := Decide(s.view.Snapshot(), req, s.cfg.Rand)
+	if err != nil {
+		return Answer{}, err
+	}
+	if d.Kind == Route {
+		return Answer{Outcome: d.Outcome, Endpoint: d.Endpoint, Model: d.Model}, nil
+	}
+	w, err := s.hold(ctx, d, extend)
+	if err != nil {
+		return Answer{}, err
+	}
+	return Answer{Outcome: "cold_loaded", Endpoint: w.DataAddr, Model: d.Model}, nil
+}
+
+// hold joins (or starts) the flight for d's model version and waits for it.
+func (s *Server) hold(ctx context.Context, d Decision, extend func() error) (residency.Worker, error) {
+	deadline := time.Now().Add(s.cfg.LoadDeadline)
+	m := d.Model
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return residency.Worker{}, errorf(ErrLoadFailed, "ext_proc is shutting down")
+	}
+	f := s.flights[m]
+	if f != nil && f.finished {
+		if f.err == nil && time.Now().Before(f.until) {
+			s.mu.Unlock()
+			return f.worker, nil
+		}
+		delete(s.flights, m)
+		f = nil
+	}
+	switch {
+	case f == nil:
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.LoadDeadline)
+		f = &flight{done: make(chan struct{}), cancel: cancel}
+		s.flights[m] = f
+		s.wg.Add(1)
+		go s.fly(fctx, f, d)
+	case f.waiting >= s.cfg.MaxWaiting:
+		s.mu.Unlock()
+		return residency.Worker{}, errorf(ErrQueueFull, "%d requests already wait for model %s", s.cfg.MaxWaiting, m)
+	default:
+		s.metrics.coalesced.Inc()
+	}
+	f.waiting++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		f.waiting--
+		s.mu.Unlock()
+	}()
+
+	start := time.Now()
+	w, err := s.wait(ctx, f, deadline, extend)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	s.metrics.coldWait.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	return w, err
+}
+
+func (s *Server) wait(ctx context.Context, f *flight, deadline time.Time, extend func() error) (residency.Worker, error) {
+	select {
+	case <-f.done:
+	default:
+		if err := extend(); err != nil {
+			return residency.Worker{}, err
+		}
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		select {
+		case <-f.done:
+		case <-timer.C:
+			return residency.Worker{}, errorf(ErrDeadline, "model not ready within %s", s.cfg.LoadDeadline)
+		case <-ctx.Done():
+			return residency.Worker{}, ctx.Err()
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return f.worker, f.err
+}
+
+// fly runs one flight to its end on a goroutine the server owns.
+func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
+	defer s.wg.Done()
+	defer f.cancel()
+	s.metrics.loadsInFlight.Inc()
+	defer s.metrics.loadsInFlight.Dec()
+	w, err := s.ensure(ctx, d)
+	if err != nil && !errors.As(err, new(*Error)) {
+		switch {
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			err = errorf(ErrDeadline, "model %s not ready within %s", d.Model, s.cfg.LoadDeadline)
+		default: // cancelled by Close
+			err = errorf(ErrLoadFailed, "load of model %s stopped: ext_proc is shutting down", d.Model)
+		}
+	}
+	s.mu.Lock()
+	f.finished, f.worker, f.err = true, w, err
+	f.until = time.Now().Add(s.cfg.Settle)
+	if err != nil && s.flights[d.Model] == f {
+		delete(s.flights, d.Model) // the next request tries again
+	}
+	s.mu.Unlock()
+	close(f.done)
+}
+
+// ensure makes d's model ready somewhere and says where: a replica that appeared in the
+// snapshot, or the worker this replica loaded it on while holding the fleet-wide lock.
+func (s *Server) ensure(ctx context.Context, d Decision) (residency.Worker, error) {
+	log := s.log.With("model", d.Model.String())
+	for {
+		if w, ok := s.readyNow(d.Model); ok {
+			return w, nil
+		}
+		if s.locks == nil {
+			return s.load(ctx, log, d, nil)
+		}
+		lock, err := s.locks.Acquire(ctx, d.Model)
+		if err != nil {
+			if ctx.Err() != nil {
+				return residency.Worker{}, ctx.Err()
+			}
+			// Without Redis every replica loads on its own; they all rank workers the same
+			// way, so their Loads usually meet on one worker, which coalesces them.
+			log.WarnContext(ctx, "load lock unavailable; loading without it", "error", err)
+			return s.load(ctx, log, d, nil)
+		}
+		if lock != nil {
+			return s.load(ctx, log.With("fence", lock.Generation), d, lock)
+		}
+		s.metrics.lockWaits.Inc()
+		log.DebugContext(ctx, "another replica is loading; waiting")
+		if err := s.awaitOther(ctx, d.Model); err != nil {
+			return residency.Worker{}, err
+		}
+	}
+}
+
+// readyNow picks a ready replica of m from the latest snapshot.
+func (s *Server) readyNow(m placement.ModelVersion) (residency.Worker, bool) {
+	snap := s.view.Snapshot()
+	if snap == nil {
+		return residency.Worker{}, false
+	}
+	return ReadyWorker(snap, m)
+}
+
+// awaitOther returns when m is ready in the snapshot or its lock is gone (the other
+// replica finished or died), or with ctx's error.
+func (s *Server) awaitOther(ctx context.Context, m placement.ModelVersion) error {
+	tick := time.NewTicker(s.cfg.LockPoll)
+	defer tick.Stop()
+	for {
+		changed := s.view.Changed()
+		if _, ok := s.readyNow(m); ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-tick.C:
+			if held, err := s.locks.Held(ctx, m); err == nil && !held {
+				return nil
+			}
+		}
+	}
+}
+
+// load calls Load on the best candidate, and on the next one once if the first had no
+// room. With a lock, it keeps the lock alive while loading, lets it lapse after Settle on
+// success (so other replicas see the ready replica in their snapshot before they could
+// take the lock) and releases it at once on failure (so another can try).
+func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *Lock) (residency.Worker, error) {
+	cands := d.Candidates
+	if snap := s.view.Snapshot(); snap != nil {
+		cands = Candidates(snap, d.Target)
+	}
+	if len(cands) == 0 {
+		return residency.Worker{}, errorf(ErrNoWorker, "no live worker with runtime %s can hold model %s", d.Target.Runtime, d.Model)
+	}
+	if lock != nil {
+		stop := s.keepAlive(ctx, lock)
+		defer stop()
+	}
+	var lastErr error
+	for i, w := range cands {
+		if i == 2 || (i == 1 && !errors.Is(lastErr, ErrNoRoom)) {
+			break
+		}
+		start := time.Now()
+		err := s.loader.Load(ctx, w, d.Target)
+		switch {
+		case err == nil:
+			s.metrics.loads.WithLabelValues("ok").Inc()
+			log.InfoContext(ctx, "model loaded", "worker", w.ID, "seconds", time.Since(start).Seconds())
+			if lock != nil {
+				if _, err := lock.Expire(ctx, s.cfg.Settle); err != nil {
+					log.WarnContext(ctx, "shorten load lock", "error", err)
+				}
+			}
+			return w, nil
+		case errors.Is(err, ErrNoRoom):
+			s.metrics.loads.WithLabelValues("no_room").Inc()
+		default:
+			s.metrics.loads.WithLabelValues("error").Inc()
+		}
+		log.WarnContext(ctx, "load on worker failed", "worker", w.ID, "error", err)
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if lock != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		if _, err := lock.Release(rctx); err != nil {
+			log.WarnContext(ctx, "release load lock", "error", err)
+		}
+		cancel()
+	}
+	if ctx.Err() != nil {
+		return residency.Worker{}, ctx.Err()
+	}
+	return residency.Worker{}, errorf(ErrLoadFailed, "load model %s: %v", d.Model, lastErr)
+}
+
+// keepAlive extends lock every third of its TTL until the returned stop is called; stop
+// waits for the goroutine to end.
+func (s *Server) keepAlive(ctx context.Context, lock *Lock) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(s.cfg.LockTTL / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if ok, err := lock.Expire(ctx, s.cfg.LockTTL); err == nil && !ok {
+					s.log.WarnContext(ctx, "load lock lost while loading", "fence", lock.Generation)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// Close cancels every load under way (their requests get a 503) and waits for the
+// goroutines running them. Later requests for cold models are refused.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closed = true
+	for _, f := range s.flights {
+		f.cancel()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
