@@ -100,7 +100,7 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 	}
 	for i, c := range caps {
 		m.workers = append(m.workers, startWorker(t, "w"+string(rune('1'+i)), "--capacity", c, "--redis-addr", m.redis.Addr,
-			"--redis-prefix", m.prefix, "--heartbeat", "500ms", "--drain-grace", "0s", "--log-level", "warn"))
+			"--redis-prefix", m.prefix, "--heartbeat", "500ms", "--drain-grace", "0s", "--log-level", "info"))
 	}
 
 	extprocAddr := freePort(t)
@@ -115,7 +115,7 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 	_, gwPort, _ := net.SplitHostPort(m.Gateway)
 	m.cpArgs = []string{"--xds-listen", xdsAddr, "--metrics-listen", m.CPMetrics, "--registry", m.registry,
 		"--redis-addr", m.redis.Addr, "--redis-prefix", m.prefix, "--gateway-address", "127.0.0.1", "--gateway-port", gwPort,
-		"--extproc-addr", extprocAddr, "--wasm-path", wasmModule(t), "--resync", "1s", "--batch", "20ms", "--log-format", "json"}
+		"--extproc-addr", extprocAddr, "--wasm-path", wasmModule(t), "--resync", "1s", "--batch", "20ms", "--log-format", "json", "--log-level", "debug"}
 	m.cp = startProcess(t, "control plane", filepath.Join(*binDir, "mesh-controlplane"), m.cpArgs, httpOK("http://"+m.CPMetrics+"/healthz"))
 
 	m.Admin = freePort(t)
@@ -165,6 +165,18 @@ func (m *mesh) envoyStat(t testing.TB, name string) int64 {
 func get(t testing.TB, url string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// rawPost posts body and returns the status and body, whatever they are.
+func rawPost(t testing.TB, url, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,8 @@ type Decision struct {
 	Model placement.ModelVersion
 	// Endpoint is the worker's data address ("host:port") for Route.
 	Endpoint string
+	// Worker is the worker holding the ready replica, for routed_ready decisions.
+	Worker residency.Worker
 	// Target describes the load for Load decisions.
 	Target Target
 	// Candidates are the workers able to hold Target, best first (see Candidates).
@@ -119,10 +121,10 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 		return Decision{}, errorf(ErrNotRegistered, "model %s version %s is not registered", req.Model, version)
 	}
 	m := placement.ModelVersion{Name: model.Name, Version: v.Version}
-	if w, ok := ReadyWorker(snap, m); ok {
-		return Decision{Kind: Route, Outcome: "routed_ready", Model: m, Endpoint: w.DataAddr}, nil
-	}
 	t := Target{Model: m, Runtime: model.Runtime, StorageURI: v.StorageURI, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
+	if w, ok := ReadyWorker(snap, m); ok {
+		return Decision{Kind: Route, Outcome: "routed_ready", Model: m, Endpoint: w.DataAddr, Worker: w, Target: t}, nil
+	}
 	cands := Candidates(snap, t)
 	if len(cands) == 0 {
 		if t.Size() > 0 {

@@ -75,6 +75,12 @@ func (m *mesh) addWorker(w residency.Worker, replicas map[string]string) *fakeWo
 	return fw
 }
 
+func (fw *fakeWorker) ready(model string) bool {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.replicas[model].State == "ready"
+}
+
 func (fw *fakeWorker) state() residency.State {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -103,9 +109,19 @@ type fakeLoader struct {
 	fail    map[string]error // by worker id
 	mu      sync.Mutex
 	calls   []string // "worker/model:version"
+	// confirms counts Loads of models already resident.
+	confirms int
 }
 
+// Load records a load in calls, unless the worker already holds the model ready: then, as
+// a real worker does, it answers at once and counts a confirmation.
 func (l *fakeLoader) Load(ctx context.Context, w residency.Worker, t Target) error {
+	if fw := l.workers[w.ID]; fw != nil && fw.ready(t.Model.String()) && l.fail[w.ID] == nil {
+		l.mu.Lock()
+		l.confirms++
+		l.mu.Unlock()
+		return nil
+	}
 	l.mu.Lock()
 	l.calls = append(l.calls, w.ID+"/"+t.Model.String())
 	l.mu.Unlock()

@@ -126,8 +126,17 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 	if err != nil {
 		return Answer{}, err
 	}
-	if d.Kind == Route {
+	if d.Kind == Route && d.Outcome == "server_level" {
 		return Answer{Outcome: d.Outcome, Endpoint: d.Endpoint, Model: d.Model}, nil
+	}
+	if d.Kind == Route {
+		// The snapshot may be a few events behind: the replica may be draining or gone. A
+		// Load on its worker confirms it (it returns at once for a resident model), marks it
+		// used so it is not evicted while this request travels, and waits out a drain.
+		if err := s.loader.Load(ctx, d.Worker, d.Target); err == nil {
+			return Answer{Outcome: d.Outcome, Endpoint: d.Endpoint, Model: d.Model}, nil
+		}
+		d.Kind = Load
 	}
 	w, err := s.hold(ctx, d, extend)
 	if err != nil {
@@ -147,10 +156,8 @@ func (s *Server) hold(ctx context.Context, d Decision, extend func() error) (res
 	}
 	f := s.flights[m]
 	if f != nil && f.finished {
-		if f.err == nil && time.Now().Before(f.until) {
-			s.mu.Unlock()
-			return f.worker, nil
-		}
+		// A finished flight is not reused: its replica may have been evicted since; a new
+		// flight confirms residency with the worker (at once when it is resident).
 		delete(s.flights, m)
 		f = nil
 	}
@@ -238,7 +245,9 @@ func (s *Server) ensure(ctx context.Context, d Decision) (residency.Worker, erro
 	log := s.log.With("model", d.Model.String())
 	for {
 		if w, ok := s.readyNow(d.Model); ok {
-			return w, nil
+			if err := s.loader.Load(ctx, w, d.Target); err == nil {
+				return w, nil // confirmed resident, and marked used
+			}
 		}
 		if s.locks == nil {
 			return s.load(ctx, log, d, nil)

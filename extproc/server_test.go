@@ -129,9 +129,9 @@ func TestConcurrentColdRequestsShareOneLoad(t *testing.T) {
 
 func TestHotModelIsRoutedWithoutLoad(t *testing.T) {
 	m := newMesh(t, mustRegistry(t, testRegistry))
-	m.addWorker(worker("w1", 1, ort, 1000, 900), map[string]string{"iris:1": "ready", "iris:2": "ready"})
-	m.addWorker(worker("w2", 2, ort, 1000, 100), map[string]string{"iris:1": "ready"})
-	loader := &fakeLoader{}
+	w1 := m.addWorker(worker("w1", 1, ort, 1000, 900), map[string]string{"iris:1": "ready", "iris:2": "ready"})
+	w2 := m.addWorker(worker("w2", 2, ort, 1000, 100), map[string]string{"iris:1": "ready"})
+	loader := &fakeLoader{workers: map[string]*fakeWorker{"w1": w1, "w2": w2}}
 	r := m.startReplica(Config{}, loader)
 	r.waitFor(t, workersLive(2))
 
@@ -144,6 +144,9 @@ func TestHotModelIsRoutedWithoutLoad(t *testing.T) {
 	checkAnswer(t, routedTo("10.0.0.1:8000", "2"), ex, err)
 	if calls := loader.Calls(); len(calls) != 0 {
 		t.Fatalf("loads %v for a hot model", calls)
+	}
+	if loader.confirms != 2 {
+		t.Fatalf("%d residency confirmations, want one per request", loader.confirms)
 	}
 }
 

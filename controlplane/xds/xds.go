@@ -101,8 +101,10 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 				continue
 			}
 			wctx, cancel := context.WithTimeout(ctx, s.cfg.AckTimeout)
+			waited := time.Now()
 			err := s.acks.wait(wctx, typ, v[typ])
 			cancel()
+			s.log.DebugContext(ctx, "phase acknowledged", "phase", p.name, "type", shortType(typ), "wait_ms", time.Since(waited).Milliseconds(), "error", err)
 			if err != nil {
 				s.metrics.ackTimeouts.Inc()
 				s.log.WarnContext(ctx, "envoy did not acknowledge in time; going on", "phase", p.name, "type", typ, "version", v[typ], "error", err)
@@ -112,6 +114,8 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 	}
 	s.current = next
 	s.metrics.pushDuration.Observe(time.Since(start).Seconds())
+	s.log.DebugContext(ctx, "configuration pushed", "duration_ms", time.Since(start).Milliseconds(),
+		"clusters", len(next.Clusters), "routes_version", versions(next)[resourcev3.RouteType])
 	for typ, n := range map[string]int{"listener": len(next.Listeners), "route": len(next.Routes), "cluster": len(next.Clusters), "endpoint": len(next.Endpoints)} {
 		s.metrics.resources.WithLabelValues(typ).Set(float64(n))
 	}

@@ -96,11 +96,12 @@ func TestChooseEvictions(t *testing.T) {
 		{"nothing needed", []Candidate{idle("a", 10, 1)}, 0, nil, true},
 		{"least recently used first", []Candidate{idle("new", 10, 1), idle("old", 10, 100), idle("mid", 10, 50)}, 15, []string{"old", "mid"}, true},
 		{"stops once enough is freed", []Candidate{idle("a", 100, 3), idle("b", 100, 2)}, 50, []string{"a"}, true},
-		{"skips busy, pinned, loading and draining", []Candidate{
+		{"skips busy, pinned, recent, loading and draining", []Candidate{
 			{Model: mv("busy"), State: StateReady, Bytes: 50, InFlight: 1},
 			{Model: mv("pinned"), State: StateReady, Bytes: 50, Pinned: true},
 			{Model: mv("loading"), State: StateLoading, Bytes: 50},
 			{Model: mv("draining"), State: StateDraining, Bytes: 50},
+			{Model: mv("recent"), State: StateReady, Bytes: 50, Recent: true},
 			idle("free", 50, 1),
 		}, 40, []string{"free"}, true},
 		{"not enough evictable memory changes nothing", []Candidate{

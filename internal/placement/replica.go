@@ -60,11 +60,14 @@ type Candidate struct {
 	LastUsed time.Time
 	InFlight int
 	Pinned   bool
+	// Recent marks a replica used too recently to evict: requests may be on their way to it.
+	Recent bool
 }
 
-// Evictable reports whether the replica may be evicted now: ready, idle and not pinned.
+// Evictable reports whether the replica may be evicted now: ready, idle, not used recently
+// and not pinned.
 func (c Candidate) Evictable() bool {
-	return c.State == StateReady && c.InFlight == 0 && !c.Pinned
+	return c.State == StateReady && c.InFlight == 0 && !c.Pinned && !c.Recent
 }
 
 // ChooseEvictions picks replicas to evict so that at least need bytes are freed, least

@@ -52,6 +52,9 @@ type Config struct {
 	DrainGrace time.Duration
 	// DrainTimeout bounds the wait for the mesh to stop routing a draining model here.
 	DrainTimeout time.Duration
+	// MinIdle is how long a model must have gone unused before it may be evicted: a model
+	// just loaded or just used may have requests on their way to it.
+	MinIdle time.Duration
 }
 
 // Spec is what a load needs to know about a model.
@@ -232,6 +235,7 @@ func (a *Agent) Load(ctx context.Context, spec Spec) (LoadResult, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	r.lastUsed = a.now() // whoever asked for the model is about to send it requests
 	if spec.Pinned && !r.pinned {
 		r.pinned = true // a later caller may pin a model someone else loaded
 	}
@@ -356,23 +360,42 @@ func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.M
 	a.admit.Lock()
 	defer a.admit.Unlock()
 
-	a.mu.Lock()
 	if n > a.cfg.CapacityBytes {
-		a.mu.Unlock()
 		return nil, fmt.Errorf("%w: needs %d bytes, the worker's whole budget is %d", ErrNoCapacity, n, a.cfg.CapacityBytes)
 	}
-	cands := make([]placement.Candidate, 0, len(a.replicas))
-	for _, o := range a.replicas {
-		if !o.closing {
+	// Models in use, or used within Config.MinIdle (requests routed to them may still be on
+	// their way), are not evicted: the load waits for them to become idle, as long as
+	// evicting every unpinned model would make room at all.
+	var victims []placement.Candidate
+	for {
+		a.mu.Lock()
+		cands := make([]placement.Candidate, 0, len(a.replicas))
+		reclaimable := a.cfg.CapacityBytes - a.used
+		for _, o := range a.replicas {
+			if o.closing {
+				continue
+			}
 			cands = append(cands, placement.Candidate{Model: o.model, State: o.state, Bytes: o.bytes,
-				LastUsed: o.lastUsed, InFlight: o.inFlight, Pinned: o.pinned})
+				LastUsed: o.lastUsed, InFlight: o.inFlight, Pinned: o.pinned, Recent: a.now().Sub(o.lastUsed) < a.cfg.MinIdle})
+			if !o.pinned && o.state != placement.StateLoading {
+				reclaimable += o.bytes
+			}
 		}
-	}
-	victims, ok := placement.ChooseEvictions(cands, a.used+n-a.cfg.CapacityBytes)
-	if !ok {
+		var ok bool
+		victims, ok = placement.ChooseEvictions(cands, a.used+n-a.cfg.CapacityBytes)
+		if ok {
+			break // a.mu still held
+		}
 		free := a.cfg.CapacityBytes - a.used
 		a.mu.Unlock()
-		return nil, fmt.Errorf("%w: needs %d bytes, %d free and not enough idle unpinned models to evict", ErrNoCapacity, n, free)
+		if reclaimable < n {
+			return nil, fmt.Errorf("%w: needs %d bytes, %d free and not enough unpinned models to evict", ErrNoCapacity, n, free)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: needs %d bytes, %d free, and the models that could make room stayed busy: %w", ErrNoCapacity, n, free, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	doomed := make([]*replica, len(victims))
 	for i, v := range victims {

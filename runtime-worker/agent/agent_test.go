@@ -208,7 +208,7 @@ func TestLoadThatCannotFitChangesNothing(t *testing.T) {
 	}
 }
 
-func TestBusyModelIsNotEvicted(t *testing.T) {
+func TestBusyModelIsNotEvictedTheLoadWaits(t *testing.T) {
 	t.Parallel()
 	fx := newFixture(t, 2000)
 	ctx := context.Background()
@@ -219,12 +219,39 @@ func TestBusyModelIsNotEvicted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fx.agent.Load(ctx, fx.spec("b", 1000)); !errors.Is(err, ErrNoCapacity) {
-		t.Fatalf("load while the only evictable model is busy: %v, want ErrNoCapacity", err)
+	loaded := make(chan error, 1)
+	go func() {
+		_, err := fx.agent.Load(ctx, fx.spec("b", 1000))
+		loaded <- err
+	}()
+	select {
+	case err := <-loaded:
+		t.Fatalf("load finished (%v) while the only evictable model was busy", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if got := fx.resident(t)["a"]; got != placement.StateReady {
+		t.Fatalf("busy model a is %v", got)
 	}
 	release()
-	if _, err := fx.agent.Load(ctx, fx.spec("b", 1000)); err != nil {
+	if err := <-loaded; err != nil {
 		t.Fatalf("load once the model is idle: %v", err)
+	}
+}
+
+func TestLoadGivesUpWaitingForRoom(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 2000)
+	fx.agent.cfg.MinIdle = time.Hour // a is never idle long enough
+	if _, err := fx.agent.Load(context.Background(), fx.spec("a", 1500)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := fx.agent.Load(ctx, fx.spec("b", 1000)); !errors.Is(err, ErrNoCapacity) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v, want no capacity after waiting", err)
+	}
+	if got := fx.resident(t); got["a"] != placement.StateReady {
+		t.Fatalf("resident %v", got)
 	}
 }
 

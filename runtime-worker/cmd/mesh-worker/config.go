@@ -28,6 +28,7 @@ type Config struct {
 	EstimateFactor  float64
 	DrainGrace      time.Duration
 	DrainTimeout    time.Duration
+	MinIdle         time.Duration
 	RedisAddr       string
 	RedisPrefix     string
 	Heartbeat       time.Duration
@@ -57,6 +58,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LoadTimeout, "load-timeout", 2*time.Minute, "longest one load may take")
 	fs.Float64Var(&c.EstimateFactor, "estimate-factor", 2, "memory reserved per byte of model file when no size is declared or learned")
 	fs.DurationVar(&c.DrainGrace, "drain-grace", time.Second, "how long a draining model keeps serving requests already on their way once the mesh stopped routing it here")
+	fs.DurationVar(&c.MinIdle, "eviction-min-idle", time.Second, "how long a model must go unused before it may be evicted")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "longest wait for the mesh to stop routing a draining model here")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for residency records (empty: run without Redis)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")

@@ -94,7 +94,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	models := agent.New(agent.Config{
 		CapacityBytes: int64(cfg.Capacity), LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
-		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout,
+		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout, MinIdle: cfg.MinIdle,
 	}, backend, store, router, log, agent.NewMetrics(reg))
 
 	dataLn, err := net.Listen("tcp", cfg.Listen)

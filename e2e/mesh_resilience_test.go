@@ -1,0 +1,155 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestMeshZipfWorkloadWithEvictions sends a skewed workload over more models than fit in the
+// workers' budgets: evictions happen, and every request is answered, correctly.
+func TestMeshZipfWorkloadWithEvictions(t *testing.T) {
+	var reg strings.Builder
+	reg.WriteString("models:\n")
+	const models = 6
+	for i := range models {
+		fmt.Fprintf(&reg, "  - name: iris-%d\n    versions: [{version: \"1\", storageUri: \"file://${MODELS}/iris/1/model.onnx\", memoryBytes: 104857600}]\n", i)
+	}
+	// Two workers of 250 MiB hold two 100 MiB models each: four of six fit.
+	m := startMesh(t, meshOptions{Registry: reg.String(), Capacities: []string{"250MiB", "250MiB"}})
+	zipf := rand.NewZipf(rand.New(rand.NewPCG(1, 2)), 1.2, 1, models-1)
+	var picks []int
+	for range 400 {
+		picks = append(picks, int(zipf.Uint64()))
+	}
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				code, out := inferREST(t, m.Gateway, fmt.Sprintf("iris-%d", i), irisSetosa, nil)
+				if code != 200 || label(t, out) != 0 {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("iris-%d: %d %v", i, code, out))
+				}
+			}
+		}()
+	}
+	for _, p := range picks {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	if n := failed.Load(); n != 0 {
+		t.Fatalf("%d of %d requests failed; first: %v", n, len(picks), firstErr.Load())
+	}
+	var evictions float64
+	for _, w := range m.workers {
+		evictions += w.metric(t, "mesh_worker_evictions_total")
+	}
+	if evictions == 0 {
+		t.Fatal("no evictions: the workload did not exceed the budgets")
+	}
+	t.Logf("%d requests, %v evictions, 0 failures", len(picks), evictions)
+}
+
+// TestMeshWorkerKilled: after SIGKILL of the worker holding a model, the next requests for it
+// are answered by another worker.
+func TestMeshWorkerKilled(t *testing.T) {
+	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("cold iris: %d %v", code, out)
+	}
+	m.waitHot(t, "iris", "1")
+	var holder *worker
+	for _, w := range m.workers {
+		if w.metric(t, `mesh_worker_loads_total{result="ok"}`) == 1 {
+			holder = w
+		}
+	}
+	if holder == nil {
+		t.Fatal("no worker loaded iris")
+	}
+	holder.kill()
+	// Until the dead worker's lease ends (3 heartbeats, 1.5 s here) requests may fail; after
+	// that every request must be answered.
+	eventually(t, 15*time.Second, "iris answered after its worker died", func() bool {
+		code, _ := rawPost(t, "http://"+m.Gateway+"/v2/models/iris/infer", irisSetosa)
+		return code == 200
+	})
+	for range 20 {
+		if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 || label(t, out) != 0 {
+			t.Fatalf("iris after failover: %d %v", code, out)
+		}
+	}
+}
+
+// TestMeshExtProcStopped: with ext_proc gone, resident models are still served and cold
+// ones get 503 at once.
+func TestMeshExtProcStopped(t *testing.T) {
+	m := startMesh(t, meshOptions{})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("cold iris: %d %v", code, out)
+	}
+	m.waitHot(t, "iris", "1")
+	m.extproc.kill()
+	for range 10 {
+		if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+			t.Fatalf("hot iris without ext_proc: %d %v", code, out)
+		}
+	}
+	start := time.Now()
+	code, _ := rawPost(t, "http://"+m.Gateway+"/v2/models/digits/infer", `{"inputs":[]}`)
+	if code != 503 {
+		t.Fatalf("cold digits without ext_proc: %d, want 503", code)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("cold request without ext_proc took %v to fail", took)
+	}
+}
+
+// TestMeshControlPlaneRestart: requests flow without a single failure while the control
+// plane is killed and started again.
+func TestMeshControlPlaneRestart(t *testing.T) {
+	m := startMesh(t, meshOptions{})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("cold iris: %d %v", code, out)
+	}
+	m.waitHot(t, "iris", "1")
+	ctx, stop := context.WithCancel(context.Background())
+	var sent, failed atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			sent.Add(1)
+			if code, _ := rawPost(t, "http://"+m.Gateway+"/v2/models/iris/infer", irisSetosa); code != 200 {
+				failed.Add(1)
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	m.cp.kill()
+	time.Sleep(500 * time.Millisecond)
+	m.cp = startProcess(t, "control plane (restarted)", m.cp.cmd.Path, m.cpArgs, httpOK("http://"+m.CPMetrics+"/healthz"))
+	eventually(t, 10*time.Second, "Envoy reconnected to the control plane", func() bool {
+		return m.envoyStat(t, "control_plane.connected_state") == 1
+	})
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	<-done
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed across the control plane restart", failed.Load(), sent.Load())
+	}
+}
