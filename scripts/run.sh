@@ -1,54 +1,97 @@
 #!/usr/bin/env bash
-# Starts the mesh locally: a private redis-server and a worker, then loads the demo models.
-# Runs in the foreground; Ctrl-C stops everything. Ports (override with the variables):
-#   MESH_REDIS_PORT (16379)  MESH_WORKER_PORT (8000)  MESH_WORKER_MGMT_PORT (8010)
+# Starts the whole mesh locally: a private redis-server, two workers with different memory
+# budgets, ext_proc, the control plane and the gateway Envoy, with the demo registry
+# (manifests/local/registry.yaml); every model is cold at start. Ctrl-C stops everything.
+# Ports (override with the variables):
+#   MESH_GATEWAY_PORT (8080)  MESH_ENVOY_ADMIN_PORT (9901)  MESH_REDIS_PORT (16379)
+#   MESH_XDS_PORT (18000)  MESH_CONTROLPLANE_METRICS_PORT (18001)
+#   MESH_EXTPROC_PORT (9002)  MESH_EXTPROC_METRICS_PORT (9003)
+#   workers: data 8001 and 8002, management 8011 and 8012
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 state="$root/.run"
+rm -rf "$state"
 mkdir -p "$state"
+gateway_port="${MESH_GATEWAY_PORT:-8080}"
+admin_port="${MESH_ENVOY_ADMIN_PORT:-9901}"
 redis_port="${MESH_REDIS_PORT:-16379}"
-data_port="${MESH_WORKER_PORT:-8000}"
-mgmt_port="${MESH_WORKER_MGMT_PORT:-8010}"
-capacity="${MESH_WORKER_CAPACITY:-512MiB}"
+xds_port="${MESH_XDS_PORT:-18000}"
+cp_metrics_port="${MESH_CONTROLPLANE_METRICS_PORT:-18001}"
+extproc_port="${MESH_EXTPROC_PORT:-9002}"
+extproc_metrics_port="${MESH_EXTPROC_METRICS_PORT:-9003}"
 ort_lib="$(ls "$root"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -1)"
+redis_addr="127.0.0.1:$redis_port"
 
 pids=()
 cleanup() {
 	trap - EXIT INT TERM
+	echo "stopping the mesh"
 	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
+wait_http() {
+	for _ in $(seq 200); do
+		curl -sf -o /dev/null "$1" && return 0
+		sleep 0.1
+	done
+	echo "$1 did not answer; logs are in .run/" >&2
+	exit 1
+}
+
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
 	--logfile "$state/redis.log" --dir "$state" &
 pids+=($!)
 
-bin/mesh-worker --worker-id local-1 --listen "127.0.0.1:$data_port" --management-listen "127.0.0.1:$mgmt_port" \
-	--model-roots "$root/testdata/models" --cache-dir "$state/cache" --capacity "$capacity" \
-	--ort-library "$ort_lib" --redis-addr "127.0.0.1:$redis_port" --log-format text 2> >(tee "$state/worker.log" >&2) &
+# Two workers: a small one and a larger one.
+for i in 1 2; do
+	capacity=$([[ $i == 1 ]] && echo 64MiB || echo 256MiB)
+	bin/mesh-worker --worker-id "worker-$i" --listen "127.0.0.1:800$i" --management-listen "127.0.0.1:801$i" \
+		--model-roots "$root/testdata/models" --cache-dir "$state/cache-$i" --capacity "$capacity" \
+		--ort-library "$ort_lib" --redis-addr "$redis_addr" --log-format text 2>"$state/worker-$i.log" &
+	pids+=($!)
+done
+
+bin/mesh-extproc --listen "127.0.0.1:$extproc_port" --metrics-listen "127.0.0.1:$extproc_metrics_port" \
+	--redis-addr "$redis_addr" --log-format text 2>"$state/extproc.log" &
 pids+=($!)
 
-for _ in $(seq 100); do
-	curl -sf "http://127.0.0.1:$mgmt_port/healthz" >/dev/null && break
-	sleep 0.1
-done
-for model in iris digits breast-cancer; do
-	bin/meshctl --worker "127.0.0.1:$mgmt_port" load "$model" 1 "file://$root/testdata/models/$model/1/model.onnx" >/dev/null
-	echo "loaded $model"
-done
+sed "s#\${MODELS}#$root/testdata/models#g" manifests/local/registry.yaml >"$state/registry.yaml"
+bin/mesh-controlplane --xds-listen "127.0.0.1:$xds_port" --metrics-listen "127.0.0.1:$cp_metrics_port" \
+	--registry "$state/registry.yaml" --redis-addr "$redis_addr" --gateway-address 127.0.0.1 --gateway-port "$gateway_port" \
+	--extproc-addr "127.0.0.1:$extproc_port" --wasm-path "$root/bin/modelid.wasm" --log-format text 2>"$state/controlplane.log" &
+pids+=($!)
 
+sed -e "s#\${ADMIN_PORT}#$admin_port#" -e "s#\${XDS_HOST}#127.0.0.1#" -e "s#\${XDS_PORT}#$xds_port#" \
+	-e "s#\${XDS_API}#GRPC#" -e "s#\${NODE_ID}#gateway-local#" manifests/local/envoy-bootstrap.yaml >"$state/envoy.yaml"
+.venv/bin/envoy -c "$state/envoy.yaml" --concurrency 2 --disable-hot-restart --use-dynamic-base-id \
+	--log-level warn 2>"$state/envoy.log" &
+pids+=($!)
+
+for i in 1 2; do wait_http "http://127.0.0.1:801$i/healthz"; done
+wait_http "http://127.0.0.1:$admin_port/ready"
+wait_http "http://127.0.0.1:$gateway_port/v2/health/ready"
+
+zeros="$(printf '0 %.0s' $(seq 64))"
 cat <<MSG
 
-The mesh is running (logs in .run/). Try:
-  curl -s localhost:$data_port/v2/models/iris
-  curl -s -X POST localhost:$data_port/v2/models/iris/infer \\
+The mesh is running: gateway 127.0.0.1:$gateway_port, Envoy admin 127.0.0.1:$admin_port, logs in .run/.
+Every model is cold; the first request loads it. Try:
+
+  curl -s -X POST localhost:$gateway_port/v2/models/iris/infer \\
     -d '{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[[5.1,3.5,1.4,0.2]]}]}'
-  bin/meshctl --worker 127.0.0.1:$mgmt_port list
-  curl -s localhost:$mgmt_port/metrics | grep mesh_worker
-  redis-cli -p $redis_port hgetall mesh:replicas:local-1
+  curl -s localhost:$gateway_port/v2/models/iris                      # metadata
+  bin/meshctl --worker 127.0.0.1:8011 list                           # what worker-1 holds
+  curl -s localhost:$admin_port/stats | grep -E 'modelmesh|cluster.model'   # Envoy's per-model stats
+
+gRPC (and REST) with tritonclient, a stock KServe v2 client, sending no mesh header:
+  .venv/bin/python scripts/infer.py --url localhost:$gateway_port iris 5.1 3.5 1.4 0.2
+  .venv/bin/python scripts/infer.py --url localhost:$gateway_port --protocol http digits $zeros
+  .venv/bin/python scripts/infer.py --url localhost:$gateway_port breast-cancer \$(python3 -c 'import json; print(*json.load(open("testdata/models/breast-cancer/testset.json"))["inputs"][0])')
+                                                  # breast-cancer splits 90/10 between versions 1 and 2
 Ctrl-C stops everything.
 MSG
 wait -n "${pids[@]}"
