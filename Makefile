@@ -11,7 +11,7 @@ MODELS := testdata/models
 # Generator versions for `make proto`; bump together with go.mod's protobuf and grpc.
 PROTOC_GEN_GO_VERSION      := v1.36.11
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
-E2E_FLAGS = -tags e2e ./e2e/... ./extproc/... -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
+E2E_FLAGS = -tags e2e ./e2e/... ./extproc/ -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
 
 .PHONY: help
 help: ## list the targets
@@ -73,8 +73,13 @@ bench-worker: setup models build ## worker latency and throughput against ONNX R
 	$(GO) test -count=1 -run '^$$' -bench WorkerIris -benchtime 3000x $(E2E_FLAGS)
 	$(GO) test -count=1 -run '^$$' -bench WorkerLoad -benchtime 10x $(E2E_FLAGS)
 
+.PHONY: bench-mesh
+bench-mesh: setup models build ## the mesh: hot path, cold start, concurrent cold, scale (docs/benchmarks.md)
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench 'Mesh' -benchtime 1x -tags e2e ./e2e/ -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 20x ./controlplane/translate/
+
 .PHONY: bench
-bench: bench-worker ## every benchmark
+bench: bench-worker bench-mesh ## every benchmark
 
 .PHONY: run
 run: setup models build ## start Redis and a worker with the demo models loaded

@@ -3,12 +3,15 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -184,3 +187,18 @@ func rawPost(t testing.TB, url, body string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// envoyMemory is Envoy's allocated heap in bytes, from the admin /memory endpoint.
+func (m *mesh) envoyMemory(t testing.TB) int64 {
+	t.Helper()
+	_, body := get(t, "http://"+m.Admin+"/memory")
+	var mem struct {
+		Allocated string `json:"allocated"`
+	}
+	must(t, json.Unmarshal([]byte(body), &mem))
+	n, err := strconv.ParseInt(mem.Allocated, 10, 64)
+	must(t, err)
+	return n
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -311,3 +311,15 @@ func shortType(typeURL string) string {
 	}
 	return "other"
 }
+
+// subscribed reports whether some stream has asked for typ.
+func (a *acks) subscribed(typ string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, st := range a.streams {
+		if _, ok := st[typ]; ok {
+			return true
+		}
+	}
+	return false
+}

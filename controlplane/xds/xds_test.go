@@ -1,0 +1,272 @@
+package xds
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/modelmesh/mesh/controlplane/translate"
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/registry"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// event is what the fake Envoy saw: a response of a type, and the names it carried.
+type event struct {
+	typ   string
+	names []string
+}
+
+// fakeEnvoy speaks SotW ADS as Envoy does: it subscribes to clusters and listeners, asks
+// for the endpoints of every cluster it has and for the route configuration, and ACKs (or,
+// when nack is set, NACKs) every response.
+type fakeEnvoy struct {
+	mu     sync.Mutex
+	events []event
+	nack   bool
+}
+
+func (f *fakeEnvoy) run(t *testing.T, ctx context.Context, addr string) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer cc.Close()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	node := &corev3.Node{Id: "test-envoy"}
+	for _, typ := range []string{resourcev3.ClusterType, resourcev3.ListenerType, resourcev3.RouteType} {
+		names := []string(nil)
+		if typ == resourcev3.RouteType {
+			names = []string{translate.RouteConfigName}
+		}
+		if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: typ, ResourceNames: names}); err != nil {
+			return
+		}
+	}
+	edsVersion, edsNonce := "", ""
+	for {
+		resp, err := stream.Recv()
+		if err == io.EOF || ctx.Err() != nil || err != nil {
+			return
+		}
+		var names []string
+		for _, r := range resp.GetResources() {
+			names = append(names, resourceName(t, r))
+		}
+		f.mu.Lock()
+		f.events = append(f.events, event{typ: resp.GetTypeUrl(), names: names})
+		nack := f.nack
+		f.mu.Unlock()
+		ack := &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resp.GetTypeUrl(), VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}
+		if resp.GetTypeUrl() == resourcev3.RouteType {
+			ack.ResourceNames = []string{translate.RouteConfigName}
+		}
+		if resp.GetTypeUrl() == resourcev3.EndpointType {
+			edsVersion, edsNonce = resp.GetVersionInfo(), resp.GetNonce()
+			ack.ResourceNames = f.clusters()
+		}
+		if nack {
+			ack.VersionInfo = ""
+			ack.ErrorDetail = &status.Status{Message: "rejected by the test"}
+		}
+		if err := stream.Send(ack); err != nil {
+			return
+		}
+		if resp.GetTypeUrl() == resourcev3.ClusterType {
+			// Envoy asks for the endpoints of the clusters it now has.
+			if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType,
+				ResourceNames: names, VersionInfo: edsVersion, ResponseNonce: edsNonce}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (f *fakeEnvoy) clusters() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := len(f.events) - 1; i >= 0; i-- {
+		if f.events[i].typ == resourcev3.ClusterType {
+			return f.events[i].names
+		}
+	}
+	return nil
+}
+
+func (f *fakeEnvoy) seen() []event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]event(nil), f.events...)
+}
+
+func resourceName(t *testing.T, a *anypb.Any) string {
+	msg, err := a.UnmarshalNew()
+	if err != nil {
+		t.Error(err)
+		return ""
+	}
+	switch r := msg.(type) {
+	case *clusterv3.Cluster:
+		return r.GetName()
+	case *routev3.RouteConfiguration:
+		var clusters string
+		for _, rt := range r.GetVirtualHosts()[0].GetRoutes() {
+			clusters += rt.GetRoute().GetCluster() + ","
+		}
+		return clusters
+	}
+	return "other"
+}
+
+func serve(t *testing.T, s *Server) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gs := grpc.NewServer()
+	s.Register(ctx, gs)
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(ln) }()
+	t.Cleanup(func() { cancel(); gs.Stop(); <-done })
+	return ln.Addr().String()
+}
+
+func resources(t *testing.T, ready map[placement.ModelVersion][]string) translate.Resources {
+	reg, err := registry.Parse([]byte("models:\n  - name: iris\n    versions: [{version: \"1\", storageUri: \"file:///m\"}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := translate.Translate(translate.Config{ListenerAddress: "127.0.0.1", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
+		WasmPath: "/m.wasm", WasmMaxModels: 10, RouteTimeout: time.Second, ExtProcMessageTimeout: time.Second, MaxMessageTimeout: time.Minute},
+		translate.State{Registry: reg, Workers: []string{"10.0.0.1:8000"}, Ready: ready})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// TestPushIsMakeBeforeBreak: a route naming a new cluster reaches Envoy only after the
+// cluster did, and a cluster leaves Envoy only after the routes stopped naming it.
+func TestPushIsMakeBeforeBreak(t *testing.T) {
+	s := New(Config{AckTimeout: 5 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	addr := serve(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	envoy := &fakeEnvoy{}
+	done := make(chan struct{})
+	go func() { defer close(done); envoy.run(t, ctx, addr) }()
+	defer func() { cancel(); <-done }()
+
+	cold := resources(t, nil)
+	hot := resources(t, map[placement.ModelVersion][]string{{Name: "iris", Version: "1"}: {"10.0.0.1:8000"}})
+	for !s.acks.subscribed(resourcev3.ClusterType) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, step := range []translate.Resources{cold, hot, cold} {
+		if err := s.Push(ctx, step); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The last phase (removing the cluster) is not waited for by Push; wait for it here.
+	deadline := time.Now().Add(5 * time.Second)
+	for slices.Contains(envoy.clusters(), "model|iris|1") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Walk the events: track which clusters Envoy has; every route must name only those.
+	have := map[string]bool{}
+	sawHotRoute := false
+	for _, e := range envoy.seen() {
+		switch e.typ {
+		case resourcev3.ClusterType:
+			have = map[string]bool{}
+			for _, n := range e.names {
+				have[n] = true
+			}
+		case resourcev3.RouteType:
+			for _, c := range e.names {
+				for _, name := range strings.Split(c, ",") {
+					if name != "" && !have[name] {
+						t.Fatalf("route names cluster %q before Envoy has it; events %v", name, envoy.seen())
+					}
+					sawHotRoute = sawHotRoute || name == "model|iris|1"
+				}
+			}
+		}
+	}
+	if !sawHotRoute || have["model|iris|1"] {
+		t.Fatalf("hot route seen %v, iris cluster still present at the end %v; events %v", sawHotRoute, have["model|iris|1"], envoy.seen())
+	}
+}
+
+// TestUnchangedPushSendsNothing: pushing the same configuration again, as a restarted
+// control plane would, sends Envoy no response.
+func TestUnchangedPushSendsNothing(t *testing.T) {
+	s := New(Config{AckTimeout: 5 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	addr := serve(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	envoy := &fakeEnvoy{}
+	done := make(chan struct{})
+	go func() { defer close(done); envoy.run(t, ctx, addr) }()
+	defer func() { cancel(); <-done }()
+	for !s.acks.subscribed(resourcev3.ClusterType) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	res := resources(t, nil)
+	if err := s.Push(ctx, res); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	n := len(envoy.seen())
+	if err := s.Push(ctx, resources(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := len(envoy.seen()); got != n {
+		t.Fatalf("an unchanged push sent %d responses", got-n)
+	}
+}
+
+func TestNACKIsCounted(t *testing.T) {
+	s := New(Config{AckTimeout: 300 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	addr := serve(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	envoy := &fakeEnvoy{nack: true}
+	done := make(chan struct{})
+	go func() { defer close(done); envoy.run(t, ctx, addr) }()
+	defer func() { cancel(); <-done }()
+	for !s.acks.subscribed(resourcev3.ClusterType) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.Push(ctx, resources(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if got := counterValue(t, s.metrics.nacks.WithLabelValues("cluster")); got < 1 {
+		t.Fatalf("%v cluster NACKs counted", got)
+	}
+	if got := counterValue(t, s.metrics.ackTimeouts); got < 1 {
+		t.Fatalf("a rejected phase did not time out (%v)", got)
+	}
+}
