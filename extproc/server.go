@@ -39,10 +39,6 @@ type Config struct {
 	// LockPoll is how often a replica waiting on another's lock checks whether it is gone
 	// (default 100ms); readiness itself arrives with residency snapshots.
 	LockPoll time.Duration
-	// Settle is how long a finished load's result answers late requests directly, and how
-	// long its lock is kept after success, until the worker's ready state reaches every
-	// replica's snapshot (default 2s).
-	Settle time.Duration
 	// Rand returns a uniform number in [0, n); default math/rand/v2.Uint64N.
 	Rand func(n uint64) uint64
 }
@@ -58,7 +54,6 @@ func (c Config) withDefaults() Config {
 	def(&c.RetryAfter, time.Second)
 	def(&c.LockTTL, 10*time.Second)
 	def(&c.LockPoll, 100*time.Millisecond)
-	def(&c.Settle, 2*time.Second)
 	if c.MaxWaiting <= 0 {
 		c.MaxWaiting = 1000
 	}
@@ -94,7 +89,6 @@ type flight struct {
 	finished bool
 	worker   residency.Worker
 	err      error
-	until    time.Time // a successful result answers new requests until then
 }
 
 // New returns a server reading state from view, loading through loader and coordinating
@@ -231,7 +225,6 @@ func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
 	}
 	s.mu.Lock()
 	f.finished, f.worker, f.err = true, w, err
-	f.until = time.Now().Add(s.cfg.Settle)
 	if err != nil && s.flights[d.Model] == f {
 		delete(s.flights, d.Model) // the next request tries again
 	}
@@ -305,9 +298,10 @@ func (s *Server) awaitOther(ctx context.Context, m placement.ModelVersion) error
 }
 
 // load calls Load on the best candidate, and on the next one once if the first had no
-// room. With a lock, it keeps the lock alive while loading, lets it lapse after Settle on
-// success (so other replicas see the ready replica in their snapshot before they could
-// take the lock) and releases it at once on failure (so another can try).
+// room. With a lock, it keeps the lock alive while loading and releases it when done. A
+// replica that takes the lock right after, its snapshot not yet showing the new replica,
+// ranks the same worker first (the ranking is the same everywhere) and its Load there is
+// answered at once: releasing at once costs at most a confirmation, never a second load.
 func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *Lock) (residency.Worker, error) {
 	cands := d.Candidates
 	if snap := s.view.Snapshot(); snap != nil {
@@ -317,6 +311,13 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 		return residency.Worker{}, errorf(ErrNoWorker, "no live worker with runtime %s can hold model %s", d.Target.Runtime, d.Model)
 	}
 	if lock != nil {
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			defer cancel()
+			if _, err := lock.Release(rctx); err != nil {
+				log.WarnContext(ctx, "release load lock", "error", err)
+			}
+		}()
 		stop := s.keepAlive(ctx, lock)
 		defer stop()
 	}
@@ -331,11 +332,6 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 		case err == nil:
 			s.metrics.loads.WithLabelValues("ok").Inc()
 			log.InfoContext(ctx, "model loaded", "worker", w.ID, "seconds", time.Since(start).Seconds())
-			if lock != nil {
-				if _, err := lock.Expire(ctx, s.cfg.Settle); err != nil {
-					log.WarnContext(ctx, "shorten load lock", "error", err)
-				}
-			}
 			return w, nil
 		case errors.Is(err, ErrNoRoom):
 			s.metrics.loads.WithLabelValues("no_room").Inc()
@@ -347,13 +343,6 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 		if ctx.Err() != nil {
 			break
 		}
-	}
-	if lock != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		if _, err := lock.Release(rctx); err != nil {
-			log.WarnContext(ctx, "release load lock", "error", err)
-		}
-		cancel()
 	}
 	if ctx.Err() != nil {
 		return residency.Worker{}, ctx.Err()
