@@ -67,6 +67,8 @@ test: lint unit e2e ## everything CI runs: lint, unit tests (race), end-to-end t
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test ./runtime-worker/server -run '^$$' -fuzz FuzzDecodeInferRequest -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./runtime-worker/storage -run '^$$' -fuzz FuzzResolve -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./wasm -run '^$$' -fuzz FuzzParsePath -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./wasm -run '^$$' -fuzz FuzzFirstMessage -fuzztime $${FUZZTIME:-30s}
 
 .PHONY: bench-worker
 bench-worker: setup models build ## worker latency and throughput against ONNX Runtime in-process

@@ -231,6 +231,18 @@ func TestMeshStockGRPCClient(t *testing.T) {
 	if err != nil || !ready.GetReady() {
 		t.Fatalf("ServerReady through the gateway: %v %v", ready, err)
 	}
+	// Readiness of a cold model is answered without loading it; its metadata loads it.
+	mr, err := m.Infer.ModelReady(ctx, &inference.ModelReadyRequest{Name: "digits"})
+	if err != nil || mr.GetReady() || m.loads(t) != 0 {
+		t.Fatalf("ModelReady of a cold model: %v %v, %v loads", mr, err, m.loads(t))
+	}
+	if code, _ := get(t, "http://"+m.Gateway+"/v2/models/digits/ready"); code != 404 || m.loads(t) != 0 {
+		t.Fatalf("REST readiness of a cold model: %d, %v loads", code, m.loads(t))
+	}
+	dm, err := m.Infer.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: "digits"})
+	if err != nil || dm.GetInputs()[0].GetShape()[1] != 64 || m.loads(t) != 1 {
+		t.Fatalf("ModelMetadata of a cold model: %v %v, %v loads", dm, err, m.loads(t))
+	}
 	raw, _ := tensor.EncodeRaw(tensor.Tensor{Datatype: tensor.FP32, Data: []float32{5.1, 3.5, 1.4, 0.2}})
 	for i := range 3 { // cold, then hot
 		resp, err := m.Infer.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "iris",

@@ -82,6 +82,13 @@ var serverLevel = map[string]bool{
 	"/inference.GRPCInferenceService/ServerMetadata": true,
 }
 
+// readinessProbe reports whether path asks if a model is ready: REST
+// /v2/models/{name}[/versions/{v}]/ready or gRPC ModelReady.
+func readinessProbe(path string) bool {
+	return path == "/inference.GRPCInferenceService/ModelReady" ||
+		(strings.HasPrefix(path, "/v2/models/") && strings.HasSuffix(path, "/ready"))
+}
+
 // Decide is the whole per-request decision, without I/O: given the latest snapshot (nil when
 // none was read yet) and the request, it routes the request, asks for a load, or fails with
 // an *Error. rnd(n) returns a uniform number in [0, n); it picks the version by the traffic
@@ -121,6 +128,18 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 		return Decision{}, errorf(ErrNotRegistered, "model %s version %s is not registered", req.Model, version)
 	}
 	m := placement.ModelVersion{Name: model.Name, Version: v.Version}
+	if readinessProbe(req.Path) {
+		// Readiness of a registered model is answered without loading it: by a worker that
+		// holds it (ready), else by any live worker, which answers "not ready".
+		if w, ok := ReadyWorker(snap, m); ok {
+			return Decision{Kind: Route, Outcome: "server_level", Model: m, Endpoint: w.DataAddr}, nil
+		}
+		live := liveWorkers(snap)
+		if len(live) == 0 {
+			return Decision{}, errorf(ErrNoWorker, "no live worker")
+		}
+		return Decision{Kind: Route, Outcome: "server_level", Model: m, Endpoint: live[rnd(uint64(len(live)))].DataAddr}, nil
+	}
 	t := Target{Model: m, Runtime: model.Runtime, StorageURI: v.StorageURI, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
 	if w, ok := ReadyWorker(snap, m); ok {
 		return Decision{Kind: Route, Outcome: "routed_ready", Model: m, Endpoint: w.DataAddr, Worker: w, Target: t}, nil
