@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -27,7 +26,7 @@ import (
 	"github.com/modelmesh/mesh/controlplane"
 	"github.com/modelmesh/mesh/controlplane/translate"
 	"github.com/modelmesh/mesh/controlplane/xds"
-	"github.com/modelmesh/mesh/internal/flagenv"
+	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/residency"
 )
 
@@ -125,13 +124,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := flagenv.Apply(fs, envPrefix); err != nil {
+	if err := cli.ApplyEnv(fs, envPrefix); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := newLogger(cfg, stderr)
+	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -184,16 +183,4 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return hs.Shutdown(sctx)
 	})
 	return g.Wait()
-}
-
-func newLogger(cfg Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }

@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/modelmesh/mesh/internal/flagenv"
+	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/redistest"
 )
 
@@ -24,7 +24,7 @@ func parse(t *testing.T, args ...string) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
-	if err := flagenv.Apply(fs, envPrefix); err != nil {
+	if err := cli.ApplyEnv(fs, envPrefix); err != nil {
 		return cfg, err
 	}
 	return cfg, cfg.Validate()

@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -26,7 +25,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/modelmesh/mesh/extproc"
-	"github.com/modelmesh/mesh/internal/flagenv"
+	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/residency"
 )
 
@@ -48,13 +47,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := flagenv.Apply(fs, envPrefix); err != nil {
+	if err := cli.ApplyEnv(fs, envPrefix); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := newLogger(cfg, stderr)
+	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr)
 
 	grpcLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -145,16 +144,4 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return hs.Shutdown(sctx)
 	})
 	return g.Wait()
-}
-
-func newLogger(cfg Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }

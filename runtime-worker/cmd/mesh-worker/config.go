@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// envPrefix: every flag --some-flag can also be set as MESH_WORKER_SOME_FLAG (flagenv).
+// envPrefix: every flag --some-flag can also be set as MESH_WORKER_SOME_FLAG (internal/cli).
 const envPrefix = "MESH_WORKER_"
 
 // Config is the worker's whole configuration.

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/modelmesh/mesh/internal/flagenv"
+	"github.com/modelmesh/mesh/internal/cli"
 )
 
 func TestByteSize(t *testing.T) {
@@ -44,7 +44,7 @@ func TestEnvironmentSetsFlagsTheCommandLineLeaves(t *testing.T) {
 	if err := fs.Parse([]string{"--model-roots", "/from/flag"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := flagenv.Apply(fs, envPrefix); err != nil {
+	if err := cli.ApplyEnv(fs, envPrefix); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Capacity != 3<<30 || cfg.LoadConcurrency != 7 || cfg.ModelRoots != "/from/flag" {
@@ -58,7 +58,7 @@ func TestBadEnvironmentIsAnError(t *testing.T) {
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
 	fs.Parse(nil)
-	if err := flagenv.Apply(fs, envPrefix); err == nil || !strings.Contains(err.Error(), "MESH_WORKER_HEARTBEAT") {
+	if err := cli.ApplyEnv(fs, envPrefix); err == nil || !strings.Contains(err.Error(), "MESH_WORKER_HEARTBEAT") {
 		t.Fatalf("applyEnv = %v, want an error naming the variable", err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -25,7 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
-	"github.com/modelmesh/mesh/internal/flagenv"
+	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/inference"
@@ -56,13 +55,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := flagenv.Apply(fs, envPrefix); err != nil {
+	if err := cli.ApplyEnv(fs, envPrefix); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := newLogger(cfg, stderr).With("worker", cfg.WorkerID)
+	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr).With("worker", cfg.WorkerID)
 
 	cacheDir := cfg.CacheDir
 	if cacheDir == "" {
@@ -198,16 +197,4 @@ func stateOf(self residency.Worker, models *agent.Agent) residency.State {
 		}
 	}
 	return st
-}
-
-func newLogger(cfg Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }

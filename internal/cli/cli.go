@@ -1,0 +1,50 @@
+// Package cli holds the command-line conventions every mesh binary shares: every flag can
+// also be set by an environment variable (--some-flag of a binary with prefix MESH_WORKER_
+// is MESH_WORKER_SOME_FLAG), and logs are slog, JSON or text, at a chosen level.
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// EnvName is the environment variable for flag name under prefix.
+func EnvName(prefix, flagName string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// ApplyEnv sets every flag of fs not given on the command line from its environment variable,
+// if set. Call it after fs.Parse. It reports every variable that does not parse, by name.
+func ApplyEnv(fs *flag.FlagSet, prefix string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := EnvName(prefix, f.Name)
+		if v, ok := os.LookupEnv(env); ok && !given[f.Name] {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Logger returns a logger writing to w in format ("json" or "text") at level ("debug",
+// "info", "warn", "error"; anything else is info).
+func Logger(format, level string, w io.Writer) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
