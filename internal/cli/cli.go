@@ -48,3 +48,24 @@ func Logger(format, level string, w io.Writer) *slog.Logger {
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
+
+// Config is a binary's configuration: it declares its flags and checks them together.
+type Config interface {
+	RegisterFlags(*flag.FlagSet)
+	Validate() error
+}
+
+// Parse declares cfg's flags, parses args (usage and errors to stderr), fills what the
+// command line left from the environment (envPrefix) and validates the result.
+func Parse(name, envPrefix string, cfg Config, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ApplyEnv(fs, envPrefix); err != nil {
+		return err
+	}
+	return cfg.Validate()
+}

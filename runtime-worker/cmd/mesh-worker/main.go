@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -49,16 +48,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var cfg Config
-	fs := flag.NewFlagSet("mesh-worker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfg.RegisterFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := cli.ApplyEnv(fs, envPrefix); err != nil {
-		return err
-	}
-	if err := cfg.Validate(); err != nil {
+	if err := cli.Parse("mesh-worker", envPrefix, &cfg, args, stderr); err != nil {
 		return err
 	}
 	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr).With("worker", cfg.WorkerID)
