@@ -90,9 +90,14 @@ func TestWasmModelIDInEnvoy(t *testing.T) {
 				t.Errorf("upstream received %s: %q", name, h.Values(name))
 			}
 		}
-		code, _ = get("/v2/models/iris/infer", map[string]string{"x-model-id": "breast-cancer", "mm-vmodel-id": "iris"})
+		code, _ = get("/v2/models/breast-cancer/infer", map[string]string{"x-model-id": "breast-cancer", "mm-vmodel-id": "iris"})
 		if got := rest.last().Get("x-model-id"); code != 200 || got != "breast-cancer" {
 			t.Errorf("x-model-id %q, want the client's x-model-id to win", got)
+		}
+		// A header naming another model than the path is refused, not routed by one and
+		// served as the other.
+		if code, _ = get("/v2/models/iris/infer", map[string]string{"x-model-id": "breast-cancer"}); code != 400 {
+			t.Errorf("header and path naming different models: %d, want 400", code)
 		}
 	})
 
@@ -174,12 +179,12 @@ func TestWasmModelIDInEnvoy(t *testing.T) {
 
 	t.Run("per-model counters", func(t *testing.T) {
 		// iris: REST path, REST mm-vmodel-id, gRPC header = 3; digits: 1 gRPC body;
-		// breast-cancer: 1; invalid: 4 REST + 1 gRPC.
+		// breast-cancer: 1; invalid: 5 REST (one a header contradicting the path) + 1 gRPC.
 		want := map[string]int{
 			"wasmcustom.modelmesh.model_requests.iris":          3,
 			"wasmcustom.modelmesh.model_requests.digits":        1,
 			"wasmcustom.modelmesh.model_requests.breast-cancer": 1,
-			"wasmcustom.modelmesh.invalid_requests":             5,
+			"wasmcustom.modelmesh.invalid_requests":             6,
 			"wasmcustom.modelmesh.model_requests_overflow":      0,
 		}
 		var got map[string]int

@@ -127,7 +127,7 @@ func TestStream(t *testing.T) {
 		},
 		{
 			name:         "mm-vmodel-id and an empty version header",
-			headers:      [][2]string{{":path", "/v2/models/other/infer"}, {"mm-vmodel-id", "digits"}, {"x-model-version", ""}},
+			headers:      [][2]string{{":path", "/v2/models/digits/infer"}, {"mm-vmodel-id", "digits"}, {"x-model-version", ""}},
 			wantHeaders:  map[string]string{"x-model-id": "digits", "mm-vmodel-id": "digits"},
 			wantAbsent:   []string{"x-model-version"},
 			wantActions:  []types.Action{types.ActionContinue},

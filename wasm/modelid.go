@@ -138,6 +138,21 @@ func resolve(r request) (resolution, error) {
 			break
 		}
 	}
+	if res.source != "" {
+		// A header and the path that name different models (or versions) would route by one
+		// and be served as the other: refuse the contradiction.
+		if name, pathVersion, ok, err := parsePath(r.path); err == nil && ok {
+			if name != res.model.Name {
+				return res, fmt.Errorf("%w: %s names model %q but the path names %q", errInvalid, res.source, res.model.Name, name)
+			}
+			if pathVersion != "" && res.version != "" && pathVersion != res.version {
+				return res, fmt.Errorf("%w: %s names version %q but the path names %q", errInvalid, res.versionSource, res.version, pathVersion)
+			}
+			if res.version == "" && pathVersion != "" {
+				res.version, res.versionSource = pathVersion, sourcePath
+			}
+		}
+	}
 	if res.source == "" {
 		name, pathVersion, ok, err := parsePath(r.path)
 		if err != nil {
@@ -145,6 +160,9 @@ func resolve(r request) (resolution, error) {
 		}
 		if ok {
 			res.model.Name, res.source = name, sourcePath
+			if pathVersion != "" && res.version != "" && pathVersion != res.version {
+				return res, fmt.Errorf("%w: %s names version %q but the path names %q", errInvalid, res.versionSource, res.version, pathVersion)
+			}
 			if res.version == "" && pathVersion != "" {
 				res.version, res.versionSource = pathVersion, sourcePath
 			}
