@@ -153,3 +153,30 @@ func TestMeshControlPlaneRestart(t *testing.T) {
 		t.Fatalf("%d of %d requests failed across the control plane restart", failed.Load(), sent.Load())
 	}
 }
+
+// TestMeshRedisDown: with Redis gone, Envoy keeps the last configuration and resident models
+// are still served; when Redis comes back empty, the workers write their state again and
+// cold loads work.
+func TestMeshRedisDown(t *testing.T) {
+	m := startMesh(t, meshOptions{})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("cold iris: %d %v", code, out)
+	}
+	m.waitHot(t, "iris", "1")
+	m.redis.Stop()
+	for range 20 {
+		if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+			t.Fatalf("hot iris with Redis down: %d %v", code, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	m.redis.Start()
+	eventually(t, 15*time.Second, "a cold model loads once Redis is back", func() bool {
+		code, _ := rawPost(t, "http://"+m.Gateway+"/v2/models/digits/infer",
+			`{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[`+strings.TrimSuffix(strings.Repeat("0,", 64), ",")+`]}]}`)
+		return code == 200
+	})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("iris after Redis came back: %d %v", code, out)
+	}
+}
