@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -45,7 +44,12 @@ func compiledModule(t *testing.T) (wazero.Runtime, wazero.CompiledModule) {
 			return
 		}
 		out := filepath.Join(dir, "modelid.wasm")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-buildmode=c-shared", "-o", out, ".")
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			module.err = fmt.Errorf("the go command builds the module under test: %w", err)
+			return
+		}
+		cmd := exec.Command(goBin, "build", "-buildmode=c-shared", "-o", out, ".")
 		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			module.err = fmt.Errorf("go build: %v\n%s", err, b)
