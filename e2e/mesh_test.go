@@ -8,6 +8,7 @@ import (
 
 	"io"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -262,5 +263,13 @@ func TestMeshStockGRPCClient(t *testing.T) {
 	meta, err := m.Infer.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: "iris"})
 	if err != nil || meta.GetInputs()[0].GetName() != "input" {
 		t.Fatalf("ModelMetadata: %v %v", meta, err)
+	}
+	// tritonclient, a stock KServe v2 client, over gRPC and over REST (binary tensors).
+	for _, protocol := range []string{"grpc", "http"} {
+		out, err := exec.Command("../.venv/bin/python", "../scripts/infer.py", "--protocol", protocol, "--url", m.Gateway,
+			"iris", "5.1", "3.5", "1.4", "0.2").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "label 0") {
+			t.Fatalf("tritonclient over %s: %v\n%s", protocol, err, out)
+		}
 	}
 }

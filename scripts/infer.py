@@ -26,11 +26,7 @@ def main():
     c = client.InferenceServerClient(url=args.url)
     data = np.array([args.features], dtype=np.float32)
     inp = client.InferInput("input", list(data.shape), "FP32")
-    if args.protocol == "http":
-        # JSON tensors: the worker does not implement Triton's binary tensor extension of REST.
-        inp.set_data_from_numpy(data, binary_data=False)
-    else:
-        inp.set_data_from_numpy(data)
+    inp.set_data_from_numpy(data)  # over REST: Triton's binary tensor extension
     outputs = [client.InferRequestedOutput("label"), client.InferRequestedOutput("probabilities")]
     if args.protocol == "http":
         outputs = [client.InferRequestedOutput(o.name(), binary_data=False) for o in outputs]

@@ -157,7 +157,14 @@ func (s *Inference) restInfer(w http.ResponseWriter, r *http.Request) {
 		code = s.restError(w, r, fmt.Errorf("%w: reading body: %v", tensor.ErrInvalid, err))
 		return
 	}
-	req, err := DecodeRESTRequest(m, body)
+	jsonLen := -1
+	if h := r.Header.Get("Inference-Header-Content-Length"); h != "" {
+		if jsonLen, err = strconv.Atoi(h); err != nil || jsonLen < 0 {
+			code = s.restError(w, r, fmt.Errorf("%w: Inference-Header-Content-Length %q is not a length", tensor.ErrInvalid, h))
+			return
+		}
+	}
+	req, err := DecodeRESTRequest(m, body, jsonLen)
 	if err != nil {
 		code = s.restError(w, r, err)
 		return

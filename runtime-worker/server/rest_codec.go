@@ -49,8 +49,18 @@ type restOutTensor struct {
 }
 
 // DecodeRESTRequest parses a KServe v2 REST inference body for model m. Tensor data may be
-// flat or nested row-major arrays. Every failure wraps tensor.ErrInvalid.
-func DecodeRESTRequest(m placement.ModelVersion, body []byte) (*tensor.Request, error) {
+// flat or nested row-major arrays. With Triton's binary tensor extension, jsonLen (the
+// Inference-Header-Content-Length header) is the length of the JSON part and the raw tensor
+// bytes follow it, in input order, each input giving its length as the binary_data_size
+// parameter; jsonLen < 0 means the whole body is JSON. Every failure wraps tensor.ErrInvalid.
+func DecodeRESTRequest(m placement.ModelVersion, body []byte, jsonLen int) (*tensor.Request, error) {
+	var bin []byte
+	if jsonLen >= 0 {
+		if jsonLen > len(body) {
+			return nil, fmt.Errorf("%w: Inference-Header-Content-Length %d is longer than the %d-byte body", tensor.ErrInvalid, jsonLen, len(body))
+		}
+		body, bin = body[:jsonLen], body[jsonLen:]
+	}
 	var rr restRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -58,18 +68,27 @@ func DecodeRESTRequest(m placement.ModelVersion, body []byte) (*tensor.Request, 
 		return nil, fmt.Errorf("%w: request body is not a valid inference request: %v", tensor.ErrInvalid, err)
 	}
 	if dec.More() {
-		return nil, fmt.Errorf("%w: request body has data after the JSON object", tensor.ErrInvalid)
+		return nil, fmt.Errorf("%w: request body has data after the JSON object (binary tensors need the Inference-Header-Content-Length header)", tensor.ErrInvalid)
 	}
 	if len(rr.Inputs) == 0 {
 		return nil, fmt.Errorf("%w: request has no inputs", tensor.ErrInvalid)
 	}
 	req := &tensor.Request{Model: m, ID: rr.ID}
 	for _, in := range rr.Inputs {
-		t, err := decodeRESTTensor(in)
+		var t tensor.Tensor
+		var err error
+		if size, ok := in.Parameters["binary_data_size"]; ok {
+			t, bin, err = decodeBinaryTensor(in, size, bin, jsonLen >= 0)
+		} else {
+			t, err = decodeRESTTensor(in)
+		}
 		if err != nil {
 			return nil, err
 		}
 		req.Inputs = append(req.Inputs, t)
+	}
+	if len(bin) > 0 {
+		return nil, fmt.Errorf("%w: %d bytes of binary data after the last binary input", tensor.ErrInvalid, len(bin))
 	}
 	for _, o := range rr.Outputs {
 		if o.Name == "" {
@@ -80,12 +99,41 @@ func DecodeRESTRequest(m placement.ModelVersion, body []byte) (*tensor.Request, 
 	return req, nil
 }
 
+// decodeBinaryTensor takes an input's raw bytes from the front of bin and returns the rest.
+func decodeBinaryTensor(in restTensor, size any, bin []byte, binary bool) (tensor.Tensor, []byte, error) {
+	fail := func(format string, args ...any) (tensor.Tensor, []byte, error) {
+		return tensor.Tensor{}, nil, fmt.Errorf("%w: input %q: "+format, append([]any{tensor.ErrInvalid, in.Name}, args...)...)
+	}
+	if !binary {
+		return fail("binary_data_size without the Inference-Header-Content-Length header")
+	}
+	n, ok := size.(float64)
+	if !ok || n < 0 || n != float64(int(n)) {
+		return fail("binary_data_size %v is not a byte count", size)
+	}
+	if int(n) > len(bin) {
+		return fail("binary_data_size %d overruns the %d bytes of binary data left", int(n), len(bin))
+	}
+	if len(in.Data) > 0 {
+		return fail("both data and binary_data_size")
+	}
+	if in.Name == "" {
+		return fail("no name")
+	}
+	dt, err := tensor.ParseDatatype(in.Datatype)
+	if err != nil {
+		return tensor.Tensor{}, nil, fmt.Errorf("input %q: %w", in.Name, err)
+	}
+	t, err := tensor.DecodeRaw(in.Name, dt, in.Shape, bin[:int(n)])
+	if err != nil {
+		return tensor.Tensor{}, nil, err
+	}
+	return t, bin[int(n):], t.Validate()
+}
+
 func decodeRESTTensor(in restTensor) (tensor.Tensor, error) {
 	if in.Name == "" {
 		return tensor.Tensor{}, fmt.Errorf("%w: input without a name", tensor.ErrInvalid)
-	}
-	if _, ok := in.Parameters["binary_data_size"]; ok {
-		return tensor.Tensor{}, fmt.Errorf("%w: input %q: the binary tensor extension is not supported; send JSON data or use gRPC raw_input_contents", tensor.ErrInvalid, in.Name)
 	}
 	dt, err := tensor.ParseDatatype(in.Datatype)
 	if err != nil {

@@ -45,7 +45,7 @@ func TestDecodeRESTRequest(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := DecodeRESTRequest(iris, []byte(tt.give))
+			got, err := DecodeRESTRequest(iris, []byte(tt.give), -1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,13 +80,13 @@ func TestDecodeRESTRequestRejects(t *testing.T) {
 		{"object element", in(`{"name":"x","shape":[1],"datatype":"FP32","data":[{"a":1}]}`)},
 		{"scalar data", in(`{"name":"x","shape":[1],"datatype":"FP32","data":1}`)},
 		{"no data", in(`{"name":"x","shape":[1],"datatype":"FP32"}`)},
-		{"binary extension", in(`{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}`)},
+		{"binary size without the header", in(`{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}`)},
 		{"unnamed output", in(`{"name":"x","shape":[1],"datatype":"FP32","data":[1]}`) + `,"outputs":[{}]}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if _, err := DecodeRESTRequest(iris, []byte(tt.give)); !errors.Is(err, tensor.ErrInvalid) {
+			if _, err := DecodeRESTRequest(iris, []byte(tt.give), -1); !errors.Is(err, tensor.ErrInvalid) {
 				t.Fatalf("error = %v, want tensor.ErrInvalid", err)
 			}
 		})
@@ -115,10 +115,12 @@ func FuzzDecodeInferRequest(f *testing.F) {
 		`{"inputs":[{"name":"x","shape":[1000000000,1000000000],"datatype":"BOOL","data":[true]}]}`,
 		`{"inputs":[{"name":"x","shape":[2],"datatype":"INT64","data":[[[1]],[[2]]]}]}`,
 	} {
-		f.Add([]byte(seed))
+		f.Add([]byte(seed), -1)
 	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		req, err := DecodeRESTRequest(iris, body)
+	bin := `{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}`
+	f.Add(append([]byte(bin), 0, 0, 128, 63), len(bin))
+	f.Fuzz(func(t *testing.T, body []byte, jsonLen int) {
+		req, err := DecodeRESTRequest(iris, body, jsonLen)
 		if err != nil {
 			if !errors.Is(err, tensor.ErrInvalid) {
 				t.Fatalf("error %v is not a client error", err)
@@ -131,4 +133,40 @@ func FuzzDecodeInferRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestDecodeRESTRequestBinaryExtension(t *testing.T) {
+	t.Parallel()
+	js := `{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},` +
+		`{"name":"b","shape":[1],"datatype":"INT64","data":[7]},` +
+		`{"name":"c","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":6}}]}`
+	a, _ := tensor.EncodeRaw(tensor.Tensor{Datatype: tensor.FP32, Data: []float32{1.5, -2}})
+	c, _ := tensor.EncodeRaw(tensor.Tensor{Datatype: tensor.BYTES, Data: [][]byte{[]byte("hi")}})
+	body := append(append([]byte(js), a...), c...)
+	got, err := DecodeRESTRequest(iris, body, len(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &tensor.Request{Model: iris, Inputs: []tensor.Tensor{
+		{Name: "a", Datatype: tensor.FP32, Shape: []int64{2}, Data: []float32{1.5, -2}},
+		{Name: "b", Datatype: tensor.INT64, Shape: []int64{1}, Data: []int64{7}},
+		{Name: "c", Datatype: tensor.BYTES, Shape: []int64{1}, Data: [][]byte{[]byte("hi")}},
+	}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
+	}
+	for _, tt := range []struct {
+		name    string
+		body    []byte
+		jsonLen int
+	}{
+		{"header longer than the body", body, len(body) + 1},
+		{"bytes left over", append(body, 0), len(js)},
+		{"size overruns", body[:len(body)-1], len(js)},
+		{"size not a count", []byte(`{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":1.5}}]}`), 89},
+	} {
+		if _, err := DecodeRESTRequest(iris, tt.body, tt.jsonLen); !errors.Is(err, tensor.ErrInvalid) {
+			t.Errorf("%s: error %v, want tensor.ErrInvalid", tt.name, err)
+		}
+	}
 }
