@@ -90,9 +90,10 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 			[]resourcev3.Type{resourcev3.RouteType, resourcev3.ListenerType}},
 		{"remove clusters", next, nil},
 	}
-	last := versions(translate.Resources{})
+	memo := digests{}
+	last := versions(translate.Resources{}, memo)
 	for _, p := range phases {
-		v := versions(p.res)
+		v := versions(p.res, memo)
 		if err := s.set(ctx, p.res, v); err != nil {
 			return fmt.Errorf("push phase %q: %w", p.name, err)
 		}
@@ -115,7 +116,7 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 	s.current = next
 	s.metrics.pushDuration.Observe(time.Since(start).Seconds())
 	s.log.DebugContext(ctx, "configuration pushed", "duration_ms", time.Since(start).Milliseconds(),
-		"clusters", len(next.Clusters), "routes_version", versions(next)[resourcev3.RouteType])
+		"clusters", len(next.Clusters), "routes_version", last[resourcev3.RouteType])
 	for typ, n := range map[string]int{"listener": len(next.Listeners), "route": len(next.Routes), "cluster": len(next.Clusters), "endpoint": len(next.Endpoints)} {
 		s.metrics.resources.WithLabelValues(typ).Set(float64(n))
 	}
@@ -142,9 +143,13 @@ func (s *Server) set(ctx context.Context, res translate.Resources, v map[resourc
 	return s.cache.SetSnapshot(ctx, nodeGroup, snap)
 }
 
+// digests remembers each resource's hash for the length of one push: the phases share most
+// resources, and marshalling thousands of clusters again per phase is the push's main cost.
+type digests map[types.Resource][sha256.Size]byte
+
 // versions hashes each type's resources; deterministic marshalling makes equal
 // configurations hash equal in every process.
-func versions(res translate.Resources) map[resourcev3.Type]string {
+func versions(res translate.Resources, memo digests) map[resourcev3.Type]string {
 	out := map[resourcev3.Type]string{}
 	for typ, items := range map[resourcev3.Type][]types.Resource{
 		resourcev3.ListenerType: res.Listeners, resourcev3.RouteType: res.Routes,
@@ -152,8 +157,13 @@ func versions(res translate.Resources) map[resourcev3.Type]string {
 	} {
 		h := sha256.New()
 		for _, r := range items {
-			b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r) // generated messages always marshal
-			h.Write(b)
+			d, ok := memo[r]
+			if !ok {
+				b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r) // generated messages always marshal
+				d = sha256.Sum256(b)
+				memo[r] = d
+			}
+			h.Write(d[:])
 		}
 		out[typ] = hex.EncodeToString(h.Sum(nil)[:8])
 	}
