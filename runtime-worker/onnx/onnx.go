@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/runtime-worker/agent"
+	"github.com/modelmesh/mesh/runtime-worker/storage"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
 )
 
@@ -86,6 +88,9 @@ func (b *Backend) Close() error {
 func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path string) (agent.Loaded, error) {
 	if err := ctx.Err(); err != nil {
 		return agent.Loaded{}, err
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		path = filepath.Join(path, storage.ModelFile) // a directory holding the model
 	}
 	ins, outs, err := ort.GetInputOutputInfo(path)
 	if err != nil {

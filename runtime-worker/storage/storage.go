@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -58,9 +59,9 @@ func New(roots []string, cacheDir string) (*Store, error) {
 	return s, nil
 }
 
-// Resolve maps a URI to the real path of the model file it names. It rejects any scheme but
-// file, relative paths, ".." segments, percent-escapes that hide separators, and paths
-// that, with every symlink followed, end outside the roots.
+// Resolve maps a URI to the real path of the model file or directory it names. It rejects
+// any scheme but file, relative paths, ".." segments, percent-escapes that hide separators,
+// and paths that, with every symlink followed, end outside the roots.
 func (s *Store) Resolve(uri string) (string, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
@@ -102,11 +103,7 @@ func (s *Store) Resolve(uri string) (string, error) {
 		return "", fmt.Errorf("%w: %s: %v", ErrNotFound, clean, err)
 	}
 	if fi.IsDir() {
-		file := filepath.Join(real, ModelFile)
-		if fi, err := os.Lstat(file); err != nil || !fi.Mode().IsRegular() {
-			return "", fmt.Errorf("%w: directory %s has no regular file %s", ErrNotFound, clean, ModelFile)
-		}
-		return file, nil
+		return real, nil
 	}
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("%w: %q is not a regular file", ErrBadURI, uri)
@@ -129,39 +126,77 @@ type Fetched struct {
 	Bytes int64
 }
 
-// Fetch resolves uri and copies the model file into the cache under m's own directory,
-// atomically (a reader never sees a partial file). Cancelling ctx stops the copy.
+// Fetch resolves uri and copies what it names into the cache under m's own directory: a
+// file as ModelFile, a directory as a tree of its regular files (a Triton model directory,
+// or a directory holding ModelFile). Symlinks inside a directory are refused. A reader never
+// sees a partial copy: it is built beside and renamed into place. Cancelling ctx stops it.
 func (s *Store) Fetch(ctx context.Context, uri string, m placement.ModelVersion) (Fetched, error) {
 	src, err := s.Resolve(uri)
 	if err != nil {
 		return Fetched{}, err
 	}
 	dir := s.dir(m)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return Fetched{}, fmt.Errorf("cache %s: %w", m, err)
 	}
-	in, err := os.Open(src)
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".fetch-*")
+	if err != nil {
+		return Fetched{}, fmt.Errorf("cache %s: %w", m, err)
+	}
+	defer os.RemoveAll(tmp) // nothing left after the rename
+	var n int64
+	fi, err := os.Stat(src)
 	if err != nil {
 		return Fetched{}, fmt.Errorf("%w: %v", ErrNotFound, err)
 	}
-	defer in.Close()
-	tmp, err := os.CreateTemp(dir, ".fetch-*")
-	if err != nil {
-		return Fetched{}, fmt.Errorf("cache %s: %w", m, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	n, err := io.Copy(tmp, readerWithContext{ctx, in})
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
+	if fi.IsDir() {
+		err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(src, p)
+			switch {
+			case d.IsDir():
+				return os.MkdirAll(filepath.Join(tmp, rel), 0o755)
+			case d.Type().IsRegular():
+				c, err := copyFile(ctx, p, filepath.Join(tmp, rel))
+				n += c
+				return err
+			}
+			return fmt.Errorf("%w: %s is not a regular file or directory", ErrBadURI, p)
+		})
+	} else {
+		n, err = copyFile(ctx, src, filepath.Join(tmp, ModelFile))
 	}
 	if err != nil {
 		return Fetched{}, fmt.Errorf("copy %s into cache: %w", src, err)
 	}
-	dst := filepath.Join(dir, ModelFile)
-	if err := os.Rename(tmp.Name(), dst); err != nil {
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
 		return Fetched{}, fmt.Errorf("cache %s: %w", m, err)
 	}
-	return Fetched{Path: dst, Bytes: n}, nil
+	path := dir
+	if !fi.IsDir() {
+		path = filepath.Join(dir, ModelFile)
+	}
+	return Fetched{Path: path, Bytes: n}, nil
+}
+
+func copyFile(ctx context.Context, src, dst string) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(out, readerWithContext{ctx, in})
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
 }
 
 // Remove deletes m's cached files; removing what is not cached is not an error.

@@ -55,7 +55,7 @@ func TestResolve(t *testing.T) {
 		wantErr error
 	}{
 		{"file", "file://" + model, model, nil},
-		{"directory with model.onnx", "file://" + filepath.Join(root, "iris", "1"), model, nil},
+		{"directory", "file://" + filepath.Join(root, "iris", "1"), filepath.Join(root, "iris", "1"), nil},
 		{"localhost host", "file://localhost" + model, model, nil},
 		{"symlink inside roots", "file://" + filepath.Join(root, "inside-link.onnx"), model, nil},
 		{"dot-dot traversal", "file://" + root + "/iris/../../secret/model.onnx", "", ErrBadURI},
@@ -71,7 +71,6 @@ func TestResolve(t *testing.T) {
 		{"remote host", "file://example.org" + model, "", ErrBadURI},
 		{"query", "file://" + model + "?x=1", "", ErrBadURI},
 		{"missing file", "file://" + filepath.Join(root, "nope.onnx"), "", ErrNotFound},
-		{"directory without model", "file://" + filepath.Join(root, "iris"), "", ErrNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,7 +93,7 @@ func TestFetchCopiesIntoCacheAndRemove(t *testing.T) {
 	t.Parallel()
 	root, _, s := tree(t)
 	m := placement.ModelVersion{Name: "iris", Version: "1"}
-	f, err := s.Fetch(context.Background(), "file://"+filepath.Join(root, "iris", "1"), m)
+	f, err := s.Fetch(context.Background(), "file://"+filepath.Join(root, "iris", "1", "model.onnx"), m)
 	must(t, err)
 	b, err := os.ReadFile(f.Path)
 	must(t, err)
@@ -110,12 +109,37 @@ func TestFetchCopiesIntoCacheAndRemove(t *testing.T) {
 	}
 }
 
+func TestFetchCopiesADirectoryTree(t *testing.T) {
+	t.Parallel()
+	root, _, s := tree(t)
+	must(t, os.MkdirAll(filepath.Join(root, "tri", "1"), 0o755))
+	must(t, os.WriteFile(filepath.Join(root, "tri", "config.pbtxt"), []byte("backend: \"python\""), 0o644))
+	must(t, os.WriteFile(filepath.Join(root, "tri", "1", "model.py"), []byte("import numpy"), 0o644))
+	m := placement.ModelVersion{Name: "tri", Version: "1"}
+	f, err := s.Fetch(context.Background(), "file://"+filepath.Join(root, "tri"), m)
+	must(t, err)
+	b, err := os.ReadFile(filepath.Join(f.Path, "1", "model.py"))
+	must(t, err)
+	if string(b) != "import numpy" || f.Bytes != int64(len("backend: \"python\"")+len("import numpy")) {
+		t.Fatalf("copied %q, %d bytes", b, f.Bytes)
+	}
+	// A symlink inside a directory is refused, and nothing is left in the cache.
+	must(t, os.Symlink("/etc/passwd", filepath.Join(root, "tri", "1", "leak")))
+	m2 := placement.ModelVersion{Name: "tri", Version: "2"}
+	if _, err := s.Fetch(context.Background(), "file://"+filepath.Join(root, "tri"), m2); !errors.Is(err, ErrBadURI) {
+		t.Fatalf("tree with a symlink: %v", err)
+	}
+	if _, err := os.Stat(s.dir(m2)); !os.IsNotExist(err) {
+		t.Fatalf("a refused fetch left %s behind", s.dir(m2))
+	}
+}
+
 func TestFetchHonoursCancellation(t *testing.T) {
 	t.Parallel()
 	root, _, s := tree(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := s.Fetch(ctx, "file://"+filepath.Join(root, "iris", "1"), placement.ModelVersion{Name: "iris", Version: "1"})
+	_, err := s.Fetch(ctx, "file://"+filepath.Join(root, "iris", "1", "model.onnx"), placement.ModelVersion{Name: "iris", Version: "1"})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Fetch with a cancelled context = %v", err)
 	}

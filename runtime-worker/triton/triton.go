@@ -1,0 +1,304 @@
+// Package triton is the worker's backend for NVIDIA Triton Inference Server running in
+// explicit model-control mode: the worker owns Triton's model repository directory, installs
+// a model's files there, and loads, unloads and inspects it through Triton's repository and
+// statistics extensions over gRPC. Inference does not pass through the worker: the gateway
+// routes to Triton's own ports.
+package triton
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/proto/inference"
+	"github.com/modelmesh/mesh/runtime-worker/agent"
+	"github.com/modelmesh/mesh/runtime-worker/tensor"
+)
+
+var _ agent.Backend = (*Backend)(nil)
+
+// ErrServedByTriton answers Infer: Triton serves inference on its own ports.
+var ErrServedByTriton = errors.New("inference for Triton models is served by Triton, not the worker")
+
+// Config locates the Triton server the worker drives.
+type Config struct {
+	// Repository is the directory Triton was started with as --model-repository. The worker
+	// owns it: it installs and removes model directories there.
+	Repository string
+	// GRPCAddr is Triton's gRPC address (host:port).
+	GRPCAddr string
+}
+
+// Backend drives one Triton server. Safe for concurrent use; the agent never loads or
+// unloads one model version concurrently with itself.
+type Backend struct {
+	cfg    Config
+	conn   *grpc.ClientConn
+	client inference.GRPCInferenceServiceClient
+	log    *slog.Logger
+
+	mu sync.Mutex
+	// held maps a model name to the version Triton holds: a Triton worker holds one version
+	// of a model at a time (its version policy loads every version directory present).
+	held map[string]string
+}
+
+// New connects to Triton lazily (the first call dials); Close releases the connection.
+func New(cfg Config, log *slog.Logger) (*Backend, error) {
+	if cfg.Repository == "" || cfg.GRPCAddr == "" {
+		return nil, errors.New("triton: repository directory and gRPC address are required")
+	}
+	if err := os.MkdirAll(cfg.Repository, 0o755); err != nil {
+		return nil, fmt.Errorf("triton repository: %w", err)
+	}
+	conn, err := grpc.NewClient(cfg.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("triton at %s: %w", cfg.GRPCAddr, err)
+	}
+	return &Backend{cfg: cfg, conn: conn, client: inference.NewGRPCInferenceServiceClient(conn), log: log, held: map[string]string{}}, nil
+}
+
+// Close releases the connection to Triton.
+func (b *Backend) Close() error { return b.conn.Close() }
+
+// Runtime names the backend in the worker's records.
+func (b *Backend) Runtime() string { return "triton" }
+
+// Live reports whether Triton answers.
+func (b *Backend) Live(ctx context.Context) bool {
+	r, err := b.client.ServerLive(ctx, &inference.ServerLiveRequest{})
+	return err == nil && r.GetLive()
+}
+
+// Load installs the Triton model directory at path (its config.pbtxt and the directory of
+// m's version) as m.Name in the repository and has Triton load it. Triton's own reason is in
+// the error when it refuses the model; the repository is left as it was.
+func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path string) (agent.Loaded, error) {
+	if v, err := strconv.ParseUint(m.Version, 10, 64); err != nil || v == 0 {
+		return agent.Loaded{}, fmt.Errorf("Triton model versions are positive integers, not %q", m.Version)
+	}
+	b.mu.Lock()
+	other, busy := b.held[m.Name]
+	if !busy {
+		b.held[m.Name] = m.Version // claimed until the load ends
+	}
+	b.mu.Unlock()
+	if busy {
+		return agent.Loaded{}, fmt.Errorf("this Triton worker holds version %s of %s; one version per model", other, m.Name)
+	}
+	loaded, err := b.load(ctx, m, path)
+	if err != nil {
+		b.mu.Lock()
+		delete(b.held, m.Name)
+		b.mu.Unlock()
+		return agent.Loaded{}, err
+	}
+	return loaded, nil
+}
+
+func (b *Backend) load(ctx context.Context, m placement.ModelVersion, path string) (agent.Loaded, error) {
+	dst := filepath.Join(b.cfg.Repository, m.Name)
+	if err := install(path, dst, m.Version); err != nil {
+		return agent.Loaded{}, err
+	}
+	if _, err := b.client.RepositoryModelLoad(ctx, &inference.RepositoryModelLoadRequest{ModelName: m.Name}); err != nil {
+		os.RemoveAll(dst)
+		return agent.Loaded{}, fmt.Errorf("triton refused %s: %s", m, status.Convert(err).Message())
+	}
+	meta, err := b.metadata(ctx, m)
+	if err != nil {
+		b.unload(context.WithoutCancel(ctx), m)
+		return agent.Loaded{}, err
+	}
+	bytes, err := b.memory(ctx, m)
+	if err != nil {
+		b.log.WarnContext(ctx, "triton model statistics", "model", m.String(), "error", err)
+	}
+	return agent.Loaded{Metadata: meta, MemoryBytes: bytes}, nil
+}
+
+// Unload has Triton unload the model and removes its directory from the repository.
+func (b *Backend) Unload(ctx context.Context, m placement.ModelVersion) error {
+	b.mu.Lock()
+	delete(b.held, m.Name)
+	b.mu.Unlock()
+	return b.unload(ctx, m)
+}
+
+func (b *Backend) unload(ctx context.Context, m placement.ModelVersion) error {
+	_, err := b.client.RepositoryModelUnload(ctx, &inference.RepositoryModelUnloadRequest{ModelName: m.Name})
+	if rerr := os.RemoveAll(filepath.Join(b.cfg.Repository, m.Name)); err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("unload %s from triton: %w", m, err)
+	}
+	return nil
+}
+
+// Infer is not served by the worker for Triton models.
+func (b *Backend) Infer(context.Context, placement.ModelVersion, *tensor.Request) (*tensor.Response, error) {
+	return nil, ErrServedByTriton
+}
+
+// Reconcile brings Triton's loaded set in line with what the worker holds (nothing, at
+// start): every model Triton has loaded that the worker does not hold is unloaded and its
+// directory removed, so no orphan holds memory. It returns the names unloaded.
+func (b *Backend) Reconcile(ctx context.Context) ([]string, error) {
+	idx, err := b.client.RepositoryIndex(ctx, &inference.RepositoryIndexRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("triton repository index: %w", err)
+	}
+	b.mu.Lock()
+	held := make(map[string]bool, len(b.held))
+	for n := range b.held {
+		held[n] = true
+	}
+	b.mu.Unlock()
+	var orphans []string
+	seen := map[string]bool{}
+	for _, mi := range idx.GetModels() {
+		if held[mi.GetName()] || seen[mi.GetName()] {
+			continue
+		}
+		seen[mi.GetName()] = true
+		if _, err := b.client.RepositoryModelUnload(ctx, &inference.RepositoryModelUnloadRequest{ModelName: mi.GetName()}); err != nil {
+			return orphans, fmt.Errorf("unload orphan %s: %w", mi.GetName(), err)
+		}
+		if err := os.RemoveAll(filepath.Join(b.cfg.Repository, mi.GetName())); err != nil {
+			return orphans, err
+		}
+		orphans = append(orphans, mi.GetName())
+	}
+	return orphans, nil
+}
+
+// Usage is one model's use as Triton's statistics report it.
+type Usage struct {
+	Model placement.ModelVersion
+	// LastInferenceMs is the Unix ms of the last inference; 0 if none.
+	LastInferenceMs uint64
+	InferenceCount  uint64
+	// MemoryBytes is the sum of Triton's per-device memory_usage entries.
+	MemoryBytes int64
+}
+
+// Stats reads every model's statistics: the least-recently-used order comes from here.
+func (b *Backend) Stats(ctx context.Context) ([]Usage, error) {
+	resp, err := b.client.ModelStatistics(ctx, &inference.ModelStatisticsRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("triton statistics: %w", err)
+	}
+	var out []Usage
+	for _, s := range resp.GetModelStats() {
+		u := Usage{Model: placement.ModelVersion{Name: s.GetName(), Version: s.GetVersion()},
+			LastInferenceMs: s.GetLastInference(), InferenceCount: s.GetInferenceCount()}
+		for _, mu := range s.GetMemoryUsage() {
+			u.MemoryBytes += int64(mu.GetByteSize())
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// memory is the model's memory as Triton reports it (0 when Triton reports none).
+func (b *Backend) memory(ctx context.Context, m placement.ModelVersion) (int64, error) {
+	resp, err := b.client.ModelStatistics(ctx, &inference.ModelStatisticsRequest{Name: m.Name, Version: m.Version})
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, s := range resp.GetModelStats() {
+		for _, mu := range s.GetMemoryUsage() {
+			n += int64(mu.GetByteSize())
+		}
+	}
+	return n, nil
+}
+
+func (b *Backend) metadata(ctx context.Context, m placement.ModelVersion) (tensor.Metadata, error) {
+	md, err := b.client.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: m.Name, Version: m.Version})
+	if err != nil {
+		return tensor.Metadata{}, fmt.Errorf("triton metadata of %s: %s", m, status.Convert(err).Message())
+	}
+	meta := tensor.Metadata{Platform: md.GetPlatform()}
+	for _, t := range md.GetInputs() {
+		meta.Inputs = append(meta.Inputs, tensor.Spec{Name: t.GetName(), Datatype: tensor.Datatype(t.GetDatatype()), Shape: t.GetShape()})
+	}
+	for _, t := range md.GetOutputs() {
+		meta.Outputs = append(meta.Outputs, tensor.Spec{Name: t.GetName(), Datatype: tensor.Datatype(t.GetDatatype()), Shape: t.GetShape()})
+	}
+	return meta, nil
+}
+
+// install copies a Triton model directory (config.pbtxt and the version's directory) from
+// src to dst, replacing dst atomically. Only regular files and directories are copied.
+func install(src, dst, version string) error {
+	if fi, err := os.Stat(filepath.Join(src, "config.pbtxt")); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a Triton model directory: no config.pbtxt", src)
+	}
+	if fi, err := os.Stat(filepath.Join(src, version)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("%s has no directory for version %s", src, version)
+	}
+	tmp := dst + ".installing"
+	os.RemoveAll(tmp)
+	if err := copyFile(filepath.Join(src, "config.pbtxt"), filepath.Join(tmp, "config.pbtxt")); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	err := filepath.WalkDir(filepath.Join(src, version), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(filepath.Join(tmp, rel), 0o755)
+		case d.Type().IsRegular():
+			return copyFile(p, filepath.Join(tmp, rel))
+		}
+		return fmt.Errorf("%s: only regular files are installed", p)
+	})
+	if err == nil {
+		os.RemoveAll(dst)
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("install %s: %w", filepath.Base(dst), err)
+	}
+	return nil
+}
+
+func copyFile(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
