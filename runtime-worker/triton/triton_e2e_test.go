@@ -1,0 +1,199 @@
+//go:build e2e
+
+package triton
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/proto/inference"
+)
+
+// server is a real tritonserver started with scripts/triton.sh.
+type server struct {
+	http, grpc string
+	repo       string
+	cmd        *exec.Cmd
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
+}
+
+func startTriton(t *testing.T) *server {
+	t.Helper()
+	if _, err := os.Stat("../../.venv-triton/bin/python"); err != nil {
+		t.Fatalf("Triton's virtualenv is missing; run `make setup`: %v", err)
+	}
+	state := t.TempDir()
+	hp, gp, mp := freePort(t), freePort(t), freePort(t)
+	s := &server{http: "127.0.0.1:" + hp, grpc: "127.0.0.1:" + gp, repo: filepath.Join(state, "models")}
+	s.cmd = exec.Command("../../scripts/triton.sh", state, hp, gp, mp)
+	log, err := os.Create(filepath.Join(state, "triton.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.cmd.Stdout, s.cmd.Stderr = log, log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			t.Logf("triton log:\n%s", b)
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.http + "/v2/health/live")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("tritonserver not live after 60s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// pythonModel writes a Triton Python-backend model directory: OUTPUT0 = INPUT0 * factor,
+// FP32 [-1, 4]. body replaces model.py when set.
+func pythonModel(t *testing.T, dir, name string, factor int, body string) string {
+	t.Helper()
+	md := filepath.Join(dir, name)
+	if err := os.MkdirAll(filepath.Join(md, "1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := fmt.Sprintf(`name: %q
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+`, name)
+	if body == "" {
+		body = fmt.Sprintf(`import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for req in requests:
+            x = pb_utils.get_input_tensor_by_name(req, "INPUT0").as_numpy()
+            out.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", (x * %d).astype(np.float32))]))
+        return out
+`, factor)
+	}
+	must(t, os.WriteFile(filepath.Join(md, "config.pbtxt"), []byte(config), 0o644))
+	must(t, os.WriteFile(filepath.Join(md, "1", "model.py"), []byte(body), 0o644))
+	return md
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBackendAgainstRealTriton(t *testing.T) {
+	s := startTriton(t)
+	b, err := New(Config{Repository: s.repo, GRPCAddr: s.grpc}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	must(t, err)
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	src := t.TempDir()
+
+	double := placement.ModelVersion{Name: "double", Version: "1"}
+	loaded, err := b.Load(ctx, double, pythonModel(t, src, "double", 2, ""))
+	must(t, err)
+	if in := loaded.Metadata.Inputs; len(in) != 1 || in[0].Name != "INPUT0" || in[0].Datatype != "FP32" {
+		t.Fatalf("metadata %+v", loaded.Metadata)
+	}
+	// Triton reports no memory for Python models on CPU: the stub process is measured.
+	if loaded.MemoryBytes < 10<<20 || loaded.MemoryBytes > 1<<30 {
+		t.Fatalf("measured %d bytes for a numpy model", loaded.MemoryBytes)
+	}
+	// Triton serves it on its own port.
+	resp, err := http.Post("http://"+s.http+"/v2/models/double/infer", "application/json",
+		strings.NewReader(`{"inputs":[{"name":"INPUT0","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`))
+	must(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "[2.0,4.0,6.0,8.0]") {
+		t.Fatalf("infer through triton: %d %s", resp.StatusCode, body)
+	}
+	stats, err := b.Stats(ctx)
+	must(t, err)
+	if len(stats) != 1 || stats[0].InferenceCount != 1 || stats[0].LastInferenceMs == 0 {
+		t.Fatalf("statistics %+v, want one inference with a time", stats)
+	}
+
+	// Broken models fail with Triton's reason and leave the repository and the rest alone.
+	broken := []struct {
+		name, body, want string
+	}{
+		{"boom", "raise RuntimeError('boom at import')\n", "boom at import"},
+		{"nofile", "", "no directory for version"},
+	}
+	for _, tt := range broken {
+		dir := pythonModel(t, src, tt.name, 1, tt.body)
+		if tt.name == "nofile" {
+			must(t, os.RemoveAll(filepath.Join(dir, "1")))
+		}
+		_, err := b.Load(ctx, placement.ModelVersion{Name: tt.name, Version: "1"}, dir)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Fatalf("%s: error %v, want it to contain %q", tt.name, err, tt.want)
+		}
+		if _, err := os.Stat(filepath.Join(s.repo, tt.name)); !os.IsNotExist(err) {
+			t.Fatalf("%s: failed model left in the repository", tt.name)
+		}
+	}
+	if !b.Live(ctx) {
+		t.Fatal("triton not live after bad models")
+	}
+	if _, err := b.Load(ctx, placement.ModelVersion{Name: "double", Version: "2"}, pythonModel(t, src, "double", 2, "")); err == nil {
+		t.Fatal("a second version of a held model loaded")
+	}
+
+	// A model loaded behind the worker's back is an orphan: reconciliation unloads it.
+	pythonModel(t, s.repo, "orphan", 3, "")
+	_, err = b.client.RepositoryModelLoad(ctx, &inference.RepositoryModelLoadRequest{ModelName: "orphan"})
+	must(t, err)
+	got, err := b.Reconcile(ctx)
+	must(t, err)
+	if len(got) != 1 || got[0] != "orphan" {
+		t.Fatalf("reconcile unloaded %v, want [orphan]", got)
+	}
+
+	must(t, b.Unload(ctx, double))
+	idx, err := b.client.RepositoryIndex(ctx, &inference.RepositoryIndexRequest{Ready: true})
+	must(t, err)
+	if len(idx.GetModels()) != 0 {
+		t.Fatalf("ready after unload: %v", idx.GetModels())
+	}
+}
