@@ -182,9 +182,12 @@ func routedOf(reg *registry.Registry, snap residency.Snapshot) map[string][]stri
 
 // stateOf turns a residency snapshot into the translator's input. Only ready replicas route.
 func stateOf(reg *registry.Registry, snap residency.Snapshot) translate.State {
-	st := translate.State{Registry: reg, Ready: map[placement.ModelVersion][]string{}}
+	st := translate.State{Registry: reg, Ready: map[placement.ModelVersion][]string{}, GRPC: map[string]string{}}
 	for id, w := range snap.Workers {
 		st.Workers = append(st.Workers, w.DataAddr)
+		if w.GRPCAddr != "" && w.GRPCAddr != w.DataAddr {
+			st.GRPC[w.DataAddr] = w.GRPCAddr
+		}
 		for m, r := range snap.Replicas[id] {
 			if r.State == placement.StateReady.String() {
 				st.Ready[m] = append(st.Ready[m], w.DataAddr)

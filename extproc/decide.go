@@ -22,6 +22,17 @@ type Request struct {
 	// Header looks up any request header by lower-case name ("" when absent); the
 	// registry's traffic rules match on it. May be nil.
 	Header func(string) string
+	// GRPC marks a gRPC request: it goes to a worker's gRPC address, which for Triton is
+	// another port than REST.
+	GRPC bool
+}
+
+// Endpoint is where req goes on worker w.
+func (req Request) Endpoint(w residency.Worker) string {
+	if req.GRPC {
+		return w.GRPC()
+	}
+	return w.DataAddr
 }
 
 // Kind says what the server must do with a decision.
@@ -105,7 +116,7 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 		if len(live) == 0 {
 			return Decision{}, errorf(ErrNoWorker, "no live worker")
 		}
-		return Decision{Kind: Route, Outcome: "server_level", Endpoint: live[rnd(uint64(len(live)))].DataAddr}, nil
+		return Decision{Kind: Route, Outcome: "server_level", Endpoint: req.Endpoint(live[rnd(uint64(len(live)))])}, nil
 	}
 	var model registry.Model
 	ok := false
@@ -132,17 +143,17 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 		// Readiness of a registered model is answered without loading it: by a worker that
 		// holds it (ready), else by any live worker, which answers "not ready".
 		if w, ok := ReadyWorker(snap, m); ok {
-			return Decision{Kind: Route, Outcome: "server_level", Model: m, Endpoint: w.DataAddr}, nil
+			return Decision{Kind: Route, Outcome: "server_level", Model: m, Endpoint: req.Endpoint(w)}, nil
 		}
 		live := liveWorkers(snap)
 		if len(live) == 0 {
 			return Decision{}, errorf(ErrNoWorker, "no live worker")
 		}
-		return Decision{Kind: Route, Outcome: "server_level", Model: m, Endpoint: live[rnd(uint64(len(live)))].DataAddr}, nil
+		return Decision{Kind: Route, Outcome: "server_level", Model: m, Endpoint: req.Endpoint(live[rnd(uint64(len(live)))])}, nil
 	}
 	t := Target{Model: m, Runtime: model.Runtime, StorageURI: v.StorageURI, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
 	if w, ok := ReadyWorker(snap, m); ok {
-		return Decision{Kind: Route, Outcome: "routed_ready", Model: m, Endpoint: w.DataAddr, Worker: w, Target: t}, nil
+		return Decision{Kind: Route, Outcome: "routed_ready", Model: m, Endpoint: req.Endpoint(w), Worker: w, Target: t}, nil
 	}
 	cands := Candidates(snap, t)
 	if len(cands) == 0 {

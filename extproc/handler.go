@@ -92,13 +92,15 @@ func requestOf(h *extprocv3.HttpHeaders) (Request, bool) {
 		headers[strings.ToLower(hv.GetKey())] = v
 	}
 	path, _, _ := strings.Cut(headers[":path"], "?")
+	grpc := strings.HasPrefix(headers["content-type"], "application/grpc")
 	req := Request{
 		Path:    path,
 		Model:   headers[HeaderModel],
 		Version: headers[HeaderVersion],
 		Header:  func(k string) string { return headers[k] },
+		GRPC:    grpc,
 	}
-	return req, strings.HasPrefix(headers["content-type"], "application/grpc")
+	return req, grpc
 }
 
 // passThrough lets a message the server has no business with continue unchanged.

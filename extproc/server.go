@@ -136,7 +136,7 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 	if err != nil {
 		return Answer{}, err
 	}
-	return Answer{Outcome: "cold_loaded", Endpoint: w.DataAddr, Model: d.Model}, nil
+	return Answer{Outcome: "cold_loaded", Endpoint: req.Endpoint(w), Model: d.Model}, nil
 }
 
 // hold joins (or starts) the flight for d's model version and waits for it.

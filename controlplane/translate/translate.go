@@ -29,6 +29,7 @@ import (
 	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -85,7 +86,14 @@ type State struct {
 	Workers []string
 	// Ready maps a model version to the data addresses of its ready replicas.
 	Ready map[placement.ModelVersion][]string
+	// GRPC maps a worker's data address to its gRPC address, for workers that serve gRPC on
+	// another port (Triton). Models with replicas on such workers get a gRPC cluster and
+	// gRPC routes of their own.
+	GRPC map[string]string
 }
+
+// GRPCSuffix ends the name of a model version's gRPC cluster.
+const GRPCSuffix = "|grpc"
 
 // Resources are the xDS resources of one state, each list sorted by name.
 type Resources struct {
@@ -117,12 +125,20 @@ func Translate(cfg Config, st State) (Resources, error) {
 	if st.Registry != nil {
 		models = st.Registry.Models
 	}
+	split := map[string]bool{} // clusters whose gRPC traffic goes to a cluster of its own
+	for m, addrs := range ready {
+		for _, a := range addrs {
+			if g, ok := st.GRPC[a]; ok && g != a {
+				split[ClusterName(m)] = true
+			}
+		}
+	}
 	for _, m := range models {
 		r, err := modelRoutes(m, ready, durationpb.New(cfg.RouteTimeout))
 		if err != nil {
 			return res, err
 		}
-		routes = append(routes, r...)
+		routes = append(routes, withGRPCVariants(r, split)...)
 	}
 	routes = append(routes, &routev3.Route{
 		Name:  "cold",
@@ -152,13 +168,30 @@ func Translate(cfg Config, st State) (Resources, error) {
 		}
 		clusters = append(clusters, c)
 		endpoints = append(endpoints, assignment(ClusterName(m), ready[m]))
+		if split[ClusterName(m)] {
+			name := ClusterName(m) + GRPCSuffix
+			gc, err := edsCluster(name, nil)
+			if err != nil {
+				return res, err
+			}
+			var addrs []string
+			for _, a := range ready[m] {
+				addrs = append(addrs, grpcAddr(st.GRPC, a))
+			}
+			clusters = append(clusters, gc)
+			endpoints = append(endpoints, assignment(name, sortedUnique(addrs)))
+		}
 	}
 	pool, err := workersCluster()
 	if err != nil {
 		return res, err
 	}
 	clusters = append(clusters, pool)
-	endpoints = append(endpoints, assignment(WorkersCluster, sortedUnique(st.Workers)))
+	pooled := slices.Clone(st.Workers)
+	for _, w := range st.Workers {
+		pooled = append(pooled, grpcAddr(st.GRPC, w)) // ext_proc sends gRPC to a worker's gRPC address
+	}
+	endpoints = append(endpoints, assignment(WorkersCluster, sortedUnique(pooled)))
 	ext, err := extProcCluster(cfg.ExtProcAddress)
 	if err != nil {
 		return res, err
@@ -254,6 +287,52 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 		routes = append(routes, ruleRoutes...)
 	}
 	return routes, nil
+}
+
+func grpcAddr(m map[string]string, data string) string {
+	if g, ok := m[data]; ok && g != "" {
+		return g
+	}
+	return data
+}
+
+// withGRPCVariants puts, before each hot route naming a cluster in split, the same route
+// for gRPC requests (content type application/grpc...) to the clusters' gRPC twins.
+func withGRPCVariants(routes []*routev3.Route, split map[string]bool) []*routev3.Route {
+	out := make([]*routev3.Route, 0, len(routes))
+	for _, r := range routes {
+		action := r.GetRoute()
+		twin := func(name string) string {
+			if split[name] {
+				return name + GRPCSuffix
+			}
+			return name
+		}
+		needs := split[action.GetCluster()]
+		for _, w := range action.GetWeightedClusters().GetClusters() {
+			needs = needs || split[w.GetName()]
+		}
+		if needs {
+			g := proto.Clone(r).(*routev3.Route)
+			g.Name += GRPCSuffix
+			g.Match.Headers = append(g.Match.Headers, &routev3.HeaderMatcher{Name: "content-type",
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+					MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "application/grpc"}}}})
+			ga := g.GetRoute()
+			if c := ga.GetCluster(); c != "" {
+				ga.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: twin(c)}
+			}
+			for _, w := range ga.GetWeightedClusters().GetClusters() {
+				w.Name = twin(w.GetName())
+			}
+			for _, mp := range ga.GetRequestMirrorPolicies() {
+				mp.Cluster = twin(mp.GetCluster())
+			}
+			out = append(out, g)
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // retryOtherReplica retries a request that never reached a worker (connection refused or

@@ -58,6 +58,8 @@ func TestTranslateGolden(t *testing.T) {
 			mv("iris", "1"): {"10.0.0.2:8000", "10.0.0.1:8000", "10.0.0.2:8000"}}}},
 		{"split-half-ready", State{Registry: r, Workers: workers, Ready: map[placement.ModelVersion][]string{
 			mv("fraud", "1"): {"10.0.0.1:8000"}}}},
+		{"triton-grpc-port", State{Registry: r, Workers: []string{"10.0.0.3:8000"}, GRPC: map[string]string{"10.0.0.3:8000": "10.0.0.3:8001"},
+			Ready: map[placement.ModelVersion][]string{mv("iris", "1"): {"10.0.0.3:8000"}}}},
 		{"split-ready", State{Registry: r, Workers: workers, Ready: map[placement.ModelVersion][]string{
 			mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"},
 			mv("unregistered", "1"): {"10.0.0.2:8000"}}}},

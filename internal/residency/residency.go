@@ -36,8 +36,11 @@ func (k Keys) Events() string { return k.Prefix + ":events" }
 
 // Worker is the content of a worker's lease hash.
 type Worker struct {
-	ID            string
-	DataAddr      string
+	ID       string
+	DataAddr string
+	// GRPCAddr is where gRPC inference goes when it is not DataAddr (Triton serves REST and
+	// gRPC on two ports); empty means DataAddr.
+	GRPCAddr      string
 	MgmtAddr      string
 	Runtime       string
 	CapacityBytes int64
@@ -50,15 +53,23 @@ type Worker struct {
 func (w Worker) fields(heartbeatMs int64) map[string]any {
 	labels, _ := json.Marshal(w.Labels) // a map[string]string always marshals
 	return map[string]any{
-		"id": w.ID, "data_addr": w.DataAddr, "mgmt_addr": w.MgmtAddr, "runtime": w.Runtime,
+		"id": w.ID, "data_addr": w.DataAddr, "grpc_addr": w.GRPCAddr, "mgmt_addr": w.MgmtAddr, "runtime": w.Runtime,
 		"capacity_bytes": w.CapacityBytes, "used_bytes": w.UsedBytes, "labels": string(labels),
 		"started_unix_ms": w.StartedUnixMs, "heartbeat_unix_ms": heartbeatMs,
 	}
 }
 
+// GRPC is the worker's gRPC inference address.
+func (w Worker) GRPC() string {
+	if w.GRPCAddr != "" {
+		return w.GRPCAddr
+	}
+	return w.DataAddr
+}
+
 // ParseWorker reads a lease hash as HGETALL returns it.
 func ParseWorker(h map[string]string) Worker {
-	w := Worker{ID: h["id"], DataAddr: h["data_addr"], MgmtAddr: h["mgmt_addr"], Runtime: h["runtime"]}
+	w := Worker{ID: h["id"], DataAddr: h["data_addr"], GRPCAddr: h["grpc_addr"], MgmtAddr: h["mgmt_addr"], Runtime: h["runtime"]}
 	w.CapacityBytes, _ = strconv.ParseInt(h["capacity_bytes"], 10, 64)
 	w.UsedBytes, _ = strconv.ParseInt(h["used_bytes"], 10, 64)
 	w.StartedUnixMs, _ = strconv.ParseInt(h["started_unix_ms"], 10, 64)

@@ -432,17 +432,59 @@ func (a *Agent) unload(ctx context.Context, r *replica, reason string) {
 	if err := a.backend.Unload(context.WithoutCancel(ctx), r.model); err != nil {
 		a.log.WarnContext(ctx, "backend unload", "model", r.model.String(), "error", err)
 	}
-	if err := a.store.Remove(r.model); err != nil {
-		a.log.WarnContext(ctx, "remove cached model files", "model", r.model.String(), "error", err)
-	}
+	a.forget(ctx, r, reason)
+}
+
+// forget removes r from the agent and its files from the cache, once: a replica the
+// runtime lost may still be on its way through a drain.
+func (a *Agent) forget(ctx context.Context, r *replica, reason string) {
 	a.mu.Lock()
+	if a.replicas[r.model] != r {
+		a.mu.Unlock()
+		return
+	}
 	delete(a.replicas, r.model)
 	a.used -= r.bytes
 	a.updateGauges()
 	a.mu.Unlock()
+	if err := a.store.Remove(r.model); err != nil {
+		a.log.WarnContext(ctx, "remove cached model files", "model", r.model.String(), "error", err)
+	}
 	close(r.gone)
 	a.metrics.unloads.WithLabelValues(reason).Inc()
 	a.notify()
+}
+
+// Touch records a use the runtime saw itself (Triton serves inference without the worker):
+// the model's last use moves forward to at, never back.
+func (a *Agent) Touch(m placement.ModelVersion, at time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r := a.replicas[m]; r != nil && at.After(r.lastUsed) {
+		r.lastUsed = at
+	}
+}
+
+// Lost forgets every loaded replica at once, without asking the runtime to unload: the
+// runtime lost them (Triton died or restarted). They leave Redis with the next write, so the
+// mesh stops routing to them and loads them again on demand. Loads under way fail on their
+// own. It returns what was forgotten.
+func (a *Agent) Lost(ctx context.Context) []placement.ModelVersion {
+	a.mu.Lock()
+	var lost []*replica
+	for _, r := range a.replicas {
+		if r.state != placement.StateLoading {
+			r.closing = true
+			lost = append(lost, r)
+		}
+	}
+	a.mu.Unlock()
+	out := make([]placement.ModelVersion, 0, len(lost))
+	for _, r := range lost {
+		a.forget(ctx, r, "runtime_lost")
+		out = append(out, r.model)
+	}
+	return out
 }
 
 // Acquire resolves m (an empty version means the newest servable one) to a replica that

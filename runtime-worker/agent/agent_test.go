@@ -563,3 +563,34 @@ func TestLoadOfADrainingModelWaitsThenLoadsAgain(t *testing.T) {
 		t.Fatalf("runtime loads %d, ready %v; want a loaded again", fx.backend.loadCount("a"), fx.agent.Ready(a))
 	}
 }
+
+func TestLostForgetsWithoutUnloadingAndTouchMovesLastUse(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 10000)
+	ctx := context.Background()
+	for _, n := range []string{"a", "b"} {
+		if _, err := fx.agent.Load(ctx, fx.spec(n, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := placement.ModelVersion{Name: "a", Version: "1"}
+	later := time.Unix(2_000_000, 0)
+	fx.agent.Touch(a, later)
+	fx.agent.Touch(a, time.Unix(1, 0)) // never backwards
+	for _, r := range func() []Replica { rs, _ := fx.agent.Snapshot(); return rs }() {
+		if r.Model == a && !r.LastUsed.Equal(later) {
+			t.Fatalf("last use %v, want %v", r.LastUsed, later)
+		}
+	}
+	lost := fx.agent.Lost(ctx)
+	if len(lost) != 2 || len(fx.resident(t)) != 0 {
+		t.Fatalf("lost %v, resident %v", lost, fx.resident(t))
+	}
+	if len(fx.backend.unloads) != 0 {
+		t.Fatalf("the runtime was asked to unload %v models it had lost", fx.backend.unloads)
+	}
+	// Loaded again on demand.
+	if _, err := fx.agent.Load(ctx, fx.spec("a", 100)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -31,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		loadDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_load_duration_seconds",
 			Help: "Time from the start of a load to ready or failure.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
 		unloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mesh_worker_unloads_total",
-			Help: "Model unloads by reason: unload, drain, evict, shutdown."}, []string{"reason"}),
+			Help: "Model unloads by reason: unload, drain, evict, shutdown, runtime_lost."}, []string{"reason"}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_worker_evictions_total",
 			Help: "Idle models evicted to make room for a load."}),
 		evictedAge: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_evicted_idle_seconds",

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -306,4 +307,51 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// Watch polls Triton every interval until ctx ends. While Triton answers, it reports each
+// model's last inference to touch, so the least-recently-used order comes from Triton's own
+// statistics (inference does not pass through the worker). When Triton stops answering, it
+// forgets what Triton held and calls lost once; when Triton answers again it reconciles
+// (removing what a restarted Triton or a dead worker left behind) before reporting again.
+// Returns nil when ctx ends.
+func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(placement.ModelVersion, time.Time), lost func()) error {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	// Start as if Triton had just come back: the first answer reconciles, so models a
+	// previous worker left loaded are unloaded before anything is reported.
+	down := true
+	for {
+		pctx, cancel := context.WithTimeout(ctx, interval)
+		stats, err := b.Stats(pctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil && !down: // up → down
+			down = true
+			b.mu.Lock()
+			b.held = map[string]string{}
+			b.mu.Unlock()
+			b.log.ErrorContext(ctx, "triton stopped answering; its models are gone from this worker", "error", err)
+			lost()
+		case err == nil && down:
+			orphans, err := b.Reconcile(ctx)
+			if err != nil {
+				b.log.WarnContext(ctx, "reconcile triton after it came back", "error", err)
+				break // still down for the mesh; try again at the next tick
+			}
+			b.log.InfoContext(ctx, "triton answers again", "orphans_unloaded", len(orphans))
+			down = false
+		case err == nil:
+			for _, u := range stats {
+				if u.LastInferenceMs > 0 {
+					touch(u.Model, time.UnixMilli(int64(u.LastInferenceMs)))
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
 }

@@ -15,31 +15,36 @@ const envPrefix = "MESH_WORKER_"
 
 // Config is the worker's whole configuration.
 type Config struct {
-	WorkerID        string
-	Listen          string
-	ManagementAddr  string
-	AdvertiseAddr   string
-	AdvertiseMgmt   string
-	ModelRoots      string
-	CacheDir        string
-	Capacity        byteSize
-	LoadConcurrency int
-	LoadTimeout     time.Duration
-	EstimateFactor  float64
-	DrainGrace      time.Duration
-	DrainTimeout    time.Duration
-	MinIdle         time.Duration
-	RedisAddr       string
-	RedisPrefix     string
-	Heartbeat       time.Duration
-	ORTLibrary      string
-	ORTThreads      int
-	MaxBodyBytes    byteSize
-	MaxModelLabels  int
-	Labels          string
-	LogFormat       string
-	LogLevel        string
-	ShutdownTimeout time.Duration
+	WorkerID         string
+	Listen           string
+	ManagementAddr   string
+	AdvertiseAddr    string
+	AdvertiseMgmt    string
+	ModelRoots       string
+	CacheDir         string
+	Capacity         byteSize
+	LoadConcurrency  int
+	LoadTimeout      time.Duration
+	EstimateFactor   float64
+	DrainGrace       time.Duration
+	DrainTimeout     time.Duration
+	MinIdle          time.Duration
+	RedisAddr        string
+	RedisPrefix      string
+	Heartbeat        time.Duration
+	Runtime          string
+	ORTLibrary       string
+	ORTThreads       int
+	TritonGRPC       string
+	TritonHTTP       string
+	TritonRepository string
+	TritonPoll       time.Duration
+	MaxBodyBytes     byteSize
+	MaxModelLabels   int
+	Labels           string
+	LogFormat        string
+	LogLevel         string
+	ShutdownTimeout  time.Duration
 }
 
 // RegisterFlags declares every setting on fs.
@@ -63,7 +68,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for residency records (empty: run without Redis)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 2*time.Second, "interval of full state writes to Redis; the lease lasts three")
-	fs.StringVar(&c.ORTLibrary, "ort-library", "", "path of libonnxruntime.so")
+	fs.StringVar(&c.Runtime, "runtime", "onnxruntime", "model runtime: onnxruntime (embedded) or triton (a Triton server beside the worker)")
+	fs.StringVar(&c.ORTLibrary, "ort-library", "", "onnxruntime: path of libonnxruntime.so")
+	fs.StringVar(&c.TritonGRPC, "triton-grpc", "", "triton: Triton's gRPC address, as the gateway reaches it")
+	fs.StringVar(&c.TritonHTTP, "triton-http", "", "triton: Triton's HTTP address, as the gateway reaches it")
+	fs.StringVar(&c.TritonRepository, "triton-repository", "", "triton: Triton's --model-repository directory, owned by the worker")
+	fs.DurationVar(&c.TritonPoll, "triton-poll", 2*time.Second, "triton: interval of statistics polls (last use, liveness)")
 	fs.IntVar(&c.ORTThreads, "ort-threads", 1, "ONNX Runtime intra-op threads per model")
 	c.MaxBodyBytes = 64 << 20
 	fs.Var(&c.MaxBodyBytes, "max-body", "largest inference request, bytes or with KiB/MiB/GiB suffix")
@@ -83,8 +93,20 @@ func (c *Config) Validate() error {
 	if c.ModelRoots == "" {
 		errs = append(errs, errors.New("--model-roots is required"))
 	}
-	if c.ORTLibrary == "" {
-		errs = append(errs, errors.New("--ort-library is required (libonnxruntime.so)"))
+	switch c.Runtime {
+	case "onnxruntime":
+		if c.ORTLibrary == "" {
+			errs = append(errs, errors.New("--ort-library is required (libonnxruntime.so)"))
+		}
+	case "triton":
+		if c.TritonGRPC == "" || c.TritonHTTP == "" || c.TritonRepository == "" {
+			errs = append(errs, errors.New("--runtime triton needs --triton-grpc, --triton-http and --triton-repository"))
+		}
+		if c.TritonPoll <= 0 {
+			errs = append(errs, errors.New("--triton-poll must be positive"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--runtime %q: onnxruntime or triton", c.Runtime))
 	}
 	if c.Capacity <= 0 {
 		errs = append(errs, errors.New("--capacity must be positive"))

@@ -32,6 +32,7 @@ import (
 	"github.com/modelmesh/mesh/runtime-worker/onnx"
 	"github.com/modelmesh/mesh/runtime-worker/server"
 	"github.com/modelmesh/mesh/runtime-worker/storage"
+	"github.com/modelmesh/mesh/runtime-worker/triton"
 )
 
 const version = "0.1.0"
@@ -66,11 +67,25 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	backend, err := onnx.New(onnx.Config{Library: cfg.ORTLibrary, IntraOpThreads: cfg.ORTThreads})
-	if err != nil {
-		return err
+	var backend agent.Backend
+	var tritonBackend *triton.Backend
+	runtimeVersion := ""
+	switch cfg.Runtime {
+	case "triton":
+		tritonBackend, err = triton.New(triton.Config{Repository: cfg.TritonRepository, GRPCAddr: cfg.TritonGRPC}, log)
+		if err != nil {
+			return err
+		}
+		defer tritonBackend.Close()
+		backend = tritonBackend
+	default:
+		ort, err := onnx.New(onnx.Config{Library: cfg.ORTLibrary, IntraOpThreads: cfg.ORTThreads})
+		if err != nil {
+			return err
+		}
+		defer ort.Close()
+		backend, runtimeVersion = ort, ort.Version()
 	}
-	defer backend.Close()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -114,12 +129,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		DataAddr: advertised(cfg.AdvertiseAddr, dataLn.Addr()), MgmtAddr: advertised(cfg.AdvertiseMgmt, mgmtLn.Addr()),
 		StartedUnixMs: time.Now().UnixMilli(),
 	}
-	log.InfoContext(ctx, "worker started", "inference_addr", dataLn.Addr().String(), "management_addr", mgmtLn.Addr().String(),
-		"capacity_bytes", int64(cfg.Capacity), "runtime", backend.Runtime(), "onnxruntime_version", backend.Version())
+	if tritonBackend != nil {
+		// The gateway sends inference straight to Triton's ports, not through the worker.
+		self.DataAddr, self.GRPCAddr = cfg.TritonHTTP, cfg.TritonGRPC
+	}
+	log.InfoContext(ctx, "worker started", "inference_addr", self.DataAddr, "grpc_addr", self.GRPC(), "management_addr", mgmtLn.Addr().String(),
+		"capacity_bytes", int64(cfg.Capacity), "runtime", backend.Runtime(), "runtime_version", runtimeVersion)
 
 	g, gctx := errgroup.WithContext(ctx)
 	servePort(g, gctx, dataLn, inferGRPC, dataSrv)
 	servePort(g, gctx, mgmtLn, mgmtGRPC, mgmtSrv)
+	if tritonBackend != nil {
+		g.Go(func() error {
+			return tritonBackend.Watch(gctx, cfg.TritonPoll, models.Touch, func() {
+				log.WarnContext(gctx, "triton lost its models", "models", len(models.Lost(gctx)))
+			})
+		})
+	}
 	if rdb != nil {
 		reporter := residency.NewReporter(rdb, residency.Keys{Prefix: cfg.RedisPrefix}, residency.ReporterConfig{Heartbeat: cfg.Heartbeat}, log)
 		g.Go(func() error {
