@@ -82,7 +82,9 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 	republish := time.NewTicker(c.cfg.Watch.Resync)
 	defer republish.Stop()
 	publish := func() {
-		if published == reg.Digest() {
+		// Republish when the registry changed, or when Redis lost it (a restart that came
+		// back empty): readers must never be left without one.
+		if published == reg.Digest() && c.rdb.Exists(ctx, c.keys.Registry()).Val() == 1 {
 			return
 		}
 		if err := residency.PublishRegistry(ctx, c.rdb, c.keys, reg); err != nil {

@@ -97,6 +97,9 @@ func startProcess(t testing.TB, name, path string, args []string, ready func() b
 	t.Helper()
 	p := &process{name: name, exited: make(chan error, 1), logs: &logBuffer{}}
 	p.cmd = exec.Command(path, args...)
+	// A process group of its own: kill ends its children too (Triton's model stubs), which
+	// would otherwise hold its output open.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -137,9 +140,9 @@ func startProcess(t testing.TB, name, path string, args []string, ready func() b
 	return p
 }
 
-// kill ends the process at once (SIGKILL) and waits for it; safe to call twice.
+// kill ends the process and its children at once (SIGKILL) and waits; safe to call twice.
 func (p *process) kill() {
-	p.cmd.Process.Kill()
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	err := <-p.exited
 	p.exited <- err
 }

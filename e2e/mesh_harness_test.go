@@ -49,6 +49,8 @@ type meshOptions struct {
 	Delta bool
 	// ExtProcArgs are extra ext_proc flags.
 	ExtProcArgs []string
+	// WorkerArgs are extra flags of every worker (a later flag wins over an earlier one).
+	WorkerArgs []string
 }
 
 func envoyPath(t testing.TB) string {
@@ -102,8 +104,9 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 		caps = []string{"1GiB"}
 	}
 	for i, c := range caps {
-		m.workers = append(m.workers, startWorker(t, "w"+string(rune('1'+i)), "--capacity", c, "--redis-addr", m.redis.Addr,
-			"--redis-prefix", m.prefix, "--heartbeat", "500ms", "--drain-grace", "0s", "--log-level", "info"))
+		args := append([]string{"--capacity", c, "--redis-addr", m.redis.Addr,
+			"--redis-prefix", m.prefix, "--heartbeat", "500ms", "--drain-grace", "0s", "--log-level", "info"}, opts.WorkerArgs...)
+		m.workers = append(m.workers, startWorker(t, "w"+string(rune('1'+i)), args...))
 	}
 
 	extprocAddr := freePort(t)
