@@ -147,10 +147,17 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "[2.0,4.0,6.0,8.0]") {
 		t.Fatalf("infer through triton: %d %s", resp.StatusCode, body)
 	}
-	stats, err := b.Stats(ctx)
-	must(t, err)
-	if len(stats) != 1 || stats[0].InferenceCount != 1 || stats[0].LastInferenceMs == 0 {
-		t.Fatalf("statistics %+v, want one inference with a time", stats)
+	// Triton updates its statistics just after answering.
+	var stats []Usage
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		stats, err = b.Stats(ctx)
+		must(t, err)
+		if len(stats) == 1 && stats[0].InferenceCount == 1 && stats[0].LastInferenceMs != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("statistics %+v, want one inference with a time", stats)
+		}
 	}
 
 	// Broken models fail with Triton's reason and leave the repository and the rest alone.
