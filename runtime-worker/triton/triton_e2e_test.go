@@ -129,8 +129,17 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	src := t.TempDir()
 
 	double := placement.ModelVersion{Name: "double", Version: "1"}
-	loaded, err := b.Load(ctx, double, pythonModel(t, src, "double", 2, ""))
+	doubleDir := pythonModel(t, src, "double", 2, "")
+	loaded, err := b.Load(ctx, double, doubleDir)
 	must(t, err)
+	var files int64
+	filepath.Walk(doubleDir, func(_ string, fi os.FileInfo, _ error) error {
+		if fi != nil && fi.Mode().IsRegular() {
+			files += fi.Size()
+		}
+		return nil
+	})
+	t.Logf("double: %d bytes of files, %d bytes measured", files, loaded.MemoryBytes)
 	if in := loaded.Metadata.Inputs; len(in) != 1 || in[0].Name != "INPUT0" || in[0].Datatype != "FP32" {
 		t.Fatalf("metadata %+v", loaded.Metadata)
 	}
