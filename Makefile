@@ -81,8 +81,12 @@ bench-mesh: setup models build ## the mesh: hot path, cold start, concurrent col
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench 'Mesh' -benchtime 1x -tags e2e ./e2e/ -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 20x ./controlplane/translate/
 
+.PHONY: bench-triton
+bench-triton: setup models build ## Triton through the mesh: load/unload and hot path against Triton's own
+	$(GO) test -count=1 -timeout 20m -run '^$$' -bench 'BenchmarkTriton' -benchtime 1x -tags e2e ./e2e/ -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
+
 .PHONY: bench
-bench: bench-worker bench-mesh ## every benchmark
+bench: bench-worker bench-mesh bench-triton ## every benchmark
 
 .PHONY: run
 run: setup models build ## start Redis and a worker with the demo models loaded

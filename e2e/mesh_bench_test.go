@@ -27,9 +27,15 @@ import (
 // returns p50 and p99 in seconds and the achieved rate.
 func load(b *testing.B, url string, qps float64, d time.Duration) (p50, p99, rate float64) {
 	b.Helper()
+	return loadBody(b, url, irisSetosa, qps, d)
+}
+
+// loadBody is load with another request body.
+func loadBody(b *testing.B, url, body string, qps float64, d time.Duration) (p50, p99, rate float64) {
+	b.Helper()
 	o := fhttp.HTTPRunnerOptions{}
 	o.URL = url
-	o.Payload = []byte(irisSetosa)
+	o.Payload = []byte(body)
 	o.ContentType = "application/json"
 	o.QPS = qps
 	o.Duration = d
