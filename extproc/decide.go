@@ -286,6 +286,9 @@ func Candidates(snap *residency.Snapshot, t Target) []residency.Worker {
 		if size > 0 && w.CapacityBytes < size {
 			continue
 		}
+		if w.Runtime == "triton" && holdsOtherVersion(snap.Replicas[id], t.Model) {
+			continue // a Triton worker holds one version of a model at a time
+		}
 		free := w.CapacityBytes - w.UsedBytes
 		rep, has := snap.Replicas[id][t.Model]
 		cs = append(cs, cand{
@@ -314,6 +317,16 @@ func Candidates(snap *residency.Snapshot, t Target) []residency.Worker {
 		out[i] = c.w
 	}
 	return out
+}
+
+// holdsOtherVersion reports whether reps include another version of m's model.
+func holdsOtherVersion(reps map[placement.ModelVersion]residency.Replica, m placement.ModelVersion) bool {
+	for k := range reps {
+		if k.Name == m.Name && k.Version != m.Version {
+			return true
+		}
+	}
+	return false
 }
 
 // boolFirst orders a before b when first is true (a's flag set, b's not).

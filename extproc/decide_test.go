@@ -26,6 +26,11 @@ models:
     versions: [{version: "1", storageUri: "file:///m/digits/1"}]
   - name: big
     versions: [{version: "1", storageUri: "file:///m/big/1", memoryBytes: 500}]
+  - name: fraud
+    runtime: triton
+    versions:
+      - {version: "1", storageUri: "file:///m/fraud"}
+      - {version: "2", storageUri: "file:///m/fraud"}
   - name: llm
     runtime: triton
     pinned: true
@@ -162,6 +167,11 @@ func TestDecide(t *testing.T) {
 			snap: snapshot(t, withWorker(func() residency.Worker { w := w1; w.GRPCAddr = "10.0.0.1:8001"; return w }(), map[string]string{"digits:1": "ready"})),
 			req:  Request{Model: "digits", GRPC: true},
 			want: want{Kind: Route, Outcome: "routed_ready", Model: mv("digits", "1"), Endpoint: "10.0.0.1:8001"}},
+		{name: "a Triton worker holding another version is not a candidate",
+			snap: snapshot(t, withWorker(worker("t1", 1, "triton", 1000, 0), map[string]string{"fraud:1": "ready"}),
+				withWorker(worker("t2", 2, "triton", 1000, 900), nil)),
+			req:  Request{Model: "fraud", Version: "2"},
+			want: want{Kind: Load, Model: mv("fraud", "2"), Candidates: []string{"t2"}}},
 		{name: "readiness of a cold model is asked of a worker, not loaded", snap: snapshot(t, withWorker(w1, nil)),
 			req: Request{Model: "digits", Path: "/v2/models/digits/ready"}, rnd: fixed(0),
 			want: want{Kind: Route, Outcome: "server_level", Model: mv("digits", "1"), Endpoint: w1.DataAddr}},
