@@ -4,13 +4,16 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 )
 
 // EnvName is the environment variable for flag name under prefix.
@@ -68,4 +71,17 @@ func Parse(name, envPrefix string, cfg Config, args []string, stderr io.Writer) 
 		return err
 	}
 	return cfg.Validate()
+}
+
+// Main runs a binary: run gets a context that ends on SIGINT or SIGTERM, the arguments after
+// the program name and stderr. An error is printed with the binary's name and exits 1; main
+// exits in this one place.
+func Main(name string, run func(ctx context.Context, args []string, stderr io.Writer) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
 }

@@ -10,9 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -106,15 +103,7 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mesh-controlplane:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("mesh-controlplane", run) }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var cfg Config

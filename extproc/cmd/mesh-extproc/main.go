@@ -10,9 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -28,15 +25,7 @@ import (
 	"github.com/modelmesh/mesh/internal/residency"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mesh-extproc:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("mesh-extproc", run) }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var cfg Config

@@ -10,10 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,15 +35,7 @@ import (
 
 const version = "0.1.0"
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mesh-worker:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("mesh-worker", run) }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var cfg Config
