@@ -16,13 +16,14 @@ import (
 
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/inference"
+	"github.com/modelmesh/mesh/proto/meshv1"
 )
 
 // triton is a real tritonserver (CPU, Python backend) started with scripts/triton.sh.
 type triton struct {
 	*process
-	state, HTTP, GRPC string
-	args              []string
+	state, HTTP, GRPC, Metrics string
+	args                       []string
 }
 
 func startTriton(t testing.TB) *triton {
@@ -30,10 +31,10 @@ func startTriton(t testing.TB) *triton {
 	if _, err := os.Stat("../.venv-triton/bin/python"); err != nil {
 		t.Fatalf("Triton's virtualenv is missing; run `make setup`: %v", err)
 	}
-	tr := &triton{state: t.TempDir(), HTTP: freePort(t), GRPC: freePort(t)}
+	tr := &triton{state: t.TempDir(), HTTP: freePort(t), GRPC: freePort(t), Metrics: freePort(t)}
 	_, hp, _ := net.SplitHostPort(tr.HTTP)
 	_, gp, _ := net.SplitHostPort(tr.GRPC)
-	_, mp, _ := net.SplitHostPort(freePort(t))
+	_, mp, _ := net.SplitHostPort(tr.Metrics)
 	tr.args = []string{tr.state, hp, gp, mp}
 	tr.start(t)
 	return tr
@@ -187,4 +188,20 @@ func TestTritonThroughTheMesh(t *testing.T) {
 		code, _ := rawPost(t, "http://"+m.Gateway+"/v2/models/double/infer", fourOnes)
 		return code == 200
 	})
+}
+
+// TestTritonWorkerBudgetFromMetrics: with --triton-metrics the worker's budget is what Triton
+// reports (host memory on this CPU-only machine) less the reserve.
+func TestTritonWorkerBudgetFromMetrics(t *testing.T) {
+	tr := startTriton(t)
+	w := startWorker(t, "budget", append(tr.workerArgs(t.TempDir()),
+		"--triton-metrics", "http://"+tr.Metrics+"/metrics", "--capacity-reserve", "1GiB", "--capacity", "1MiB")...)
+	list, err := w.Mgmt.List(context.Background(), &meshv1.ListRequest{})
+	must(t, err)
+	if list.GetCapacityBytes() <= 1<<20 {
+		t.Fatalf("capacity %d: --capacity was used instead of Triton's metrics", list.GetCapacityBytes())
+	}
+	if !strings.Contains(w.logs.String(), "nv_cpu_memory_total_bytes") {
+		t.Fatal("the worker did not say which metric set its budget")
+	}
 }

@@ -12,9 +12,11 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +31,9 @@ import (
 )
 
 var _ agent.Backend = (*Backend)(nil)
+
+// ErrNotYet reports a figure Triton has not measured yet; ask again in a few seconds.
+var ErrNotYet = errors.New("not measured yet")
 
 // ErrServedByTriton answers Infer: Triton serves inference on its own ports.
 var ErrServedByTriton = errors.New("inference for Triton models is served by Triton, not the worker")
@@ -354,4 +359,61 @@ func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(
 		case <-tick.C:
 		}
 	}
+}
+
+// Capacity reads the memory Triton can give models from its metrics endpoint (metricsURL,
+// for example http://127.0.0.1:8002/metrics): the sum of nv_gpu_memory_total_bytes over its
+// GPUs, or, on a server without GPUs, nv_cpu_memory_total_bytes; less reserve (for CUDA
+// contexts, Triton itself and the stubs). It reports which metric it used.
+func Capacity(ctx context.Context, metricsURL string, reserve int64) (int64, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", fmt.Errorf("triton metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, "", fmt.Errorf("triton metrics: %s", resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return 0, "", fmt.Errorf("triton metrics: %w", err)
+	}
+	for _, metric := range []string{"nv_gpu_memory_total_bytes", "nv_cpu_memory_total_bytes"} {
+		total, found := sumMetric(string(body), metric)
+		if !found {
+			continue
+		}
+		if total == 0 {
+			// Triton samples memory every --metrics-interval-ms; it reads 0 until the first.
+			return 0, metric, fmt.Errorf("%s not sampled yet: %w", metric, ErrNotYet)
+		}
+		if total-reserve <= 0 {
+			return 0, metric, fmt.Errorf("%s is %d bytes, not more than the %d-byte reserve", metric, total, reserve)
+		}
+		return total - reserve, metric, nil
+	}
+	return 0, "", errors.New("triton metrics report neither GPU nor CPU memory")
+}
+
+// sumMetric adds the samples of a metric family in Prometheus text format.
+func sumMetric(text, name string) (int64, bool) {
+	var total float64
+	found := false
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err != nil {
+			continue
+		}
+		total += v
+		found = true
+	}
+	return int64(total), found
 }

@@ -4,6 +4,7 @@ package triton
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,9 +23,9 @@ import (
 
 // server is a real tritonserver started with scripts/triton.sh.
 type server struct {
-	http, grpc string
-	repo       string
-	cmd        *exec.Cmd
+	http, grpc, metrics string
+	repo                string
+	cmd                 *exec.Cmd
 }
 
 func freePort(t *testing.T) string {
@@ -45,7 +46,7 @@ func startTriton(t *testing.T) *server {
 	}
 	state := t.TempDir()
 	hp, gp, mp := freePort(t), freePort(t), freePort(t)
-	s := &server{http: "127.0.0.1:" + hp, grpc: "127.0.0.1:" + gp, repo: filepath.Join(state, "models")}
+	s := &server{http: "127.0.0.1:" + hp, grpc: "127.0.0.1:" + gp, metrics: "127.0.0.1:" + mp, repo: filepath.Join(state, "models")}
 	s.cmd = exec.Command("../../scripts/triton.sh", state, hp, gp, mp)
 	log, err := os.Create(filepath.Join(state, "triton.log"))
 	if err != nil {
@@ -204,6 +205,23 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	must(t, err)
 	if len(got) != 1 || got[0] != "orphan" {
 		t.Fatalf("reconcile unloaded %v, want [orphan]", got)
+	}
+
+	// Capacity from Triton's own metrics: on this CPU-only host, its host memory less a reserve.
+	var capacity int64
+	var metric string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		capacity, metric, err = Capacity(ctx, "http://"+s.metrics+"/metrics", 1<<30)
+		if !errors.Is(err, ErrNotYet) || time.Now().After(deadline) {
+			break
+		}
+	}
+	must(t, err)
+	if metric != "nv_cpu_memory_total_bytes" || capacity <= 0 {
+		t.Fatalf("capacity %d from %q", capacity, metric)
+	}
+	if _, _, err := Capacity(ctx, "http://"+s.metrics+"/metrics", 1<<62); err == nil {
+		t.Fatal("a reserve larger than the memory was accepted")
 	}
 
 	must(t, b.Unload(ctx, double))

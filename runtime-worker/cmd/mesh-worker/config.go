@@ -39,6 +39,8 @@ type Config struct {
 	TritonHTTP       string
 	TritonRepository string
 	TritonPoll       time.Duration
+	TritonMetrics    string
+	CapacityReserve  byteSize
 	MaxBodyBytes     byteSize
 	MaxModelLabels   int
 	Labels           string
@@ -73,6 +75,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TritonGRPC, "triton-grpc", "", "triton: Triton's gRPC address, as the gateway reaches it")
 	fs.StringVar(&c.TritonHTTP, "triton-http", "", "triton: Triton's HTTP address, as the gateway reaches it")
 	fs.StringVar(&c.TritonRepository, "triton-repository", "", "triton: Triton's --model-repository directory, owned by the worker")
+	fs.StringVar(&c.TritonMetrics, "triton-metrics", "", "triton: Triton's metrics URL; when set, the budget is its GPU memory (or, without GPUs, host memory) less --capacity-reserve, instead of --capacity")
+	fs.Var(&c.CapacityReserve, "capacity-reserve", "with --triton-metrics: memory kept back from models (CUDA contexts, Triton, stubs)")
 	fs.DurationVar(&c.TritonPoll, "triton-poll", 2*time.Second, "triton: interval of statistics polls (last use, liveness)")
 	fs.IntVar(&c.ORTThreads, "ort-threads", 1, "ONNX Runtime intra-op threads per model")
 	c.MaxBodyBytes = 64 << 20
@@ -95,12 +99,18 @@ func (c *Config) Validate() error {
 	}
 	switch c.Runtime {
 	case "onnxruntime":
+		if c.TritonMetrics != "" {
+			errs = append(errs, errors.New("--triton-metrics needs --runtime triton"))
+		}
 		if c.ORTLibrary == "" {
 			errs = append(errs, errors.New("--ort-library is required (libonnxruntime.so)"))
 		}
 	case "triton":
 		if c.TritonGRPC == "" || c.TritonHTTP == "" || c.TritonRepository == "" {
 			errs = append(errs, errors.New("--runtime triton needs --triton-grpc, --triton-http and --triton-repository"))
+		}
+		if c.CapacityReserve < 0 {
+			errs = append(errs, errors.New("--capacity-reserve must not be negative"))
 		}
 		if c.TritonPoll <= 0 {
 			errs = append(errs, errors.New("--triton-poll must be positive"))

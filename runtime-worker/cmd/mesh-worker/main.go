@@ -68,6 +68,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		defer tritonBackend.Close()
 		backend = tritonBackend
+		if cfg.TritonMetrics != "" {
+			capacity, metric, err := tritonCapacity(ctx, cfg.TritonMetrics, int64(cfg.CapacityReserve))
+			if err != nil {
+				return err
+			}
+			cfg.Capacity = byteSize(capacity)
+			log.InfoContext(ctx, "budget from triton's metrics", "metric", metric, "capacity_bytes", capacity, "reserve_bytes", int64(cfg.CapacityReserve))
+		}
 	default:
 		ort, err := onnx.New(onnx.Config{Library: cfg.ORTLibrary, IntraOpThreads: cfg.ORTThreads})
 		if err != nil {
@@ -155,6 +163,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	})
 	return g.Wait()
+}
+
+// tritonCapacity asks Triton for its memory, waiting (up to 30 s) for its first sample.
+func tritonCapacity(ctx context.Context, url string, reserve int64) (int64, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		capacity, metric, err := triton.Capacity(ctx, url, reserve)
+		if err == nil || ctx.Err() != nil {
+			return capacity, metric, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, metric, fmt.Errorf("budget from triton's metrics: %w", err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // servePort serves gRPC (HTTP/2 connections, native transport) and HTTP/1.1 on one
