@@ -273,3 +273,21 @@ func TestMeshStockGRPCClient(t *testing.T) {
 		}
 	}
 }
+
+// TestMeshMinReplicas: a model with minReplicas is loaded before any request for it, and its
+// first request takes the hot path.
+func TestMeshMinReplicas(t *testing.T) {
+	reg := "models:\n  - {name: iris, minReplicas: 2, versions: [{version: \"1\", storageUri: \"file://${MODELS}/iris/1/model.onnx\"}]}\n"
+	m := startMesh(t, meshOptions{Registry: reg, Capacities: []string{"1GiB", "1GiB"}, ExtProcArgs: []string{"--warm-interval", "300ms"}})
+	m.waitHot(t, "iris", "1")
+	eventually(t, 15*time.Second, "iris on both workers", func() bool {
+		return m.envoyStat(t, "cluster.model|iris|1.membership_total") == 2
+	})
+	before := m.decisions(t)
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 || label(t, out) != 0 {
+		t.Fatalf("first iris request: %d %v", code, out)
+	}
+	if m.decisions(t) != before || m.loads(t) != 2 {
+		t.Fatalf("the first request went through ext_proc (%v decisions) or loads are %v, want 2", m.decisions(t)-before, m.loads(t))
+	}
+}

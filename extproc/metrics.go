@@ -15,6 +15,7 @@ type Metrics struct {
 	coalesced       prometheus.Counter
 	lockWaits       prometheus.Counter
 	snapshotTime    prometheus.Gauge
+	warmLoads       *prometheus.CounterVec
 }
 
 // Outcomes are the values of the outcome label.
@@ -46,11 +47,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		lockWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mesh_extproc_lock_waits_total", Help: "Loads left to another ext_proc replica that held the model's lock.",
 		}),
+		warmLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_extproc_warm_loads_total", Help: "Loads made to keep models at their registry minReplicas, by result (ok, error).",
+		}, []string{"result"}),
 		snapshotTime: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mesh_extproc_snapshot_timestamp_seconds", Help: "Unix time of the last residency snapshot read from Redis.",
 		}),
 	}
-	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.loads, m.coalesced, m.lockWaits, m.snapshotTime)
+	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads)
 	for _, o := range Outcomes {
 		m.decisions.WithLabelValues(o)
 	}

@@ -23,6 +23,7 @@ type Config struct {
 	RetryAfter        time.Duration
 	LockTTL           time.Duration
 	Resync            time.Duration
+	WarmInterval      time.Duration
 	EventBatch        time.Duration
 	LogFormat         string
 	LogLevel          string
@@ -41,6 +42,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RetryAfter, "retry-after", time.Second, "Retry-After of 503 and 429 answers (rounded up to seconds)")
 	fs.DurationVar(&c.LockTTL, "lock-ttl", 10*time.Second, "life of the Redis load lock, renewed while loading")
 	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads from Redis")
+	fs.DurationVar(&c.WarmInterval, "warm-interval", 10*time.Second, "interval of the check that models with minReplicas have that many replicas")
 	fs.DurationVar(&c.EventBatch, "event-batch", 20*time.Millisecond, "how long to gather residency events into one read")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
@@ -64,8 +66,8 @@ func (c *Config) Validate() error {
 	if c.MaxWaiting < 1 {
 		errs = append(errs, errors.New("--max-waiting must be at least 1"))
 	}
-	if c.RetryAfter <= 0 || c.LockTTL <= 0 || c.Resync <= 0 || c.EventBatch <= 0 || c.ShutdownTimeout <= 0 {
-		errs = append(errs, errors.New("--retry-after, --lock-ttl, --resync, --event-batch and --shutdown-timeout must be positive"))
+	if c.RetryAfter <= 0 || c.LockTTL <= 0 || c.Resync <= 0 || c.EventBatch <= 0 || c.ShutdownTimeout <= 0 || c.WarmInterval <= 0 {
+		errs = append(errs, errors.New("--retry-after, --lock-ttl, --resync, --event-batch, --shutdown-timeout and --warm-interval must be positive"))
 	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))

@@ -96,6 +96,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 		}
 	})
+	g.Go(func() error { return srv.Warm(gctx, cfg.WarmInterval) })
 	g.Go(func() error { return gs.Serve(grpcLn) })
 	g.Go(func() error {
 		if err := hs.Serve(metricsLn); !errors.Is(err, http.ErrServerClosed) {
