@@ -176,11 +176,15 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	}{
 		{"boom", "raise RuntimeError('boom at import')\n", "boom at import"},
 		{"nofile", "", "no directory for version"},
+		{"badconfig", "", "failed to load 'badconfig'"},
 	}
 	for _, tt := range broken {
 		dir := pythonModel(t, src, tt.name, 1, tt.body)
-		if tt.name == "nofile" {
+		switch tt.name {
+		case "nofile":
 			must(t, os.RemoveAll(filepath.Join(dir, "1")))
+		case "badconfig":
+			must(t, os.WriteFile(filepath.Join(dir, "config.pbtxt"), []byte("name: \"badconfig\"\nbackend: python\ninput [ { output: 1 } ]\n"), 0o644))
 		}
 		_, err := b.Load(ctx, placement.ModelVersion{Name: tt.name, Version: "1"}, dir)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
