@@ -241,6 +241,13 @@ func (s *Server) ensure(ctx context.Context, d Decision) (residency.Worker, erro
 			if err := s.loader.Load(ctx, w, d.Target); err == nil {
 				return w, nil // confirmed resident, and marked used
 			}
+			// The snapshot's replica is gone (its worker died or is stopping) and the snapshot
+			// has not caught up: wait a little rather than spin on it.
+			select {
+			case <-ctx.Done():
+				return residency.Worker{}, ctx.Err()
+			case <-time.After(s.cfg.LockPoll):
+			}
 		}
 		if s.locks == nil {
 			return s.load(ctx, log, d, nil)

@@ -98,13 +98,18 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 			return fmt.Errorf("push phase %q: %w", p.name, err)
 		}
 		for _, typ := range p.wait {
-			if v[typ] == last[typ] && v[typ] == s.served(typ) {
-				continue
+			if v[typ] == last[typ] {
+				continue // unchanged since the previous phase: already acknowledged
 			}
 			wctx, cancel := context.WithTimeout(ctx, s.cfg.AckTimeout)
 			waited := time.Now()
 			err := s.acks.wait(wctx, typ, v[typ])
 			cancel()
+			if ctx.Err() != nil {
+				// Shutting down: pushing the next phase without its acknowledgement would
+				// break make-before-break.
+				return fmt.Errorf("push phase %q: %w", p.name, ctx.Err())
+			}
 			s.log.DebugContext(ctx, "phase acknowledged", "phase", p.name, "type", shortType(typ), "wait_ms", time.Since(waited).Milliseconds(), "error", err)
 			if err != nil {
 				s.metrics.ackTimeouts.Inc()
@@ -121,15 +126,6 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 		s.metrics.resources.WithLabelValues(typ).Set(float64(n))
 	}
 	return nil
-}
-
-// served is the version last set for typ; "" before the first push.
-func (s *Server) served(typ resourcev3.Type) string {
-	snap, err := s.cache.GetSnapshot(nodeGroup)
-	if err != nil {
-		return ""
-	}
-	return snap.GetVersion(typ)
 }
 
 func (s *Server) set(ctx context.Context, res translate.Resources, v map[resourcev3.Type]string) error {

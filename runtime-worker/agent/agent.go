@@ -408,10 +408,13 @@ func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.M
 	a.notify()
 
 	evicted := make([]placement.ModelVersion, 0, len(victims))
+	// The drain of a victim outlives the load's context: once chosen it must not be cut
+	// short (waitUnrouted is bounded by Config.DrainTimeout, closeAndWait by its requests).
+	dctx := context.WithoutCancel(ctx)
 	for i, v := range victims {
-		a.waitUnrouted(ctx, doomed[i])
-		a.closeAndWait(ctx, doomed[i])
-		a.unload(ctx, doomed[i], "evict")
+		a.waitUnrouted(dctx, doomed[i])
+		a.closeAndWait(dctx, doomed[i])
+		a.unload(dctx, doomed[i], "evict")
 		evicted = append(evicted, v.Model)
 		a.metrics.evictions.Inc()
 		a.metrics.evictedAge.Observe(a.now().Sub(v.LastUsed).Seconds())
@@ -429,6 +432,14 @@ func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.M
 
 // unload releases a replica that is closing and has nothing in flight, then forgets it.
 func (a *Agent) unload(ctx context.Context, r *replica, reason string) {
+	a.mu.Lock()
+	current := a.replicas[r.model] == r
+	a.mu.Unlock()
+	if !current {
+		// Lost while it drained: the runtime no longer has it, and a new replica of the same
+		// model may be loading; unloading by name would kill that one.
+		return
+	}
 	if err := a.backend.Unload(context.WithoutCancel(ctx), r.model); err != nil {
 		a.log.WarnContext(ctx, "backend unload", "model", r.model.String(), "error", err)
 	}
@@ -593,6 +604,10 @@ func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, drain bool
 		return err
 	}
 	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return ErrClosed
+	}
 	r := a.replicas[m]
 	if r == nil || r.state == placement.StateLoading {
 		a.mu.Unlock()
@@ -604,9 +619,9 @@ func (a *Agent) retire(ctx context.Context, m placement.ModelVersion, drain bool
 	}
 	r.state, r.since = placement.StateDraining, a.now()
 	a.updateGauges()
+	a.loads.Add(1) // the drain outlives ctx; Close waits for it (added under mu: Close sets closed under mu before it waits)
 	a.mu.Unlock()
 	a.notify()
-	a.loads.Add(1) // the drain outlives ctx; Close waits for it
 	done := make(chan struct{})
 	go func() {
 		defer a.loads.Done()

@@ -594,3 +594,30 @@ func TestLostForgetsWithoutUnloadingAndTouchMovesLastUse(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestDrainOfALostModelSparesItsReplacement(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 10000)
+	router := newFakeRouter()
+	fx.agent.router = router
+	fx.agent.cfg.DrainTimeout = 10 * time.Second
+	ctx := context.Background()
+	if _, err := fx.agent.Load(ctx, fx.spec("a", 100)); err != nil {
+		t.Fatal(err)
+	}
+	a := placement.ModelVersion{Name: "a", Version: "1"}
+	drained := make(chan error, 1)
+	go func() { drained <- fx.agent.Drain(ctx, a) }()
+	<-router.asked // the drain waits for the mesh
+	fx.agent.Lost(ctx) // the runtime dies: a is forgotten
+	if _, err := fx.agent.Load(ctx, fx.spec("a", 100)); err != nil {
+		t.Fatalf("load after the runtime came back: %v", err)
+	}
+	close(router.gate(a)) // the old drain finishes now
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+	if !fx.agent.Ready(a) || len(fx.backend.unloads) != 0 {
+		t.Fatalf("the old drain unloaded the new replica: ready %v, unloads %v", fx.agent.Ready(a), fx.backend.unloads)
+	}
+}

@@ -59,6 +59,8 @@ type Backend struct {
 	// held maps a model name to the version Triton holds: a Triton worker holds one version
 	// of a model at a time (its version policy loads every version directory present).
 	held map[string]string
+	// loading names the models whose Load is under way; reconciliation leaves them alone.
+	loading map[string]bool
 }
 
 // New connects to Triton lazily (the first call dials); Close releases the connection.
@@ -74,7 +76,8 @@ func New(cfg Config, log *slog.Logger) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("triton at %s: %w", cfg.GRPCAddr, err)
 	}
-	return &Backend{cfg: cfg, conn: conn, client: inference.NewGRPCInferenceServiceClient(conn), log: log, held: map[string]string{}}, nil
+	return &Backend{cfg: cfg, conn: conn, client: inference.NewGRPCInferenceServiceClient(conn), log: log,
+		held: map[string]string{}, loading: map[string]bool{}}, nil
 }
 
 // Close releases the connection to Triton.
@@ -100,19 +103,20 @@ func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path strin
 	other, busy := b.held[m.Name]
 	if !busy {
 		b.held[m.Name] = m.Version // claimed until the load ends
+		b.loading[m.Name] = true
 	}
 	b.mu.Unlock()
 	if busy {
 		return agent.Loaded{}, fmt.Errorf("this Triton worker holds version %s of %s; one version per model", other, m.Name)
 	}
 	loaded, err := b.load(ctx, m, path)
+	b.mu.Lock()
+	delete(b.loading, m.Name)
 	if err != nil {
-		b.mu.Lock()
 		delete(b.held, m.Name)
-		b.mu.Unlock()
-		return agent.Loaded{}, err
 	}
-	return loaded, nil
+	b.mu.Unlock()
+	return loaded, err
 }
 
 func (b *Backend) load(ctx context.Context, m placement.ModelVersion, path string) (agent.Loaded, error) {
@@ -121,6 +125,11 @@ func (b *Backend) load(ctx context.Context, m placement.ModelVersion, path strin
 		return agent.Loaded{}, err
 	}
 	if _, err := b.client.RepositoryModelLoad(ctx, &inference.RepositoryModelLoadRequest{ModelName: m.Name}); err != nil {
+		// Triton goes on with a load whose caller gave up (a timeout): unload it, or it holds
+		// memory nobody counts.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		b.client.RepositoryModelUnload(uctx, &inference.RepositoryModelUnloadRequest{ModelName: m.Name})
+		cancel()
 		os.RemoveAll(dst)
 		return agent.Loaded{}, fmt.Errorf("triton refused %s: %s", m, status.Convert(err).Message())
 	}
@@ -172,8 +181,11 @@ func (b *Backend) Reconcile(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("triton repository index: %w", err)
 	}
 	b.mu.Lock()
-	held := make(map[string]bool, len(b.held))
+	held := make(map[string]bool, len(b.held)+len(b.loading))
 	for n := range b.held {
+		held[n] = true
+	}
+	for n := range b.loading {
 		held[n] = true
 	}
 	b.mu.Unlock()
@@ -314,10 +326,13 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
+// downAfter is how many polls in a row must fail before Triton counts as gone.
+const downAfter = 3
+
 // Watch polls Triton every interval until ctx ends. While Triton answers, it reports each
 // model's last inference to touch, so the least-recently-used order comes from Triton's own
 // statistics (inference does not pass through the worker). When Triton stops answering, it
-// forgets what Triton held and calls lost once; when Triton answers again it reconciles
+// (downAfter polls in a row) forgets what Triton held and calls lost once; when Triton answers again it reconciles
 // (removing what a restarted Triton or a dead worker left behind) before reporting again.
 // Returns nil when ctx ends.
 func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(placement.ModelVersion, time.Time), lost func()) error {
@@ -326,15 +341,27 @@ func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(
 	// Start as if Triton had just come back: the first answer reconciles, so models a
 	// previous worker left loaded are unloaded before anything is reported.
 	down := true
+	failures := 0
 	for {
 		pctx, cancel := context.WithTimeout(ctx, interval)
 		stats, err := b.Stats(pctx)
 		cancel()
+		if err != nil {
+			failures++
+		} else {
+			failures = 0
+		}
 		switch {
+		case err != nil && failures < downAfter:
+			// One slow or failed poll (a busy Triton, a blip) is not a dead Triton.
 		case err != nil && ctx.Err() == nil && !down: // up → down
 			down = true
 			b.mu.Lock()
-			b.held = map[string]string{}
+			kept := map[string]string{}
+			for n := range b.loading {
+				kept[n] = b.held[n] // a load under way keeps its claim; it ends on its own
+			}
+			b.held = kept
 			b.mu.Unlock()
 			b.log.ErrorContext(ctx, "triton stopped answering; its models are gone from this worker", "error", err)
 			lost()
