@@ -608,7 +608,7 @@ func TestDrainOfALostModelSparesItsReplacement(t *testing.T) {
 	a := placement.ModelVersion{Name: "a", Version: "1"}
 	drained := make(chan error, 1)
 	go func() { drained <- fx.agent.Drain(ctx, a) }()
-	<-router.asked // the drain waits for the mesh
+	<-router.asked     // the drain waits for the mesh
 	fx.agent.Lost(ctx) // the runtime dies: a is forgotten
 	if _, err := fx.agent.Load(ctx, fx.spec("a", 100)); err != nil {
 		t.Fatalf("load after the runtime came back: %v", err)
