@@ -357,17 +357,17 @@ func (a *Agent) reservation(spec Spec, fileBytes int64) (int64, placement.SizeSo
 // when needed. If even evicting every candidate cannot make room it changes nothing and
 // returns ErrNoCapacity.
 func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.ModelVersion, error) {
-	a.admit.Lock()
-	defer a.admit.Unlock()
-
 	if n > a.cfg.CapacityBytes {
 		return nil, fmt.Errorf("%w: needs %d bytes, the worker's whole budget is %d", ErrNoCapacity, n, a.cfg.CapacityBytes)
 	}
 	// Models in use, or used within Config.MinIdle (requests routed to them may still be on
 	// their way), are not evicted: the load waits for them to become idle, as long as
 	// evicting every unpinned model would make room at all.
+	// The admit lock is held while deciding and evicting, not while waiting, so a load that
+	// fits is never stuck behind one that waits for busy models.
 	var victims []placement.Candidate
 	for {
+		a.admit.Lock()
 		a.mu.Lock()
 		cands := make([]placement.Candidate, 0, len(a.replicas))
 		reclaimable := a.cfg.CapacityBytes - a.used
@@ -384,10 +384,11 @@ func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.M
 		var ok bool
 		victims, ok = placement.ChooseEvictions(cands, a.used+n-a.cfg.CapacityBytes)
 		if ok {
-			break // a.mu still held
+			break // a.mu and a.admit still held
 		}
 		free := a.cfg.CapacityBytes - a.used
 		a.mu.Unlock()
+		a.admit.Unlock()
 		if reclaimable < n {
 			return nil, fmt.Errorf("%w: needs %d bytes, %d free and not enough unpinned models to evict", ErrNoCapacity, n, free)
 		}
@@ -405,6 +406,7 @@ func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.M
 	}
 	a.updateGauges()
 	a.mu.Unlock()
+	defer a.admit.Unlock()
 	a.notify()
 
 	evicted := make([]placement.ModelVersion, 0, len(victims))
