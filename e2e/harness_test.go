@@ -59,14 +59,24 @@ func models(t testing.TB) string {
 	return abs
 }
 
+// handedOut remembers every port freePort gave in this test binary: the kernel may offer a
+// port again once its probe listener is closed, before the process it is meant for binds it.
+var handedOut sync.Map
+
+// freePort returns a loopback address with a port free now and never returned before.
 func freePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if _, taken := handedOut.LoadOrStore(addr, true); !taken {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // process is a running binary whose stderr is kept for assertions and failure reports.

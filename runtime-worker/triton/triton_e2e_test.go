@@ -46,6 +46,9 @@ func startTriton(t *testing.T) *server {
 	}
 	state := t.TempDir()
 	hp, gp, mp := freePort(t), freePort(t), freePort(t)
+	for hp == gp || gp == mp || hp == mp { // a closed probe's port can be offered again
+		gp, mp = freePort(t), freePort(t)
+	}
 	s := &server{http: "127.0.0.1:" + hp, grpc: "127.0.0.1:" + gp, metrics: "127.0.0.1:" + mp, repo: filepath.Join(state, "models")}
 	s.cmd = exec.Command("../../scripts/triton.sh", state, hp, gp, mp)
 	log, err := os.Create(filepath.Join(state, "triton.log"))
