@@ -81,10 +81,10 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 	published := ""
 	republish := time.NewTicker(c.cfg.Watch.Resync)
 	defer republish.Stop()
-	publish := func() {
-		// Republish when the registry changed, or when Redis lost it (a restart that came
-		// back empty): readers must never be left without one.
-		if published == reg.Digest() && c.rdb.Exists(ctx, c.keys.Registry()).Val() == 1 {
+	// publish writes the registry when it changed; with verify, also when Redis lost it (a
+	// restart that came back empty), which only the periodic check needs to ask Redis about.
+	publish := func(verify bool) {
+		if published == reg.Digest() && (!verify || c.rdb.Exists(ctx, c.keys.Registry()).Val() == 1) {
 			return
 		}
 		if err := residency.PublishRegistry(ctx, c.rdb, c.keys, reg); err != nil {
@@ -94,14 +94,14 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 		published = reg.Digest()
 		c.log.InfoContext(ctx, "registry published", "models", len(reg.Models), "digest", published)
 	}
-	publish()
+	publish(false)
 	for {
 		var e event
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-republish.C:
-			publish()
+			publish(true)
 			continue
 		case e = <-events:
 		}
@@ -118,7 +118,7 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 				drained = true
 			}
 		}
-		publish()
+		publish(false)
 		if snap == nil {
 			continue // no residency read yet: nothing is known to be routable
 		}

@@ -90,10 +90,9 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 			[]resourcev3.Type{resourcev3.RouteType, resourcev3.ListenerType}},
 		{"remove clusters", next, nil},
 	}
-	memo := digests{}
-	last := versions(translate.Resources{}, memo)
+	last := versions(translate.Resources{})
 	for _, p := range phases {
-		v := versions(p.res, memo)
+		v := versions(p.res)
 		if err := s.set(ctx, p.res, v); err != nil {
 			return fmt.Errorf("push phase %q: %w", p.name, err)
 		}
@@ -139,13 +138,9 @@ func (s *Server) set(ctx context.Context, res translate.Resources, v map[resourc
 	return s.cache.SetSnapshot(ctx, nodeGroup, snap)
 }
 
-// digests remembers each resource's hash for the length of one push: the phases share most
-// resources, and marshalling thousands of clusters again per phase is the push's main cost.
-type digests map[types.Resource][sha256.Size]byte
-
 // versions hashes each type's resources; deterministic marshalling makes equal
 // configurations hash equal in every process.
-func versions(res translate.Resources, memo digests) map[resourcev3.Type]string {
+func versions(res translate.Resources) map[resourcev3.Type]string {
 	out := map[resourcev3.Type]string{}
 	for typ, items := range map[resourcev3.Type][]types.Resource{
 		resourcev3.ListenerType: res.Listeners, resourcev3.RouteType: res.Routes,
@@ -153,13 +148,8 @@ func versions(res translate.Resources, memo digests) map[resourcev3.Type]string 
 	} {
 		h := sha256.New()
 		for _, r := range items {
-			d, ok := memo[r]
-			if !ok {
-				b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r) // generated messages always marshal
-				d = sha256.Sum256(b)
-				memo[r] = d
-			}
-			h.Write(d[:])
+			b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r) // generated messages always marshal
+			h.Write(b)
 		}
 		out[typ] = hex.EncodeToString(h.Sum(nil)[:8])
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -84,4 +85,21 @@ func Main(name string, run func(ctx context.Context, args []string, stderr io.Wr
 		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
 	}
+}
+
+// Listen opens a TCP listener on each of addrs, in order; purposes[i] names what addrs[i]
+// is for in the error. On an error it closes the listeners already open.
+func Listen(purposes, addrs []string) ([]net.Listener, error) {
+	lns := make([]net.Listener, 0, len(addrs))
+	for i, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("listen for %s: %w", purposes[i], err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
 }

@@ -494,12 +494,18 @@ func (f *fakeRouter) WaitUnrouted(ctx context.Context, m placement.ModelVersion)
 	}
 }
 
-func TestEvictionWaitsUntilTheMeshStopsRouting(t *testing.T) {
-	t.Parallel()
-	fx := newFixture(t, 2500)
+// withRouter gives the agent a fakeRouter that holds every drain until the test lets it go.
+func (fx *fixture) withRouter() *fakeRouter {
 	router := newFakeRouter()
 	fx.agent.router = router
 	fx.agent.cfg.DrainTimeout = 10 * time.Second
+	return router
+}
+
+func TestEvictionWaitsUntilTheMeshStopsRouting(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 2500)
+	router := fx.withRouter()
 	ctx := context.Background()
 	for _, n := range []string{"a", "b"} {
 		if _, err := fx.agent.Load(ctx, fx.spec(n, 1000)); err != nil {
@@ -536,9 +542,7 @@ func TestEvictionWaitsUntilTheMeshStopsRouting(t *testing.T) {
 func TestLoadOfADrainingModelWaitsThenLoadsAgain(t *testing.T) {
 	t.Parallel()
 	fx := newFixture(t, 10000)
-	router := newFakeRouter()
-	fx.agent.router = router
-	fx.agent.cfg.DrainTimeout = 10 * time.Second
+	router := fx.withRouter()
 	ctx := context.Background()
 	if _, err := fx.agent.Load(ctx, fx.spec("a", 0)); err != nil {
 		t.Fatal(err)
@@ -598,9 +602,7 @@ func TestLostForgetsWithoutUnloadingAndTouchMovesLastUse(t *testing.T) {
 func TestDrainOfALostModelSparesItsReplacement(t *testing.T) {
 	t.Parallel()
 	fx := newFixture(t, 10000)
-	router := newFakeRouter()
-	fx.agent.router = router
-	fx.agent.cfg.DrainTimeout = 10 * time.Second
+	router := fx.withRouter()
 	ctx := context.Background()
 	if _, err := fx.agent.Load(ctx, fx.spec("a", 100)); err != nil {
 		t.Fatal(err)

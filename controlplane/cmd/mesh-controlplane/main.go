@@ -127,15 +127,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Watch: residency.WatchConfig{Batch: cfg.Batch, Resync: cfg.Resync},
 	}, rdb, residency.Keys{Prefix: cfg.RedisPrefix}, srv, log, reg)
 
-	xdsLn, err := net.Listen("tcp", cfg.XDSListen)
+	lns, err := cli.Listen([]string{"xDS", "metrics"}, []string{cfg.XDSListen, cfg.MetricsListen})
 	if err != nil {
-		return fmt.Errorf("listen for xDS: %w", err)
+		return err
 	}
-	metricsLn, err := net.Listen("tcp", cfg.MetricsListen)
-	if err != nil {
-		xdsLn.Close()
-		return fmt.Errorf("listen for metrics: %w", err)
-	}
+	xdsLn, metricsLn := lns[0], lns[1]
 	gs := grpc.NewServer(grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}))
 	mux := http.NewServeMux()

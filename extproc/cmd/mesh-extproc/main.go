@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"time"
 
@@ -34,15 +33,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr)
 
-	grpcLn, err := net.Listen("tcp", cfg.Listen)
+	lns, err := cli.Listen([]string{"ext_proc", "metrics"}, []string{cfg.Listen, cfg.MetricsListen})
 	if err != nil {
-		return fmt.Errorf("listen for ext_proc: %w", err)
+		return err
 	}
-	metricsLn, err := net.Listen("tcp", cfg.MetricsListen)
-	if err != nil {
-		grpcLn.Close()
-		return fmt.Errorf("listen for metrics: %w", err)
-	}
+	grpcLn, metricsLn := lns[0], lns[1]
 
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
 	defer rdb.Close()

@@ -99,15 +99,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout, MinIdle: cfg.MinIdle,
 	}, backend, store, router, log, agent.NewMetrics(reg))
 
-	dataLn, err := net.Listen("tcp", cfg.Listen)
+	lns, err := cli.Listen([]string{"inference", "management"}, []string{cfg.Listen, cfg.ManagementAddr})
 	if err != nil {
-		return fmt.Errorf("listen for inference: %w", err)
+		return err
 	}
-	mgmtLn, err := net.Listen("tcp", cfg.ManagementAddr)
-	if err != nil {
-		dataLn.Close()
-		return fmt.Errorf("listen for management: %w", err)
-	}
+	dataLn, mgmtLn := lns[0], lns[1]
 
 	infer := server.NewInference(models, log, server.NewMetrics(reg, cfg.MaxModelLabels), version, int64(cfg.MaxBodyBytes))
 	inferGRPC := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes)))
