@@ -182,19 +182,14 @@ func TestPushIsMakeBeforeBreak(t *testing.T) {
 
 	cold := resources(t, nil)
 	hot := resources(t, map[placement.ModelVersion][]string{{Name: "iris", Version: "1"}: {"10.0.0.1:8000"}})
-	for !s.acks.subscribed(resourcev3.ClusterType) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
 	for _, step := range []translate.Resources{cold, hot, cold} {
 		if err := s.Push(ctx, step); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// The last phase (removing the cluster) is not waited for by Push; wait for it here.
-	deadline := time.Now().Add(5 * time.Second)
-	for slices.Contains(envoy.clusters(), "model|iris|1") && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the iris cluster removed", func() bool { return !slices.Contains(envoy.clusters(), "model|iris|1") })
 	// Walk the events: track which clusters Envoy has; every route must name only those.
 	have := map[string]bool{}
 	sawHotRoute := false
@@ -231,21 +226,24 @@ func TestUnchangedPushSendsNothing(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); envoy.run(t, ctx, addr) }()
 	defer func() { cancel(); <-done }()
-	for !s.acks.subscribed(resourcev3.ClusterType) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	res := resources(t, nil)
-	if err := s.Push(ctx, res); err != nil {
+	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
+	// Push returns once every phase that changed something was acknowledged.
+	if err := s.Push(ctx, resources(t, nil)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
 	n := len(envoy.seen())
 	if err := s.Push(ctx, resources(t, nil)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
-	if got := len(envoy.seen()); got != n {
-		t.Fatalf("an unchanged push sent %d responses", got-n)
+	// A changed push as a marker: the first response after n must be its new cluster, so
+	// the unchanged push in between sent nothing.
+	hot := resources(t, map[placement.ModelVersion][]string{{Name: "iris", Version: "1"}: {"10.0.0.1:8000"}})
+	if err := s.Push(ctx, hot); err != nil {
+		t.Fatal(err)
+	}
+	seen := envoy.seen()
+	if len(seen) <= n || seen[n].typ != resourcev3.ClusterType || !slices.Contains(seen[n].names, "model|iris|1") {
+		t.Fatalf("responses after the unchanged push: %v, want the marker's clusters first", seen[n:])
 	}
 }
 
@@ -257,9 +255,7 @@ func TestNACKIsCounted(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); envoy.run(t, ctx, addr) }()
 	defer func() { cancel(); <-done }()
-	for !s.acks.subscribed(resourcev3.ClusterType) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
 	if err := s.Push(ctx, resources(t, nil)); err != nil {
 		t.Fatal(err)
 	}
