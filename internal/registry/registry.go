@@ -53,11 +53,65 @@ type Version struct {
 }
 
 // Rule routes the requests it matches to weighted versions, and may mirror a share of them.
+// A request matches when every Match header has exactly its value and, if When is not empty,
+// at least one of its conditions holds (Istio's http[].match: a list of alternatives).
 type Rule struct {
+	// Source names where the rule came from when it was not written in the registry file,
+	// e.g. "VirtualService models/iris-canary http[0]"; it appears in errors and statuses.
+	Source string `json:"source,omitempty"`
 	// Headers that must all be present with exactly these values.
 	Match  map[string]string `json:"match,omitempty"`
+	When   []Condition       `json:"when,omitempty"`
 	Split  []Weighted        `json:"split"`
 	Mirror *Mirror           `json:"mirror,omitempty"`
+	// Timeout bounds the upstream request once routed (not a cold load); "" keeps the
+	// gateway's default. A Go duration string, e.g. "2.5s".
+	Timeout string   `json:"timeout,omitempty"`
+	Retries *Retries `json:"retries,omitempty"`
+	Fault   *Fault   `json:"fault,omitempty"`
+	// RequestHeaders and ResponseHeaders are changed on the way to and from the model.
+	RequestHeaders  *HeaderOps `json:"requestHeaders,omitempty"`
+	ResponseHeaders *HeaderOps `json:"responseHeaders,omitempty"`
+}
+
+// Condition holds when every header matches and the URI (the request path) matches.
+type Condition struct {
+	Headers map[string]StringMatch `json:"headers,omitempty"`
+	URI     *StringMatch           `json:"uri,omitempty"`
+}
+
+// StringMatch sets exactly one of its fields. Regex is RE2 and must match the whole value,
+// as in Envoy and Istio.
+type StringMatch struct {
+	Exact  string `json:"exact,omitempty"`
+	Prefix string `json:"prefix,omitempty"`
+	Regex  string `json:"regex,omitempty"`
+}
+
+// Retries retries a routed request on another replica. Attempts 0 disables retries; RetryOn
+// is Envoy's x-envoy-retry-on list ("" means the gateway's default, connect-failure and
+// refused-stream), PerTryTimeout a Go duration.
+type Retries struct {
+	Attempts      uint32 `json:"attempts"`
+	PerTryTimeout string `json:"perTryTimeout,omitempty"`
+	RetryOn       string `json:"retryOn,omitempty"`
+}
+
+// Fault injects a delay and/or an abort into a share of the rule's requests, before any
+// model is loaded.
+type Fault struct {
+	DelayPercent float64 `json:"delayPercent,omitempty"`
+	Delay        string  `json:"delay,omitempty"` // Go duration
+	AbortPercent float64 `json:"abortPercent,omitempty"`
+	// AbortStatus is the HTTP status answered; gRPC requests get it mapped as Envoy does.
+	AbortStatus uint32 `json:"abortStatus,omitempty"`
+}
+
+// HeaderOps changes headers: Set replaces, Add appends, Remove deletes.
+type HeaderOps struct {
+	Set    map[string]string `json:"set,omitempty"`
+	Add    map[string]string `json:"add,omitempty"`
+	Remove []string          `json:"remove,omitempty"`
 }
 
 // Weighted is a version and its relative weight in a split.
