@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -316,4 +317,29 @@ func Decode(data []byte) (*Registry, error) {
 		return nil, err
 	}
 	return &r, nil
+}
+
+// WithTraffic returns a copy of r in which each model named in rules has exactly those
+// traffic rules, validated as Parse validates a file: an unknown model or an invalid rule is
+// an error wrapping ErrInvalid, naming the model. r is left as it was; the copy shares
+// versions, labels and the given rule slices with r and rules, so none of them may be
+// changed afterwards.
+func (r *Registry) WithTraffic(rules map[string][]Rule) (*Registry, error) {
+	out := &Registry{Models: slices.Clone(r.Models)}
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(rules)) {
+		i, ok := slices.BinarySearchFunc(out.Models, name, func(m Model, n string) int { return strings.Compare(m.Name, n) })
+		if !ok {
+			errs = append(errs, fmt.Errorf("model %q: not registered", name))
+			continue
+		}
+		out.Models[i].Traffic = rules[name]
+		if err := out.Models[i].validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+	}
+	return out, nil
 }
