@@ -132,7 +132,7 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 		if header == nil {
 			header = func(string) string { return "" }
 		}
-		version = pickWeighted(model.Routes(header), rnd)
+		version = pickWeighted(model.Routes(req.Path, header), rnd)
 	}
 	v, ok := model.Version(version)
 	if !ok {

@@ -211,26 +211,12 @@ func (m *Model) validate() error {
 		fail("defaultVersion %q is not one of its versions", m.DefaultVersion)
 	}
 	for i, rule := range m.Traffic {
-		var total uint64
-		if len(rule.Split) == 0 {
-			fail("traffic rule %d: empty split", i)
+		name := fmt.Sprintf("traffic rule %d", i)
+		if rule.Source != "" {
+			name += " (" + rule.Source + ")"
 		}
-		for _, w := range rule.Split {
-			if !versions[w.Version] {
-				fail("traffic rule %d: version %q is not registered", i, w.Version)
-			}
-			total += uint64(w.Weight)
-		}
-		if len(rule.Split) > 0 && total == 0 {
-			fail("traffic rule %d: weights add up to 0", i)
-		}
-		for h := range rule.Match {
-			if h == "" || h != strings.ToLower(h) {
-				fail("traffic rule %d: header name %q must be lower-case and not empty", i, h)
-			}
-		}
-		if rule.Mirror != nil && (!versions[rule.Mirror.Version] || rule.Mirror.Percent <= 0 || rule.Mirror.Percent > 100) {
-			fail("traffic rule %d: mirror needs a registered version and a percent in (0, 100]", i)
+		for _, err := range rule.problems(versions) {
+			fail("%s: %v", name, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -255,18 +241,12 @@ func (m Model) Version(v string) (Version, bool) {
 	return Version{}, false
 }
 
-// Routes gives the weighted split that applies to a request with the given headers: the
-// first rule whose headers all match, else the default version at full weight.
-func (m Model) Routes(header func(string) string) []Weighted {
+// Routes gives the weighted split that applies to a request with the given path (without
+// its query) and headers: the first rule that Matches it, else the default version at full
+// weight.
+func (m Model) Routes(path string, header func(string) string) []Weighted {
 	for _, rule := range m.Traffic {
-		ok := true
-		for k, v := range rule.Match {
-			if header(k) != v {
-				ok = false
-				break
-			}
-		}
-		if ok {
+		if rule.Matches(path, header) {
 			return rule.Split
 		}
 	}
