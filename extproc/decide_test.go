@@ -234,6 +234,51 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+// TestDecideFollowsConditions: a cold request gets the version of the rule the gateway's
+// routes matched, conditions on header prefixes and on the path included.
+func TestDecideFollowsConditions(t *testing.T) {
+	const reg = `
+models:
+  - name: cancer
+    versions:
+      - {version: "1", storageUri: "file:///m/cancer/1"}
+      - {version: "2", storageUri: "file:///m/cancer/2"}
+      - {version: "3", storageUri: "file:///m/cancer/3"}
+    traffic:
+      - when: [{headers: {x-user: {prefix: beta-}}}]
+        split: [{version: "2", weight: 1}]
+      - when: [{uri: {regex: "/v2/models/cancer/(explain|infer)/v3"}}]
+        split: [{version: "3", weight: 1}]
+      - split: [{version: "1", weight: 1}]
+`
+	w1 := worker("w1", 1, "onnxruntime", 1000, 0)
+	snap := snapshot(t, withWorker(w1, nil))
+	snap.Registry = mustRegistry(t, reg)
+	tests := []struct {
+		name    string
+		path    string
+		headers map[string]string
+		want    string
+	}{
+		{"header prefix", "/v2/models/cancer/infer", map[string]string{"x-user": "beta-alice"}, "2"},
+		{"header without the prefix", "/v2/models/cancer/infer", map[string]string{"x-user": "alice-beta-"}, "1"},
+		{"path regex", "/v2/models/cancer/explain/v3", nil, "3"},
+		{"path regex matches the whole path only", "/v2/models/cancer/explain/v3/x", nil, "1"},
+		{"first rule wins", "/v2/models/cancer/infer/v3", map[string]string{"x-user": "beta-bob"}, "2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req := Request{Path: tt.path, Model: "cancer", Header: func(k string) string { return tt.headers[k] }}
+			got := summary(Decide(snap, req, fixed(0)))
+			want := want{Kind: Load, Model: mv("cancer", tt.want), Candidates: []string{"w1"}}
+			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b error) bool { return a == b })); diff != "" {
+				t.Errorf("Decide (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestWeightedChoiceFollowsTheWeights(t *testing.T) {
 	snap := snapshot(t, withWorker(worker("w1", 1, "onnxruntime", 1000, 0), map[string]string{"iris:1": "ready", "iris:2": "ready"}))
 	counts := map[string]int{}
