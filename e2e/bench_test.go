@@ -90,7 +90,7 @@ func BenchmarkWorkerIris(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer backend.Close()
-		if _, err := backend.Load(context.Background(), m, filepath.Join(models(b), "iris", "1", "model.onnx")); err != nil {
+		if _, err := backend.Load(context.Background(), m, filepath.Join(models(b), "iris", "1", "model.onnx"), -1); err != nil {
 			b.Fatal(err)
 		}
 		req := &tensor.Request{Model: m, Inputs: []tensor.Tensor{{Name: "input", Datatype: tensor.FP32, Shape: []int64{1, 4}, Data: row}}}
@@ -176,7 +176,7 @@ func BenchmarkWorkerLoad(b *testing.B) {
 					b.Fatal(err)
 				}
 				start = time.Now()
-				if _, err := backend.Load(context.Background(), m, path); err != nil {
+				if _, err := backend.Load(context.Background(), m, path, -1); err != nil {
 					b.Fatal(err)
 				}
 				inProc += time.Since(start)

@@ -19,6 +19,7 @@ import (
 	"fortio.org/fortio/fhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/meshv1"
 )
@@ -231,7 +232,7 @@ func meshScale(b *testing.B, delta bool) {
 	var fakes []*fake
 	for w := range 20 {
 		f := &fake{ch: make(chan struct{}, 1), state: residency.State{
-			Worker:   residency.Worker{ID: fmt.Sprintf("fake-%02d", w), DataAddr: fmt.Sprintf("127.0.%d.%d:8000", 10+w/200, 1+w%200), Runtime: "onnxruntime", CapacityBytes: 1 << 40},
+			Worker:   residency.Worker{ID: fmt.Sprintf("fake-%02d", w), DataAddr: fmt.Sprintf("127.0.%d.%d:8000", 10+w/200, 1+w%200), Runtime: "onnxruntime", Capacity: placement.HostMemory(1 << 40)},
 			Replicas: map[string]residency.Replica{}}}
 		for i := w * 100; i < (w+1)*100; i++ {
 			f.state.Replicas[fmt.Sprintf("m%05d:1", i)] = residency.Replica{State: "ready"}

@@ -198,8 +198,8 @@ func TestTritonWorkerBudgetFromMetrics(t *testing.T) {
 		"--triton-metrics", "http://"+tr.Metrics+"/metrics", "--capacity-reserve", "1GiB", "--capacity", "1MiB")...)
 	list, err := w.Mgmt.List(context.Background(), &meshv1.ListRequest{})
 	must(t, err)
-	if list.GetCapacityBytes() <= 1<<20 {
-		t.Fatalf("capacity %d: --capacity was used instead of Triton's metrics", list.GetCapacityBytes())
+	if list.GetCapacity().GetHostBytes() <= 1<<20 {
+		t.Fatalf("capacity %d: --capacity was used instead of Triton's metrics", list.GetCapacity().GetHostBytes())
 	}
 	if !strings.Contains(w.logs.String(), "nv_cpu_memory_total_bytes") {
 		t.Fatal("the worker did not say which metric set its budget")

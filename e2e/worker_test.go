@@ -106,8 +106,8 @@ func TestEvictionUnderBudget(t *testing.T) {
 	for _, r := range list.GetReplicas() {
 		names = append(names, r.GetModel().GetName())
 	}
-	if len(names) != 2 || list.GetUsedBytes() != 2*size || list.GetUsedBytes() > list.GetCapacityBytes() {
-		t.Fatalf("worker holds %v using %d of %d bytes", names, list.GetUsedBytes(), list.GetCapacityBytes())
+	if len(names) != 2 || list.GetUsed().GetHostBytes() != 2*size || list.GetUsed().GetHostBytes() > list.GetCapacity().GetHostBytes() {
+		t.Fatalf("worker holds %v using %d of %d bytes", names, list.GetUsed().GetHostBytes(), list.GetCapacity().GetHostBytes())
 	}
 	code, out = restJSON(t, "POST", "http://"+w.DataAddr+"/v2/models/digits/infer",
 		[]byte(`{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[`+strings.TrimSuffix(strings.Repeat("0,", 64), ",")+`]}]}`))
@@ -134,7 +134,7 @@ func TestEvictionUnderBudget(t *testing.T) {
 	}
 	after, err := w.Mgmt.List(context.Background(), &meshv1.ListRequest{})
 	must(t, err)
-	if len(after.GetReplicas()) != 2 || after.GetUsedBytes() != list.GetUsedBytes() {
+	if len(after.GetReplicas()) != 2 || after.GetUsed().GetHostBytes() != list.GetUsed().GetHostBytes() {
 		t.Fatalf("a failed load changed the worker: %v", after)
 	}
 }
@@ -284,7 +284,7 @@ func TestRedisRestartAndShutdown(t *testing.T) {
 	full := func() bool {
 		h := rdb.HGetAll(ctx, keys.Replicas(w.ID)).Val()
 		wk := residency.ParseWorker(rdb.HGetAll(ctx, keys.Worker(w.ID)).Val())
-		return len(h) == 3 && wk.DataAddr == w.DataAddr && wk.Labels["zone"] == "a" && wk.UsedBytes > 0
+		return len(h) == 3 && wk.DataAddr == w.DataAddr && wk.Labels["zone"] == "a" && wk.Used.Host > 0
 	}
 	eventually(t, 2*heartbeat, "records written", full)
 
@@ -318,7 +318,7 @@ func TestDrain(t *testing.T) {
 	must(t, <-done)
 	list, err := w.Mgmt.List(context.Background(), &meshv1.ListRequest{})
 	must(t, err)
-	if len(list.GetReplicas()) != 0 || list.GetUsedBytes() != 0 {
+	if len(list.GetReplicas()) != 0 || list.GetUsed().GetHostBytes() != 0 {
 		t.Fatalf("after drain the worker holds %v", list)
 	}
 	if got := w.metric(t, `mesh_worker_unloads_total{reason="drain"}`); got != 1 {

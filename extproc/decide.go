@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"cmp"
+	"fmt"
 	"hash/fnv"
 	"slices"
 	"strings"
@@ -67,19 +68,34 @@ type Target struct {
 	Model      placement.ModelVersion
 	Runtime    string
 	StorageURI string
-	// Declared is the registry's size (0: none); Learned the size measured at an earlier
-	// load anywhere in the mesh (0: never measured).
+	// Declared is the registry's size (0: none); Learned the footprint measured at an
+	// earlier load anywhere in the mesh (zero: never measured).
 	Declared int64
-	Learned  int64
+	Learned  placement.Footprint
 	Pinned   bool
 }
 
-// Size is the size placement reserves for: declared, else learned, else 0 (unknown).
-func (t Target) Size() int64 {
-	if t.Declared > 0 {
-		return t.Declared
+// Footprint is what placement reserves for on worker w, as the worker counts it: the
+// declared size (GPU memory on a worker with GPUs, host memory on one without), else the
+// learned footprint; zero when unknown.
+func (t Target) Footprint(w residency.Worker) placement.Footprint {
+	switch {
+	case t.Declared > 0 && len(w.Capacity.GPU) > 0:
+		return placement.Footprint{GPU: t.Declared}
+	case t.Declared > 0:
+		return placement.Footprint{Host: t.Declared}
 	}
 	return t.Learned
+}
+
+// Known reports whether the model's size is declared or was measured.
+func (t Target) Known() bool { return t.Declared > 0 || t.Learned.Total() > 0 }
+
+func (t Target) describeSize() string {
+	if t.Declared > 0 {
+		return fmt.Sprintf("%d bytes declared", t.Declared)
+	}
+	return fmt.Sprintf("host %d and GPU %d bytes measured", t.Learned.Host, t.Learned.GPU)
 }
 
 // serverLevel lists the calls a worker answers about itself rather than about a model.
@@ -157,8 +173,8 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 	}
 	cands := Candidates(snap, t)
 	if len(cands) == 0 {
-		if t.Size() > 0 {
-			return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s and capacity for model %s (%d bytes)", t.Runtime, m, t.Size())
+		if t.Known() {
+			return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s and capacity for model %s (%s)", t.Runtime, m, t.describeSize())
 		}
 		return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s for model %s", t.Runtime, m)
 	}
@@ -225,12 +241,22 @@ func compareLoad(snap *residency.Snapshot, m placement.ModelVersion, a, b reside
 	return spread(m, a, b)
 }
 
-// fullness is used/capacity; a worker without capacity counts as full.
+// fullness is used/capacity in the worker's fullest dimension; a worker without capacity
+// counts as full.
 func fullness(w residency.Worker) float64 {
-	if w.CapacityBytes <= 0 {
+	if w.Capacity.Total() <= 0 {
 		return 1
 	}
-	return float64(w.UsedBytes) / float64(w.CapacityBytes)
+	full := 0.0
+	used := w.Used.Dimensions()
+	for i, c := range w.Capacity.Dimensions() {
+		switch {
+		case c.Bytes <= 0:
+		case i < len(used):
+			full = max(full, float64(used[i].Bytes)/float64(c.Bytes))
+		}
+	}
+	return full
 }
 
 // loading counts the worker's loads in progress.
@@ -272,7 +298,6 @@ func rendezvous(m placement.ModelVersion, worker string) uint64 {
 // Left out: workers of another runtime, workers whose whole capacity is below t's known
 // size, workers without addresses. Workers where t is draining come last.
 func Candidates(snap *residency.Snapshot, t Target) []residency.Worker {
-	size := t.Size()
 	type cand struct {
 		w                       residency.Worker
 		joining, draining, room bool
@@ -283,19 +308,20 @@ func Candidates(snap *residency.Snapshot, t Target) []residency.Worker {
 		if w.Runtime != t.Runtime || w.DataAddr == "" || w.MgmtAddr == "" {
 			continue
 		}
-		if size > 0 && w.CapacityBytes < size {
-			continue
+		f := t.Footprint(w)
+		_, fits, possible := placement.Place(f, w.Capacity, w.Used)
+		if t.Known() && !possible {
+			continue // too big for this worker even empty, in some dimension
 		}
 		if w.Runtime == "triton" && holdsOtherVersion(snap.Replicas[id], t.Model) {
 			continue // a Triton worker holds one version of a model at a time
 		}
-		free := w.CapacityBytes - w.UsedBytes
 		rep, has := snap.Replicas[id][t.Model]
 		cs = append(cs, cand{
 			w:        w,
 			joining:  has && rep.State == placement.StateLoading.String(),
 			draining: has && rep.State == placement.StateDraining.String(),
-			room:     (size > 0 && free >= size) || (size <= 0 && free > 0),
+			room:     (t.Known() && fits) || (!t.Known() && !w.Capacity.Minus(w.Used).Positive().IsZero()),
 			loads:    loading(snap, id),
 		})
 	}

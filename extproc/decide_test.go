@@ -48,8 +48,15 @@ func mustRegistry(t testing.TB, yaml string) *registry.Registry {
 
 // worker is a live worker record for tests: data port 1000+n, management port 2000+n.
 func worker(id string, n int, runtime string, capacity, used int64) residency.Worker {
-	return residency.Worker{ID: id, Runtime: runtime, CapacityBytes: capacity, UsedBytes: used,
+	return residency.Worker{ID: id, Runtime: runtime, Capacity: placement.HostMemory(capacity), Used: placement.HostMemory(used),
 		DataAddr: fmt.Sprintf("10.0.0.%d:8000", n), MgmtAddr: fmt.Sprintf("10.0.0.%d:8010", n)}
+}
+
+// gpuWorker is a live Triton worker record with GPUs: capacity and use per device.
+func gpuWorker(id string, n int, host int64, gpus, used []int64) residency.Worker {
+	w := worker(id, n, "triton", 0, 0)
+	w.Capacity, w.Used = placement.Memory{Host: host, GPU: gpus}, placement.Memory{GPU: used}
+	return w
 }
 
 type snapOpt func(*residency.Snapshot)
@@ -72,13 +79,20 @@ func withWorker(w residency.Worker, replicas map[string]string) snapOpt {
 func withSize(mv string, n int64) snapOpt {
 	return func(s *residency.Snapshot) {
 		m, _ := placement.ParseModelVersion(mv)
-		s.Sizes[m] = n
+		s.Sizes[m] = placement.Footprint{Host: n}
+	}
+}
+
+func withGPUSize(mv string, host, gpu int64) snapOpt {
+	return func(s *residency.Snapshot) {
+		m, _ := placement.ParseModelVersion(mv)
+		s.Sizes[m] = placement.Footprint{Host: host, GPU: gpu}
 	}
 }
 
 func snapshot(t testing.TB, opts ...snapOpt) *residency.Snapshot {
 	s := &residency.Snapshot{Workers: map[string]residency.Worker{}, Replicas: map[string]map[placement.ModelVersion]residency.Replica{},
-		Sizes: map[placement.ModelVersion]int64{}, Registry: mustRegistry(t, testRegistry)}
+		Sizes: map[placement.ModelVersion]placement.Footprint{}, Registry: mustRegistry(t, testRegistry)}
 	for _, o := range opts {
 		o(s)
 	}
@@ -215,6 +229,24 @@ func TestDecide(t *testing.T) {
 			snap: snapshot(t, withWorker(worker("a", 1, ort, 1000, 0), nil),
 				withWorker(worker("b", 2, ort, 1000, 950), map[string]string{"iris:1": "loading"})),
 			req: Request{Model: "iris", Version: "1"}, want: want{Kind: Load, Model: mv("iris", "1"), Candidates: []string{"b", "a"}}},
+		{name: "cold on GPUs: a learned GPU footprint needs one device large enough, not the sum",
+			snap: snapshot(t, withGPUSize("fraud:2", 100, 1500),
+				withWorker(gpuWorker("two-small", 1, 10000, []int64{1000, 1000}, nil), nil),
+				withWorker(gpuWorker("one-large", 2, 10000, []int64{2000}, []int64{1900}), nil)),
+			req:  Request{Model: "fraud", Version: "2"},
+			want: want{Kind: Load, Model: mv("fraud", "2"), Candidates: []string{"one-large"}}},
+		{name: "cold on GPUs: room on any one device counts as room",
+			snap: snapshot(t, withGPUSize("fraud:2", 100, 600),
+				withWorker(gpuWorker("gpu0-full", 1, 10000, []int64{1000, 1000}, []int64{1000, 0}), map[string]string{"x:1": "loading"}),
+				withWorker(gpuWorker("both-half", 2, 10000, []int64{1000, 1000}, []int64{500, 500}), nil)),
+			req:  Request{Model: "fraud", Version: "2"},
+			want: want{Kind: Load, Model: mv("fraud", "2"), Candidates: []string{"gpu0-full", "both-half"}}},
+		{name: "cold on GPUs: host memory is a dimension of its own",
+			snap: snapshot(t, withGPUSize("fraud:2", 5000, 100),
+				withWorker(gpuWorker("host-small", 1, 4000, []int64{1000}, nil), nil),
+				withWorker(gpuWorker("host-large", 2, 8000, []int64{1000}, []int64{950}), nil)),
+			req:  Request{Model: "fraud", Version: "2"},
+			want: want{Kind: Load, Model: mv("fraud", "2"), Candidates: []string{"host-large"}}},
 		{name: "cold: unknown size, a full worker comes last",
 			snap: snapshot(t, withWorker(worker("a", 1, ort, 1000, 1000), nil), withWorker(worker("b", 2, ort, 1000, 999), nil)),
 			req:  Request{Model: "digits"}, want: want{Kind: Load, Model: mv("digits", "1"), Candidates: []string{"b", "a"}}},

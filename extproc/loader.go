@@ -41,11 +41,12 @@ func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 		return err
 	}
 	_, err = meshv1.NewWorkerServiceClient(conn).Load(ctx, &meshv1.LoadRequest{
-		Model:              &meshv1.ModelRef{Name: t.Model.Name, Version: t.Model.Version},
-		StorageUri:         t.StorageURI,
-		MemoryBytes:        t.Declared,
-		LearnedMemoryBytes: t.Learned,
-		Pinned:             t.Pinned,
+		Model:            &meshv1.ModelRef{Name: t.Model.Name, Version: t.Model.Version},
+		StorageUri:       t.StorageURI,
+		MemoryBytes:      t.Declared,
+		LearnedHostBytes: t.Learned.Host,
+		LearnedGpuBytes:  t.Learned.GPU,
+		Pinned:           t.Pinned,
 	})
 	if err == nil {
 		return nil

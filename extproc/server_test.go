@@ -176,7 +176,7 @@ func TestRefusals(t *testing.T) {
 
 	// A model of a runtime no worker has.
 	ex, err = r.send(t.Context(), rest("llm"))
-	checkAnswer(t, refused(typev3.StatusCode_ServiceUnavailable, "no_worker", "no live worker with runtime triton and capacity for model llm:7 (10 bytes)", "1"), ex, err)
+	checkAnswer(t, refused(typev3.StatusCode_ServiceUnavailable, "no_worker", "no live worker with runtime triton and capacity for model llm:7 (10 bytes declared)", "1"), ex, err)
 }
 
 func TestServerLevelWithoutWorkers(t *testing.T) {

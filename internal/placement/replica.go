@@ -56,7 +56,7 @@ const (
 type Candidate struct {
 	Model    ModelVersion
 	State    State
-	Bytes    int64
+	Memory   Memory
 	LastUsed time.Time
 	InFlight int
 	Pinned   bool
@@ -70,11 +70,14 @@ func (c Candidate) Evictable() bool {
 	return c.State == StateReady && c.InFlight == 0 && !c.Pinned && !c.Recent
 }
 
-// ChooseEvictions picks replicas to evict so that at least need bytes are freed, least
-// recently used first (ties broken by id, so the choice is deterministic). It returns nil and
-// false, choosing nothing, when the evictable replicas together cannot free need bytes.
-func ChooseEvictions(cands []Candidate, need int64) ([]Candidate, bool) {
-	if need <= 0 {
+// ChooseEvictions picks replicas to evict so that every positive dimension of need is freed,
+// least recently used first (ties broken by id, so the choice is deterministic). A replica
+// that frees nothing where memory is short (a host-only model when a GPU is full, or a model
+// on another GPU) is never chosen. It returns nil and false, choosing nothing, when the
+// evictable replicas together cannot free need.
+func ChooseEvictions(cands []Candidate, need Memory) ([]Candidate, bool) {
+	need = need.Positive()
+	if need.IsZero() {
 		return nil, true
 	}
 	var pool []Candidate
@@ -89,12 +92,25 @@ func ChooseEvictions(cands []Candidate, need int64) ([]Candidate, bool) {
 		}
 		return cmp.Compare(a.Model.String(), b.Model.String())
 	})
-	var freed int64
-	for i, c := range pool {
-		freed += c.Bytes
-		if freed >= need {
-			return pool[:i+1], true
+	var chosen []Candidate
+	for _, c := range pool {
+		if !c.Memory.Helps(need) {
+			continue
+		}
+		chosen = append(chosen, c)
+		need = need.Minus(c.Memory).Positive()
+		if need.IsZero() {
+			return chosen, true
 		}
 	}
 	return nil, false
+}
+
+// Freed is the memory the candidates hold together.
+func Freed(cands []Candidate) Memory {
+	var m Memory
+	for _, c := range cands {
+		m = m.Plus(c.Memory)
+	}
+	return m
 }

@@ -20,7 +20,7 @@ import (
 type Snapshot struct {
 	Workers  map[string]Worker
 	Replicas map[string]map[placement.ModelVersion]Replica
-	Sizes    map[placement.ModelVersion]int64
+	Sizes    map[placement.ModelVersion]placement.Footprint
 	Registry *registry.Registry
 }
 
@@ -69,7 +69,7 @@ func (r *Reader) Read(ctx context.Context) (Snapshot, error) {
 	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
 		return Snapshot{}, fmt.Errorf("read residency: %w", err)
 	}
-	snap := Snapshot{Workers: map[string]Worker{}, Replicas: map[string]map[placement.ModelVersion]Replica{}, Sizes: map[placement.ModelVersion]int64{}}
+	snap := Snapshot{Workers: map[string]Worker{}, Replicas: map[string]map[placement.ModelVersion]Replica{}, Sizes: map[placement.ModelVersion]placement.Footprint{}}
 	for i, id := range ids {
 		h := workers[i].Val()
 		if len(h) == 0 {
@@ -93,9 +93,9 @@ func (r *Reader) Read(ctx context.Context) (Snapshot, error) {
 	}
 	for field, raw := range sizes.Val() {
 		m, err := placement.ParseModelVersion(field)
-		n, perr := strconv.ParseInt(raw, 10, 64)
-		if err == nil && perr == nil && n > 0 {
-			snap.Sizes[m] = n
+		f, ok := parseFootprint(raw)
+		if err == nil && ok {
+			snap.Sizes[m] = f
 		}
 	}
 	if raw, err := reg.Bytes(); err == nil {
@@ -178,4 +178,17 @@ func PublishRegistry(ctx context.Context, rdb redis.UniversalClient, keys Keys, 
 		return fmt.Errorf("announce registry: %w", err)
 	}
 	return nil
+}
+
+// parseFootprint reads a sizes hash value: a JSON footprint, or a plain byte count written
+// before memory had dimensions (host memory).
+func parseFootprint(raw string) (placement.Footprint, bool) {
+	if n, err := strconv.ParseInt(raw, 10, 64); err == nil {
+		return placement.Footprint{Host: n}, n > 0
+	}
+	var f placement.Footprint
+	if err := json.Unmarshal([]byte(raw), &f); err != nil || f.Host < 0 || f.GPU < 0 {
+		return placement.Footprint{}, false
+	}
+	return f, f.Total() > 0
 }

@@ -30,7 +30,9 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 	}
 	must(rep.write(ctx, State{Worker: Worker{ID: "w1", DataAddr: "127.0.0.1:1"},
 		Replicas: map[string]Replica{"iris:1": {State: "ready", Bytes: 10}, "digits:1": {State: "loading"}},
-		Measured: map[string]int64{"iris:1": 10}}))
+		Measured: map[string]placement.Footprint{"iris:1": {Host: 10, GPU: 30}}}))
+	// A plain byte count, as written before memory had dimensions, is host memory.
+	must(rdb.HSet(ctx, keys.Sizes(), "digits:1", "25").Err())
 	must(rep.write(ctx, State{Worker: Worker{ID: "w2", DataAddr: "127.0.0.1:2"}, Replicas: map[string]Replica{"iris:1": {State: "ready"}}}))
 	// A worker whose lease ended is in the set with a past score: it must not be read.
 	must(rdb.ZAdd(ctx, keys.Workers(), redis.Z{Score: 1, Member: "dead"}).Err())
@@ -51,7 +53,7 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 	if got := snap.Ready(placement.ModelVersion{Name: "digits", Version: "1"}); len(got) != 0 {
 		t.Fatalf("loading digits counted ready on %v", got)
 	}
-	if snap.Sizes[iris] != 10 || snap.Registry == nil || snap.Registry.Digest() != reg.Digest() {
+	if want := (placement.Footprint{Host: 10, GPU: 30}); snap.Sizes[iris] != want || snap.Sizes[placement.ModelVersion{Name: "digits", Version: "1"}] != (placement.Footprint{Host: 25}) || snap.Registry == nil || snap.Registry.Digest() != reg.Digest() {
 		t.Fatalf("sizes %v, registry %v", snap.Sizes, snap.Registry)
 	}
 

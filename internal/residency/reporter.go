@@ -8,14 +8,16 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/modelmesh/mesh/internal/placement"
 )
 
 // State is what a worker holds, as the reporter writes it.
 type State struct {
 	Worker   Worker
 	Replicas map[string]Replica
-	// Measured maps "name:version" to bytes measured at load, for the sizes hash.
-	Measured map[string]int64
+	// Measured maps "name:version" to the footprint measured at load, for the sizes hash.
+	Measured map[string]placement.Footprint
 }
 
 // ReporterConfig times the reporter.
@@ -102,7 +104,8 @@ func (r *Reporter) write(ctx context.Context, st State) error {
 		if len(st.Measured) > 0 {
 			sizes := make(map[string]any, len(st.Measured))
 			for k, v := range st.Measured {
-				sizes[k] = v
+				b, _ := json.Marshal(v) // plain struct, always marshals
+				sizes[k] = string(b)
 			}
 			p.HSet(ctx, r.keys.Sizes(), sizes)
 		}

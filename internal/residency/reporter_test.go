@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/redistest"
 )
 
@@ -62,7 +63,7 @@ func TestReporter(t *testing.T) {
 
 	heartbeat := 100 * time.Millisecond
 	w := Worker{ID: "w1", DataAddr: "127.0.0.1:1", MgmtAddr: "127.0.0.1:2", Runtime: "onnxruntime",
-		CapacityBytes: 1000, UsedBytes: 10, Labels: map[string]string{"zone": "a"}, StartedUnixMs: 42}
+		Capacity: placement.Memory{Host: 1000, GPU: []int64{500, 500}}, Used: placement.Memory{Host: 10, GPU: []int64{0, 7}}, Labels: map[string]string{"zone": "a"}, StartedUnixMs: 42}
 	st := &state{st: State{Worker: w, Replicas: map[string]Replica{}}, changed: make(chan struct{})}
 	rep := NewReporter(rdb, keys, ReporterConfig{Heartbeat: heartbeat}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	runCtx, stop := context.WithCancel(ctx)
@@ -89,13 +90,13 @@ func TestReporter(t *testing.T) {
 
 	st.set("iris:1", &Replica{State: "loading", Bytes: 100, SizeSource: "estimated", SinceUnixMs: 1})
 	e1 := next()
-	st.set("iris:1", &Replica{State: "ready", Bytes: 80, SizeSource: "measured", SinceUnixMs: 2})
+	st.set("iris:1", &Replica{State: "ready", Bytes: 80, Memory: placement.Memory{Host: 30, GPU: []int64{0, 50}}, SizeSource: "measured", SinceUnixMs: 2})
 	e2 := next()
 	if e1.Model != "iris:1" || e1.State != "loading" || e2.State != "ready" || e2.Seq != e1.Seq+1 {
 		t.Fatalf("events %+v then %+v, want loading then ready with consecutive seq", e1, e2)
 	}
 
-	wantReplicas := map[string]string{"iris:1": `{"state":"ready","bytes":80,"size_source":"measured","since_unix_ms":2}`}
+	wantReplicas := map[string]string{"iris:1": `{"state":"ready","bytes":80,"memory":{"host":30,"gpu":[0,50]},"size_source":"measured","since_unix_ms":2}`}
 	check := func() {
 		t.Helper()
 		got, err := rdb.HGetAll(ctx, keys.Replicas("w1")).Result()

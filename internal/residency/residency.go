@@ -6,6 +6,8 @@ package residency
 import (
 	"encoding/json"
 	"strconv"
+
+	"github.com/modelmesh/mesh/internal/placement"
 )
 
 // Keys names the Redis keys under a prefix, so several meshes can share one Redis.
@@ -40,11 +42,13 @@ type Worker struct {
 	DataAddr string
 	// GRPCAddr is where gRPC inference goes when it is not DataAddr (Triton serves REST and
 	// gRPC on two ports); empty means DataAddr.
-	GRPCAddr      string
-	MgmtAddr      string
-	Runtime       string
-	CapacityBytes int64
-	UsedBytes     int64
+	GRPCAddr string
+	MgmtAddr string
+	Runtime  string
+	// Capacity is the worker's budget and Used what its replicas and loads hold, by
+	// dimension (host memory, each GPU).
+	Capacity      placement.Memory
+	Used          placement.Memory
 	Labels        map[string]string
 	StartedUnixMs int64
 }
@@ -52,9 +56,11 @@ type Worker struct {
 // fields renders the worker for HSET.
 func (w Worker) fields(heartbeatMs int64) map[string]any {
 	labels, _ := json.Marshal(w.Labels) // a map[string]string always marshals
+	capacity, _ := json.Marshal(w.Capacity)
+	used, _ := json.Marshal(w.Used)
 	return map[string]any{
 		"id": w.ID, "data_addr": w.DataAddr, "grpc_addr": w.GRPCAddr, "mgmt_addr": w.MgmtAddr, "runtime": w.Runtime,
-		"capacity_bytes": w.CapacityBytes, "used_bytes": w.UsedBytes, "labels": string(labels),
+		"capacity": string(capacity), "used": string(used), "labels": string(labels),
 		"started_unix_ms": w.StartedUnixMs, "heartbeat_unix_ms": heartbeatMs,
 	}
 }
@@ -70,8 +76,10 @@ func (w Worker) GRPC() string {
 // ParseWorker reads a lease hash as HGETALL returns it.
 func ParseWorker(h map[string]string) Worker {
 	w := Worker{ID: h["id"], DataAddr: h["data_addr"], GRPCAddr: h["grpc_addr"], MgmtAddr: h["mgmt_addr"], Runtime: h["runtime"]}
-	w.CapacityBytes, _ = strconv.ParseInt(h["capacity_bytes"], 10, 64)
-	w.UsedBytes, _ = strconv.ParseInt(h["used_bytes"], 10, 64)
+	// Missing or malformed memory reads as none: such a worker gets no loads until its next
+	// write.
+	_ = json.Unmarshal([]byte(h["capacity"]), &w.Capacity)
+	_ = json.Unmarshal([]byte(h["used"]), &w.Used)
 	w.StartedUnixMs, _ = strconv.ParseInt(h["started_unix_ms"], 10, 64)
 	_ = json.Unmarshal([]byte(h["labels"]), &w.Labels) // missing labels read as none
 	return w
@@ -79,10 +87,12 @@ func ParseWorker(h map[string]string) Worker {
 
 // Replica is one field of a worker's replicas hash, JSON-encoded.
 type Replica struct {
-	State       string `json:"state"`
-	Bytes       int64  `json:"bytes"`
-	SizeSource  string `json:"size_source"`
-	SinceUnixMs int64  `json:"since_unix_ms"`
+	State string `json:"state"`
+	// Bytes is Memory's dimensions together.
+	Bytes       int64            `json:"bytes"`
+	Memory      placement.Memory `json:"memory"`
+	SizeSource  string           `json:"size_source"`
+	SinceUnixMs int64            `json:"since_unix_ms"`
 }
 
 // Event is published on the events channel. Seq grows by one per event of one worker epoch

@@ -133,15 +133,17 @@ type LoadRequest struct {
 	Model *ModelRef              `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// Where the model files are, for example file:///models/iris/1/model.onnx.
 	StorageUri string `protobuf:"bytes,2,opt,name=storage_uri,json=storageUri,proto3" json:"storage_uri,omitempty"`
-	// Declared memory in bytes; 0 means unknown (measure at load).
+	// Declared memory in bytes; 0 means unknown (measure at load). On a worker with GPUs it is
+	// GPU memory, on one without host memory.
 	MemoryBytes int64 `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	// Pinned models are never evicted.
 	Pinned bool `protobuf:"varint,4,opt,name=pinned,proto3" json:"pinned,omitempty"`
-	// Memory this model was measured to use elsewhere in the mesh; used to reserve room
-	// before the load when no size is declared. 0 means never measured.
-	LearnedMemoryBytes int64 `protobuf:"varint,5,opt,name=learned_memory_bytes,json=learnedMemoryBytes,proto3" json:"learned_memory_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Memory this model was measured to use elsewhere in the mesh, host and GPU; used to
+	// reserve room before the load when no size is declared. Both 0 means never measured.
+	LearnedHostBytes int64 `protobuf:"varint,5,opt,name=learned_host_bytes,json=learnedHostBytes,proto3" json:"learned_host_bytes,omitempty"`
+	LearnedGpuBytes  int64 `protobuf:"varint,6,opt,name=learned_gpu_bytes,json=learnedGpuBytes,proto3" json:"learned_gpu_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *LoadRequest) Reset() {
@@ -202,9 +204,16 @@ func (x *LoadRequest) GetPinned() bool {
 	return false
 }
 
-func (x *LoadRequest) GetLearnedMemoryBytes() int64 {
+func (x *LoadRequest) GetLearnedHostBytes() int64 {
 	if x != nil {
-		return x.LearnedMemoryBytes
+		return x.LearnedHostBytes
+	}
+	return 0
+}
+
+func (x *LoadRequest) GetLearnedGpuBytes() int64 {
+	if x != nil {
+		return x.LearnedGpuBytes
 	}
 	return 0
 }
@@ -470,9 +479,9 @@ func (*ListRequest) Descriptor() ([]byte, []int) {
 type ListResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	CapacityBytes int64                  `protobuf:"varint,2,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
-	UsedBytes     int64                  `protobuf:"varint,3,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
 	Replicas      []*Replica             `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	Capacity      *Memory                `protobuf:"bytes,5,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Used          *Memory                `protobuf:"bytes,6,opt,name=used,proto3" json:"used,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -514,23 +523,77 @@ func (x *ListResponse) GetWorkerId() string {
 	return ""
 }
 
-func (x *ListResponse) GetCapacityBytes() int64 {
-	if x != nil {
-		return x.CapacityBytes
-	}
-	return 0
-}
-
-func (x *ListResponse) GetUsedBytes() int64 {
-	if x != nil {
-		return x.UsedBytes
-	}
-	return 0
-}
-
 func (x *ListResponse) GetReplicas() []*Replica {
 	if x != nil {
 		return x.Replicas
+	}
+	return nil
+}
+
+func (x *ListResponse) GetCapacity() *Memory {
+	if x != nil {
+		return x.Capacity
+	}
+	return nil
+}
+
+func (x *ListResponse) GetUsed() *Memory {
+	if x != nil {
+		return x.Used
+	}
+	return nil
+}
+
+// Memory in each dimension a worker budgets.
+type Memory struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	HostBytes int64                  `protobuf:"varint,1,opt,name=host_bytes,json=hostBytes,proto3" json:"host_bytes,omitempty"`
+	// By GPU device index.
+	GpuBytes      []int64 `protobuf:"varint,2,rep,packed,name=gpu_bytes,json=gpuBytes,proto3" json:"gpu_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Memory) Reset() {
+	*x = Memory{}
+	mi := &file_meshv1_worker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Memory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Memory) ProtoMessage() {}
+
+func (x *Memory) ProtoReflect() protoreflect.Message {
+	mi := &file_meshv1_worker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Memory.ProtoReflect.Descriptor instead.
+func (*Memory) Descriptor() ([]byte, []int) {
+	return file_meshv1_worker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Memory) GetHostBytes() int64 {
+	if x != nil {
+		return x.HostBytes
+	}
+	return 0
+}
+
+func (x *Memory) GetGpuBytes() []int64 {
+	if x != nil {
+		return x.GpuBytes
 	}
 	return nil
 }
@@ -539,23 +602,25 @@ type Replica struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Model *ModelRef              `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	State ReplicaState           `protobuf:"varint,2,opt,name=state,proto3,enum=mesh.v1.ReplicaState" json:"state,omitempty"`
-	// Bytes counted against the budget: declared, measured or estimated (see size_source).
+	// Bytes counted against the budget, all dimensions together: declared, measured or
+	// estimated (see size_source); memory has them by dimension.
 	MemoryBytes int64 `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	// "declared", "measured", "learned" or "estimated".
 	SizeSource string `protobuf:"bytes,4,opt,name=size_source,json=sizeSource,proto3" json:"size_source,omitempty"`
 	// Unix milliseconds of the last state change.
 	SinceUnixMs int64 `protobuf:"varint,5,opt,name=since_unix_ms,json=sinceUnixMs,proto3" json:"since_unix_ms,omitempty"`
 	// Unix milliseconds of the last inference; 0 if none.
-	LastUsedUnixMs int64 `protobuf:"varint,6,opt,name=last_used_unix_ms,json=lastUsedUnixMs,proto3" json:"last_used_unix_ms,omitempty"`
-	InFlight       int64 `protobuf:"varint,7,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
-	Pinned         bool  `protobuf:"varint,8,opt,name=pinned,proto3" json:"pinned,omitempty"`
+	LastUsedUnixMs int64   `protobuf:"varint,6,opt,name=last_used_unix_ms,json=lastUsedUnixMs,proto3" json:"last_used_unix_ms,omitempty"`
+	InFlight       int64   `protobuf:"varint,7,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Pinned         bool    `protobuf:"varint,8,opt,name=pinned,proto3" json:"pinned,omitempty"`
+	Memory         *Memory `protobuf:"bytes,9,opt,name=memory,proto3" json:"memory,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_meshv1_worker_proto_msgTypes[9]
+	mi := &file_meshv1_worker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +632,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_meshv1_worker_proto_msgTypes[9]
+	mi := &file_meshv1_worker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +645,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_meshv1_worker_proto_rawDescGZIP(), []int{9}
+	return file_meshv1_worker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Replica) GetModel() *ModelRef {
@@ -639,6 +704,13 @@ func (x *Replica) GetPinned() bool {
 	return false
 }
 
+func (x *Replica) GetMemory() *Memory {
+	if x != nil {
+		return x.Memory
+	}
+	return nil
+}
+
 var File_meshv1_worker_proto protoreflect.FileDescriptor
 
 const file_meshv1_worker_proto_rawDesc = "" +
@@ -646,14 +718,15 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\x13meshv1/worker.proto\x12\amesh.v1\"8\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"\xc4\x01\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"\xec\x01\n" +
 	"\vLoadRequest\x12'\n" +
 	"\x05model\x18\x01 \x01(\v2\x11.mesh.v1.ModelRefR\x05model\x12\x1f\n" +
 	"\vstorage_uri\x18\x02 \x01(\tR\n" +
 	"storageUri\x12!\n" +
 	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\x12\x16\n" +
-	"\x06pinned\x18\x04 \x01(\bR\x06pinned\x120\n" +
-	"\x14learned_memory_bytes\x18\x05 \x01(\x03R\x12learnedMemoryBytes\"\x7f\n" +
+	"\x06pinned\x18\x04 \x01(\bR\x06pinned\x12,\n" +
+	"\x12learned_host_bytes\x18\x05 \x01(\x03R\x10learnedHostBytes\x12*\n" +
+	"\x11learned_gpu_bytes\x18\x06 \x01(\x03R\x0flearnedGpuBytes\"\x7f\n" +
 	"\fLoadResponse\x12*\n" +
 	"\areplica\x18\x01 \x01(\v2\x10.mesh.v1.ReplicaR\areplica\x12+\n" +
 	"\aevicted\x18\x02 \x03(\v2\x11.mesh.v1.ModelRefR\aevicted\x12\x16\n" +
@@ -664,13 +737,16 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\fDrainRequest\x12'\n" +
 	"\x05model\x18\x01 \x01(\v2\x11.mesh.v1.ModelRefR\x05model\"\x0f\n" +
 	"\rDrainResponse\"\r\n" +
-	"\vListRequest\"\x9f\x01\n" +
+	"\vListRequest\"\xb7\x01\n" +
 	"\fListResponse\x12\x1b\n" +
-	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12%\n" +
-	"\x0ecapacity_bytes\x18\x02 \x01(\x03R\rcapacityBytes\x12\x1d\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12,\n" +
+	"\breplicas\x18\x04 \x03(\v2\x10.mesh.v1.ReplicaR\breplicas\x12+\n" +
+	"\bcapacity\x18\x05 \x01(\v2\x0f.mesh.v1.MemoryR\bcapacity\x12#\n" +
+	"\x04used\x18\x06 \x01(\v2\x0f.mesh.v1.MemoryR\x04usedJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04\"D\n" +
+	"\x06Memory\x12\x1d\n" +
 	"\n" +
-	"used_bytes\x18\x03 \x01(\x03R\tusedBytes\x12,\n" +
-	"\breplicas\x18\x04 \x03(\v2\x10.mesh.v1.ReplicaR\breplicas\"\xa7\x02\n" +
+	"host_bytes\x18\x01 \x01(\x03R\thostBytes\x12\x1b\n" +
+	"\tgpu_bytes\x18\x02 \x03(\x03R\bgpuBytes\"\xd0\x02\n" +
 	"\aReplica\x12'\n" +
 	"\x05model\x18\x01 \x01(\v2\x11.mesh.v1.ModelRefR\x05model\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.mesh.v1.ReplicaStateR\x05state\x12!\n" +
@@ -680,7 +756,8 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\rsince_unix_ms\x18\x05 \x01(\x03R\vsinceUnixMs\x12)\n" +
 	"\x11last_used_unix_ms\x18\x06 \x01(\x03R\x0elastUsedUnixMs\x12\x1b\n" +
 	"\tin_flight\x18\a \x01(\x03R\binFlight\x12\x16\n" +
-	"\x06pinned\x18\b \x01(\bR\x06pinned*}\n" +
+	"\x06pinned\x18\b \x01(\bR\x06pinned\x12'\n" +
+	"\x06memory\x18\t \x01(\v2\x0f.mesh.v1.MemoryR\x06memory*}\n" +
 	"\fReplicaState\x12\x1d\n" +
 	"\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REPLICA_STATE_LOADING\x10\x01\x12\x17\n" +
@@ -705,7 +782,7 @@ func file_meshv1_worker_proto_rawDescGZIP() []byte {
 }
 
 var file_meshv1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_meshv1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_meshv1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_meshv1_worker_proto_goTypes = []any{
 	(ReplicaState)(0),      // 0: mesh.v1.ReplicaState
 	(*ModelRef)(nil),       // 1: mesh.v1.ModelRef
@@ -717,30 +794,34 @@ var file_meshv1_worker_proto_goTypes = []any{
 	(*DrainResponse)(nil),  // 7: mesh.v1.DrainResponse
 	(*ListRequest)(nil),    // 8: mesh.v1.ListRequest
 	(*ListResponse)(nil),   // 9: mesh.v1.ListResponse
-	(*Replica)(nil),        // 10: mesh.v1.Replica
+	(*Memory)(nil),         // 10: mesh.v1.Memory
+	(*Replica)(nil),        // 11: mesh.v1.Replica
 }
 var file_meshv1_worker_proto_depIdxs = []int32{
 	1,  // 0: mesh.v1.LoadRequest.model:type_name -> mesh.v1.ModelRef
-	10, // 1: mesh.v1.LoadResponse.replica:type_name -> mesh.v1.Replica
+	11, // 1: mesh.v1.LoadResponse.replica:type_name -> mesh.v1.Replica
 	1,  // 2: mesh.v1.LoadResponse.evicted:type_name -> mesh.v1.ModelRef
 	1,  // 3: mesh.v1.UnloadRequest.model:type_name -> mesh.v1.ModelRef
 	1,  // 4: mesh.v1.DrainRequest.model:type_name -> mesh.v1.ModelRef
-	10, // 5: mesh.v1.ListResponse.replicas:type_name -> mesh.v1.Replica
-	1,  // 6: mesh.v1.Replica.model:type_name -> mesh.v1.ModelRef
-	0,  // 7: mesh.v1.Replica.state:type_name -> mesh.v1.ReplicaState
-	2,  // 8: mesh.v1.WorkerService.Load:input_type -> mesh.v1.LoadRequest
-	4,  // 9: mesh.v1.WorkerService.Unload:input_type -> mesh.v1.UnloadRequest
-	6,  // 10: mesh.v1.WorkerService.Drain:input_type -> mesh.v1.DrainRequest
-	8,  // 11: mesh.v1.WorkerService.List:input_type -> mesh.v1.ListRequest
-	3,  // 12: mesh.v1.WorkerService.Load:output_type -> mesh.v1.LoadResponse
-	5,  // 13: mesh.v1.WorkerService.Unload:output_type -> mesh.v1.UnloadResponse
-	7,  // 14: mesh.v1.WorkerService.Drain:output_type -> mesh.v1.DrainResponse
-	9,  // 15: mesh.v1.WorkerService.List:output_type -> mesh.v1.ListResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	11, // 5: mesh.v1.ListResponse.replicas:type_name -> mesh.v1.Replica
+	10, // 6: mesh.v1.ListResponse.capacity:type_name -> mesh.v1.Memory
+	10, // 7: mesh.v1.ListResponse.used:type_name -> mesh.v1.Memory
+	1,  // 8: mesh.v1.Replica.model:type_name -> mesh.v1.ModelRef
+	0,  // 9: mesh.v1.Replica.state:type_name -> mesh.v1.ReplicaState
+	10, // 10: mesh.v1.Replica.memory:type_name -> mesh.v1.Memory
+	2,  // 11: mesh.v1.WorkerService.Load:input_type -> mesh.v1.LoadRequest
+	4,  // 12: mesh.v1.WorkerService.Unload:input_type -> mesh.v1.UnloadRequest
+	6,  // 13: mesh.v1.WorkerService.Drain:input_type -> mesh.v1.DrainRequest
+	8,  // 14: mesh.v1.WorkerService.List:input_type -> mesh.v1.ListRequest
+	3,  // 15: mesh.v1.WorkerService.Load:output_type -> mesh.v1.LoadResponse
+	5,  // 16: mesh.v1.WorkerService.Unload:output_type -> mesh.v1.UnloadResponse
+	7,  // 17: mesh.v1.WorkerService.Drain:output_type -> mesh.v1.DrainResponse
+	9,  // 18: mesh.v1.WorkerService.List:output_type -> mesh.v1.ListResponse
+	15, // [15:19] is the sub-list for method output_type
+	11, // [11:15] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_meshv1_worker_proto_init() }
@@ -754,7 +835,7 @@ func file_meshv1_worker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshv1_worker_proto_rawDesc), len(file_meshv1_worker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -37,8 +38,9 @@ type Router interface {
 
 // Config sizes the agent.
 type Config struct {
-	// CapacityBytes is the memory budget; the sum of replica sizes never exceeds it.
-	CapacityBytes int64
+	// Capacity is the memory budget in each dimension (host memory, each GPU's memory); what
+	// the replicas hold never exceeds it in any dimension.
+	Capacity placement.Memory
 	// LoadConcurrency bounds loads running at once.
 	LoadConcurrency int
 	// LoadTimeout bounds one load, from fetch to ready.
@@ -61,18 +63,21 @@ type Config struct {
 type Spec struct {
 	Model placement.ModelVersion
 	URI   string
-	// DeclaredBytes, when > 0, is counted as the model's size whatever is measured.
+	// DeclaredBytes, when > 0, is counted as the model's size whatever is measured: GPU
+	// memory on a worker with GPUs, host memory on one without.
 	DeclaredBytes int64
-	// LearnedBytes, when > 0, was measured at an earlier load and is reserved before this one.
-	LearnedBytes int64
-	Pinned       bool
+	// Learned, when not zero, was measured at an earlier load and is reserved before this one.
+	Learned placement.Footprint
+	Pinned  bool
 }
 
 // Replica is a snapshot of one resident model version.
 type Replica struct {
-	Model    placement.ModelVersion
-	State    placement.State
-	Bytes    int64
+	Model  placement.ModelVersion
+	State  placement.State
+	Memory placement.Memory
+	// GPU is the device the replica was placed on, -1 for none.
+	GPU      int
 	Source   placement.SizeSource
 	Since    time.Time
 	LastUsed time.Time
@@ -92,7 +97,8 @@ type LoadResult struct {
 type replica struct {
 	model    placement.ModelVersion
 	state    placement.State
-	bytes    int64
+	mem      placement.Memory
+	gpu      int
 	source   placement.SizeSource
 	pinned   bool
 	since    time.Time
@@ -112,7 +118,7 @@ type replica struct {
 }
 
 func (r *replica) snapshot() Replica {
-	return Replica{Model: r.model, State: r.state, Bytes: r.bytes, Source: r.source, Since: r.since,
+	return Replica{Model: r.model, State: r.state, Memory: r.mem, GPU: r.gpu, Source: r.source, Since: r.since,
 		LastUsed: r.lastUsed, InFlight: r.inFlight, Pinned: r.pinned}
 }
 
@@ -137,7 +143,7 @@ type Agent struct {
 
 	mu       sync.Mutex
 	replicas map[placement.ModelVersion]*replica
-	used     int64
+	used     placement.Memory
 	closed   bool
 }
 
@@ -150,7 +156,9 @@ func New(cfg Config, backend Backend, store Fetcher, router Router, log *slog.Lo
 	if metrics == nil {
 		metrics = NewMetrics(nil)
 	}
-	metrics.capacity.Set(float64(cfg.CapacityBytes))
+	for _, d := range cfg.Capacity.Dimensions() {
+		metrics.capacity.WithLabelValues(d.Name).Set(float64(d.Bytes))
+	}
 	return &Agent{
 		cfg: cfg, backend: backend, store: store, router: router, log: log, metrics: metrics, now: time.Now,
 		loadSem:  make(chan struct{}, cfg.LoadConcurrency),
@@ -163,8 +171,8 @@ func New(cfg Config, backend Backend, store Fetcher, router Router, log *slog.Lo
 // Runtime names the backend's runtime.
 func (a *Agent) Runtime() string { return a.backend.Runtime() }
 
-// Capacity is the memory budget in bytes.
-func (a *Agent) Capacity() int64 { return a.cfg.CapacityBytes }
+// Capacity is the memory budget.
+func (a *Agent) Capacity() placement.Memory { return a.cfg.Capacity }
 
 // Changed receives a value after any change of replica state or memory use; several changes
 // may coalesce into one value. Readers take a Snapshot after each.
@@ -177,8 +185,8 @@ func (a *Agent) notify() {
 	}
 }
 
-// Snapshot returns every replica and the bytes in use, loading reservations included.
-func (a *Agent) Snapshot() ([]Replica, int64) {
+// Snapshot returns every replica and the memory in use, loading reservations included.
+func (a *Agent) Snapshot() ([]Replica, placement.Memory) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := make([]Replica, 0, len(a.replicas))
@@ -215,7 +223,7 @@ func (a *Agent) Load(ctx context.Context, spec Spec) (LoadResult, error) {
 		}
 	}
 	if !exists {
-		r = &replica{model: spec.Model, state: placement.StateLoading, pinned: spec.Pinned, since: a.now(), done: make(chan struct{}), gone: make(chan struct{})}
+		r = &replica{model: spec.Model, state: placement.StateLoading, gpu: -1, pinned: spec.Pinned, since: a.now(), done: make(chan struct{}), gone: make(chan struct{})}
 		a.replicas[spec.Model] = r
 		a.loads.Add(1)
 		go a.runLoad(context.WithoutCancel(ctx), r, spec)
@@ -268,7 +276,7 @@ func (a *Agent) runLoad(ctx context.Context, r *replica, spec Spec) {
 		a.metrics.loads.WithLabelValues(loadResult(err)).Inc()
 		a.mu.Lock()
 		delete(a.replicas, r.model)
-		a.used -= r.bytes
+		a.used = a.used.Minus(r.mem)
 		a.updateGauges()
 		a.mu.Unlock()
 		if rerr := a.store.Remove(r.model); rerr != nil {
@@ -284,7 +292,7 @@ func (a *Agent) runLoad(ctx context.Context, r *replica, spec Spec) {
 	a.metrics.loads.WithLabelValues("ok").Inc()
 	close(r.done)
 	a.notify()
-	log.InfoContext(ctx, "model loaded", "bytes", r.bytes, "size_source", string(r.source),
+	log.InfoContext(ctx, "model loaded", "memory", r.mem.String(), "gpu", r.gpu, "size_source", string(r.source),
 		"duration_ms", elapsed.Milliseconds(), "evicted", len(r.evicted))
 }
 
@@ -299,66 +307,98 @@ func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
 	if err != nil {
 		return fmt.Errorf("load %s: %w", spec.Model, err)
 	}
-	reserve, source := a.reservation(spec, fetched.Bytes)
-	evicted, err := a.reserve(ctx, r, reserve)
+	want, source := a.reservation(spec, fetched.Bytes)
+	evicted, err := a.reserve(ctx, r, a.choices(want))
 	if err != nil {
-		return fmt.Errorf("load %s (%d bytes, %s): %w", spec.Model, reserve, source, err)
+		return fmt.Errorf("load %s (%s, %s): %w", spec.Model, want.On(-1).String(), source, err)
 	}
 	a.mu.Lock()
 	r.source = source
 	r.evicted = evicted
+	reserved, gpu := r.mem, r.gpu
 	a.mu.Unlock()
 
-	loaded, err := a.backend.Load(ctx, spec.Model, fetched.Path)
+	loaded, err := a.backend.Load(ctx, spec.Model, fetched.Path, gpu)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("load %s: %w", spec.Model, ctx.Err())
 		}
 		return fmt.Errorf("load %s: %w: %v", spec.Model, ErrLoadFailed, err)
 	}
-	final := reserve
-	if spec.DeclaredBytes == 0 && loaded.MemoryBytes > 0 {
-		// The runtime holds at least the model's weights; resident-memory growth can read
-		// lower when a small model fits in memory the process had already mapped.
-		final, source = max(loaded.MemoryBytes, fetched.Bytes), placement.SizeMeasured
+	final := reserved
+	if spec.DeclaredBytes == 0 && !loaded.Memory.IsZero() {
+		final, source = loaded.Memory, placement.SizeMeasured
+		if final.GPUTotal() == 0 && final.Host < fetched.Bytes {
+			// A host-memory model holds at least its weights; resident-memory growth can read
+			// lower when a small model fits in memory the process had already mapped.
+			final.Host = fetched.Bytes
+		}
 	}
-	if final > reserve {
-		more, err := a.reserve(ctx, r, final-reserve)
+	if more := final.Minus(reserved).Positive(); !more.IsZero() {
+		extra, err := a.reserve(ctx, r, []choice{{gpu: gpu, mem: more}})
 		if err != nil {
 			if uerr := a.backend.Unload(context.WithoutCancel(ctx), spec.Model); uerr != nil {
 				a.log.WarnContext(ctx, "unload a model that did not fit", "model", spec.Model.String(), "error", uerr)
 			}
-			return fmt.Errorf("load %s: measured %d bytes at load, %d reserved: %w", spec.Model, final, reserve, err)
+			return fmt.Errorf("load %s: measured %s at load, %s reserved: %w", spec.Model, final, reserved, err)
 		}
-		evicted = append(evicted, more...)
+		evicted = append(evicted, extra...)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.used -= r.bytes - final // release an over-reservation
-	r.bytes, r.source, r.evicted, r.meta = final, source, evicted, loaded.Metadata
+	a.used = a.used.Minus(r.mem).Plus(final) // release what was reserved and not needed
+	r.mem, r.source, r.evicted, r.meta = final, source, evicted, loaded.Metadata
 	r.state = placement.StateReady
 	r.since, r.lastUsed = a.now(), a.now()
 	a.updateGauges()
 	return nil
 }
 
-// reservation picks the bytes to reserve before loading, and where the figure comes from.
-func (a *Agent) reservation(spec Spec, fileBytes int64) (int64, placement.SizeSource) {
+// reservation picks the memory to reserve before loading, and where the figure comes from.
+// A declared or estimated size is GPU memory on a worker with GPUs (runtimes put models on
+// a GPU when they have one), host memory otherwise.
+func (a *Agent) reservation(spec Spec, fileBytes int64) (placement.Footprint, placement.SizeSource) {
+	primary := func(n int64) placement.Footprint {
+		if len(a.cfg.Capacity.GPU) > 0 {
+			return placement.Footprint{GPU: n}
+		}
+		return placement.Footprint{Host: n}
+	}
 	switch {
 	case spec.DeclaredBytes > 0:
-		return spec.DeclaredBytes, placement.SizeDeclared
-	case spec.LearnedBytes > 0:
-		return spec.LearnedBytes, placement.SizeLearned
+		return primary(spec.DeclaredBytes), placement.SizeDeclared
+	case spec.Learned != placement.Footprint{}:
+		return spec.Learned, placement.SizeLearned
 	}
-	return int64(math.Ceil(float64(fileBytes) * a.cfg.EstimateFactor)), placement.SizeEstimated
+	return primary(int64(math.Ceil(float64(fileBytes) * a.cfg.EstimateFactor))), placement.SizeEstimated
 }
 
-// reserve adds n bytes to r's share of the budget, evicting least-recently-used idle models
-// when needed. If even evicting every candidate cannot make room it changes nothing and
-// returns ErrNoCapacity.
-func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.ModelVersion, error) {
-	if n > a.cfg.CapacityBytes {
-		return nil, fmt.Errorf("%w: needs %d bytes, the worker's whole budget is %d", ErrNoCapacity, n, a.cfg.CapacityBytes)
+// choice is one way to reserve memory for a load: on GPU device gpu (-1: host only).
+type choice struct {
+	gpu int
+	mem placement.Memory
+}
+
+// choices lists where f may go: on each GPU device when it uses GPU memory and the worker
+// has GPUs, else in host memory.
+func (a *Agent) choices(f placement.Footprint) []choice {
+	if f.GPU == 0 || len(a.cfg.Capacity.GPU) == 0 {
+		return []choice{{gpu: -1, mem: f.On(-1)}}
+	}
+	out := make([]choice, len(a.cfg.Capacity.GPU))
+	for d := range out {
+		out[d] = choice{gpu: d, mem: f.On(d)}
+	}
+	return out
+}
+
+// reserve adds one of the choices to r's share of the budget, evicting least-recently-used
+// idle models when needed: the choice that evicts the fewest bytes, then the one on the
+// device with the most free memory. If even evicting every candidate cannot make room it
+// changes nothing and returns ErrNoCapacity.
+func (a *Agent) reserve(ctx context.Context, r *replica, choices []choice) ([]placement.ModelVersion, error) {
+	if !slices.ContainsFunc(choices, func(c choice) bool { return c.mem.Within(a.cfg.Capacity) }) {
+		return nil, fmt.Errorf("%w: needs %s, the worker's whole budget is %s", ErrNoCapacity, choices[0].mem, a.cfg.Capacity)
 	}
 	// Models in use, or used within Config.MinIdle (requests routed to them may still be on
 	// their way), are not evicted: the load waits for them to become idle, as long as
@@ -366,35 +406,44 @@ func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.M
 	// The admit lock is held while deciding and evicting, not while waiting, so a load that
 	// fits is never stuck behind one that waits for busy models.
 	var victims []placement.Candidate
+	var chosen choice
 	for {
 		a.admit.Lock()
 		a.mu.Lock()
 		cands := make([]placement.Candidate, 0, len(a.replicas))
-		reclaimable := a.cfg.CapacityBytes - a.used
+		var reclaimable placement.Memory
 		for _, o := range a.replicas {
 			if o.closing {
 				continue
 			}
-			cands = append(cands, placement.Candidate{Model: o.model, State: o.state, Bytes: o.bytes,
+			cands = append(cands, placement.Candidate{Model: o.model, State: o.state, Memory: o.mem,
 				LastUsed: o.lastUsed, InFlight: o.inFlight, Pinned: o.pinned, Recent: a.now().Sub(o.lastUsed) < a.cfg.MinIdle})
 			if !o.pinned && o.state != placement.StateLoading {
-				reclaimable += o.bytes
+				reclaimable = reclaimable.Plus(o.mem)
 			}
 		}
-		var ok bool
-		victims, ok = placement.ChooseEvictions(cands, a.used+n-a.cfg.CapacityBytes)
-		if ok {
+		best, possible := -1, false
+		for i, c := range choices {
+			need := a.used.Plus(c.mem).Minus(a.cfg.Capacity)
+			possible = possible || reclaimable.Covers(need)
+			v, ok := placement.ChooseEvictions(cands, need)
+			if ok && (best < 0 || a.better(c, v, choices[best], victims)) {
+				best, victims = i, v
+			}
+		}
+		if best >= 0 {
+			chosen = choices[best]
 			break // a.mu and a.admit still held
 		}
-		free := a.cfg.CapacityBytes - a.used
+		free := a.cfg.Capacity.Minus(a.used)
 		a.mu.Unlock()
 		a.admit.Unlock()
-		if reclaimable < n {
-			return nil, fmt.Errorf("%w: needs %d bytes, %d free and not enough unpinned models to evict", ErrNoCapacity, n, free)
+		if !possible {
+			return nil, fmt.Errorf("%w: needs %s, %s free and not enough unpinned models to evict", ErrNoCapacity, choices[0].mem, free)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: needs %d bytes, %d free, and the models that could make room stayed busy: %w", ErrNoCapacity, n, free, ctx.Err())
+			return nil, fmt.Errorf("%w: needs %s, %s free, and the models that could make room stayed busy: %w", ErrNoCapacity, choices[0].mem, free, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -421,11 +470,11 @@ func (a *Agent) reserve(ctx context.Context, r *replica, n int64) ([]placement.M
 		a.metrics.evictions.Inc()
 		a.metrics.evictedAge.Observe(a.now().Sub(v.LastUsed).Seconds())
 		a.log.InfoContext(ctx, "model evicted", "model", v.Model.Name, "version", v.Model.Version,
-			"bytes", v.Bytes, "idle_ms", a.now().Sub(v.LastUsed).Milliseconds(), "for", r.model.String())
+			"memory", v.Memory.String(), "idle_ms", a.now().Sub(v.LastUsed).Milliseconds(), "for", r.model.String())
 	}
 	a.mu.Lock()
-	r.bytes += n
-	a.used += n
+	r.mem, r.gpu = r.mem.Plus(chosen.mem), chosen.gpu
+	a.used = a.used.Plus(chosen.mem)
 	a.updateGauges()
 	a.mu.Unlock()
 	a.notify()
@@ -457,7 +506,7 @@ func (a *Agent) forget(ctx context.Context, r *replica, reason string) {
 		return
 	}
 	delete(a.replicas, r.model)
-	a.used -= r.bytes
+	a.used = a.used.Minus(r.mem)
 	a.updateGauges()
 	a.mu.Unlock()
 	if err := a.store.Remove(r.model); err != nil {
@@ -710,7 +759,13 @@ func (a *Agent) Close(ctx context.Context) {
 
 // updateGauges refreshes the memory and state gauges; caller holds a.mu.
 func (a *Agent) updateGauges() {
-	a.metrics.used.Set(float64(a.used))
+	for i, d := range a.cfg.Capacity.Dimensions() {
+		used := a.used.Host
+		if i > 0 {
+			used = a.used.Device(i - 1)
+		}
+		a.metrics.used.WithLabelValues(d.Name).Set(float64(used))
+	}
 	counts := map[placement.State]int{}
 	for _, r := range a.replicas {
 		counts[r.state]++
@@ -718,6 +773,39 @@ func (a *Agent) updateGauges() {
 	for _, s := range []placement.State{placement.StateLoading, placement.StateReady, placement.StateDraining} {
 		a.metrics.models.WithLabelValues(s.String()).Set(float64(counts[s]))
 	}
+}
+
+// better reports whether choice c, evicting v, beats choice d, evicting w: fewer bytes
+// evicted, then victims less recently used, then more free memory on c's device. Caller
+// holds a.mu.
+func (a *Agent) better(c choice, v []placement.Candidate, d choice, w []placement.Candidate) bool {
+	if fv, fw := placement.Freed(v).Total(), placement.Freed(w).Total(); fv != fw {
+		return fv < fw
+	}
+	if lv, lw := newestUse(v), newestUse(w); !lv.Equal(lw) {
+		return lv.Before(lw)
+	}
+	return a.free(c.gpu) > a.free(d.gpu)
+}
+
+// newestUse is the last use of the most recently used of cs (zero for none).
+func newestUse(cs []placement.Candidate) time.Time {
+	var t time.Time
+	for _, c := range cs {
+		if c.LastUsed.After(t) {
+			t = c.LastUsed
+		}
+	}
+	return t
+}
+
+// free is the memory not spoken for on GPU device gpu, or in host memory for -1; caller
+// holds a.mu.
+func (a *Agent) free(gpu int) int64 {
+	if gpu < 0 {
+		return a.cfg.Capacity.Host - a.used.Host
+	}
+	return a.cfg.Capacity.Device(gpu) - a.used.Device(gpu)
 }
 
 func display(m placement.ModelVersion) string {

@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 
 	"github.com/modelmesh/mesh/internal/placement"
@@ -26,7 +28,8 @@ type fakeBackend struct {
 	mu       sync.Mutex
 	loads    map[string]int
 	unloads  []string
-	measured map[string]int64
+	measured map[string]placement.Memory
+	gpus     map[string]int // the device each model was last loaded on
 	fail     map[string]error
 	gate     chan struct{} // when set, Load waits on it
 	block    chan struct{} // when set, Infer waits on it
@@ -34,12 +37,12 @@ type fakeBackend struct {
 }
 
 func newFakeBackend() *fakeBackend {
-	return &fakeBackend{loads: map[string]int{}, measured: map[string]int64{}, fail: map[string]error{}, resident: map[placement.ModelVersion]bool{}}
+	return &fakeBackend{loads: map[string]int{}, measured: map[string]placement.Memory{}, gpus: map[string]int{}, fail: map[string]error{}, resident: map[placement.ModelVersion]bool{}}
 }
 
 func (f *fakeBackend) Runtime() string { return "fake" }
 
-func (f *fakeBackend) Load(ctx context.Context, m placement.ModelVersion, _ string) (Loaded, error) {
+func (f *fakeBackend) Load(ctx context.Context, m placement.ModelVersion, _ string, gpu int) (Loaded, error) {
 	if f.gate != nil {
 		select {
 		case <-f.gate:
@@ -50,11 +53,12 @@ func (f *fakeBackend) Load(ctx context.Context, m placement.ModelVersion, _ stri
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.loads[m.Name]++
+	f.gpus[m.Name] = gpu
 	if err := f.fail[m.Name]; err != nil {
 		return Loaded{}, err
 	}
 	f.resident[m] = true
-	return Loaded{MemoryBytes: f.measured[m.Name], Metadata: tensor.Metadata{
+	return Loaded{Memory: f.measured[m.Name], Metadata: tensor.Metadata{
 		Inputs:  []tensor.Spec{{Name: "x", Datatype: tensor.FP32, Shape: []int64{-1}}},
 		Outputs: []tensor.Spec{{Name: "x", Datatype: tensor.FP32, Shape: []int64{-1}}},
 	}}, nil
@@ -96,6 +100,12 @@ type fixture struct {
 // model files named a to e.
 func newFixture(t *testing.T, capacity int64) *fixture {
 	t.Helper()
+	return newFixtureMemory(t, placement.HostMemory(capacity))
+}
+
+// newFixtureMemory is newFixture with a budget in several dimensions.
+func newFixtureMemory(t *testing.T, capacity placement.Memory) *fixture {
+	t.Helper()
 	root := t.TempDir()
 	for _, n := range []string{"a", "b", "c", "d", "e"} {
 		if err := os.WriteFile(filepath.Join(root, n+".onnx"), make([]byte, 1000), 0o644); err != nil {
@@ -109,7 +119,7 @@ func newFixture(t *testing.T, capacity int64) *fixture {
 	fx := &fixture{backend: newFakeBackend(), root: root}
 	now := time.Unix(1_000_000, 0)
 	fx.clock = &now
-	fx.agent = New(Config{CapacityBytes: capacity, LoadConcurrency: 2, LoadTimeout: 5 * time.Second, EstimateFactor: 2},
+	fx.agent = New(Config{Capacity: capacity, LoadConcurrency: 2, LoadTimeout: 5 * time.Second, EstimateFactor: 2},
 		fx.backend, store, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	fx.agent.now = func() time.Time {
 		fx.mu.Lock()
@@ -129,15 +139,15 @@ func (fx *fixture) resident(t *testing.T) map[string]placement.State {
 	t.Helper()
 	replicas, used := fx.agent.Snapshot()
 	out := map[string]placement.State{}
-	var sum int64
+	var sum placement.Memory
 	for _, r := range replicas {
 		out[r.Model.Name] = r.State
-		sum += r.Bytes
+		sum = sum.Plus(r.Memory)
 	}
-	if sum != used {
-		t.Fatalf("used %d bytes, but replicas add up to %d", used, sum)
+	if !cmp.Equal(sum, used) {
+		t.Fatalf("used %s, but replicas add up to %s", used, sum)
 	}
-	if used > fx.agent.Capacity() {
+	if !used.Within(fx.agent.Capacity()) {
 		t.Fatalf("used %d bytes over the %d budget", used, fx.agent.Capacity())
 	}
 	return out
@@ -331,10 +341,10 @@ func TestSizeSources(t *testing.T) {
 	t.Parallel()
 	fx := newFixture(t, 100000)
 	ctx := context.Background()
-	fx.backend.measured["b"] = 1234
-	fx.backend.measured["c"] = 99
+	fx.backend.measured["b"] = placement.HostMemory(1234)
+	fx.backend.measured["c"] = placement.HostMemory(99)
 	learned := fx.spec("d", 0)
-	learned.LearnedBytes = 777
+	learned.Learned = placement.Footprint{Host: 777}
 	tests := []struct {
 		spec       Spec
 		wantBytes  int64
@@ -350,8 +360,8 @@ func TestSizeSources(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Replica.Bytes != tt.wantBytes || res.Replica.Source != tt.wantSource {
-			t.Errorf("%s: %d bytes (%s), want %d (%s)", tt.spec.Model.Name, res.Replica.Bytes, res.Replica.Source, tt.wantBytes, tt.wantSource)
+		if !cmp.Equal(res.Replica.Memory, placement.HostMemory(tt.wantBytes)) || res.Replica.Source != tt.wantSource {
+			t.Errorf("%s: %s (%s), want host=%d (%s)", tt.spec.Model.Name, res.Replica.Memory, res.Replica.Source, tt.wantBytes, tt.wantSource)
 		}
 	}
 	fx.resident(t)
@@ -360,7 +370,7 @@ func TestSizeSources(t *testing.T) {
 func TestMeasuredSizeOverBudgetFailsCleanly(t *testing.T) {
 	t.Parallel()
 	fx := newFixture(t, 3000)
-	fx.backend.measured["a"] = 5000 // reserved 2000 from the file size, measured far more
+	fx.backend.measured["a"] = placement.HostMemory(5000) // reserved 2000 from the file size, measured far more
 	_, err := fx.agent.Load(context.Background(), fx.spec("a", 0))
 	if !errors.Is(err, ErrNoCapacity) {
 		t.Fatalf("error %v, want ErrNoCapacity", err)
@@ -621,5 +631,75 @@ func TestDrainOfALostModelSparesItsReplacement(t *testing.T) {
 	}
 	if !fx.agent.Ready(a) || len(fx.backend.unloads) != 0 {
 		t.Fatalf("the old drain unloaded the new replica: ready %v, unloads %v", fx.agent.Ready(a), fx.backend.unloads)
+	}
+}
+
+func TestGPUDevicesAreBudgetedOneByOne(t *testing.T) {
+	t.Parallel()
+	// Two GPUs of 3000 bytes each; model files are 1000 bytes, estimated at 2000 on a GPU.
+	fx := newFixtureMemory(t, placement.Memory{Host: 10000, GPU: []int64{3000, 3000}})
+	ctx := context.Background()
+	load := func(spec Spec) LoadResult {
+		t.Helper()
+		res, err := fx.agent.Load(ctx, spec)
+		if err != nil {
+			t.Fatalf("load %s: %v", spec.Model.Name, err)
+		}
+		return res
+	}
+	gpuOf := func(name string) int {
+		fx.backend.mu.Lock()
+		defer fx.backend.mu.Unlock()
+		return fx.backend.gpus[name]
+	}
+
+	if res := load(fx.spec("a", 0)); res.Replica.GPU != 0 || !cmp.Equal(res.Replica.Memory, placement.Memory{GPU: []int64{2000}}) {
+		t.Fatalf("a: on GPU %d holding %s, want GPU 0 holding gpu0=2000", res.Replica.GPU, res.Replica.Memory)
+	}
+	if res := load(fx.spec("b", 0)); res.Replica.GPU != 1 || gpuOf("b") != 1 {
+		t.Fatalf("b went to GPU %d (runtime told %d), want the emptier GPU 1", res.Replica.GPU, gpuOf("b"))
+	}
+	// Both GPUs are two-thirds full: c evicts one model, the least recently used (a), and
+	// takes its device; b on the other GPU stays.
+	fx.agent.Touch(placement.ModelVersion{Name: "b", Version: "1"}, fx.agent.now().Add(time.Hour))
+	res := load(fx.spec("c", 0))
+	if diff := cmp.Diff([]placement.ModelVersion{{Name: "a", Version: "1"}}, res.Evicted); diff != "" || res.Replica.GPU != 0 {
+		t.Fatalf("c on GPU %d, evicted (-want +got):\n%s", res.Replica.GPU, diff)
+	}
+	// A model that measured host memory only (a CPU instance) is no GPU's concern: it is
+	// loaded with no device, beside full GPUs, and evicts nothing.
+	cpu := fx.spec("d", 0)
+	cpu.Learned = placement.Footprint{Host: 4000}
+	fx.backend.measured["d"] = placement.HostMemory(4000)
+	if res := load(cpu); res.Replica.GPU != -1 || len(res.Evicted) != 0 || gpuOf("d") != -1 {
+		t.Fatalf("host-only d: GPU %d (runtime told %d), evicted %v; want no GPU and no eviction", res.Replica.GPU, gpuOf("d"), res.Evicted)
+	}
+	// e is reserved on a GPU first (2000, estimated): both are full, so c, used before b,
+	// goes. The runtime then reports e on GPU 1 (its own config chose the device) and holding
+	// 7000 bytes of host memory: d, the model holding host memory, goes too, and b stays,
+	// since GPU 1 still has room.
+	fx.backend.measured["e"] = placement.Memory{Host: 7000, GPU: []int64{0, 1000}}
+	res = load(fx.spec("e", 0))
+	if diff := cmp.Diff([]placement.ModelVersion{{Name: "c", Version: "1"}, {Name: "d", Version: "1"}}, res.Evicted); diff != "" {
+		t.Fatalf("e evicted (-want +got):\n%s", diff)
+	}
+	if got, want := res.Replica.Memory, (placement.Memory{Host: 7000, GPU: []int64{0, 1000}}); !cmp.Equal(got, want) || res.Replica.Source != placement.SizeMeasured {
+		t.Fatalf("e holds %s (%s), want %s measured", got, res.Replica.Source, want)
+	}
+	if got := fx.resident(t); len(got) != 2 || got["b"] != placement.StateReady || got["e"] != placement.StateReady {
+		t.Fatalf("resident %v, want b and e", got)
+	}
+}
+
+func TestGPUModelLargerThanAnyDeviceFails(t *testing.T) {
+	t.Parallel()
+	// 4000 bytes of GPU memory in all, but no single device holds a 2500-byte model.
+	fx := newFixtureMemory(t, placement.Memory{Host: 10000, GPU: []int64{2000, 2000}})
+	_, err := fx.agent.Load(context.Background(), fx.spec("a", 2500))
+	if !errors.Is(err, ErrNoCapacity) || !strings.Contains(err.Error(), "whole budget") {
+		t.Fatalf("load of a model larger than every GPU: %v, want ErrNoCapacity naming the whole budget", err)
+	}
+	if got := fx.backend.loadCount("a"); got != 0 {
+		t.Fatalf("runtime asked to load it %d times, want 0", got)
 	}
 }

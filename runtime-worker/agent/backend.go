@@ -16,13 +16,15 @@ import (
 // Infer only between the two. Different model versions may be handled concurrently.
 //
 // The shape follows Triton's explicit model control: Load makes a model ready (repository
-// load), Unload releases it (repository unload), and Loaded.MemoryBytes carries what the
-// runtime measured (Triton's per-model memory usage, or resident-memory growth).
+// load), Unload releases it (repository unload), and Loaded.Memory carries what the runtime
+// measured (Triton's per-model memory usage by device, or resident-memory growth).
 type Backend interface {
 	// Runtime names the runtime in the worker's Redis record ("onnxruntime", "triton").
 	Runtime() string
 	// Load makes the model in the file at path servable; it blocks until ready or ctx ends.
-	Load(ctx context.Context, m placement.ModelVersion, path string) (Loaded, error)
+	// gpu is the GPU device the agent reserved memory on, or -1 for host memory only; a
+	// runtime that can choose the device places the model there.
+	Load(ctx context.Context, m placement.ModelVersion, path string, gpu int) (Loaded, error)
 	// Unload releases everything Load took.
 	Unload(ctx context.Context, m placement.ModelVersion) error
 	// Infer runs one request. Runtimes that serve inference on their own ports (Triton)
@@ -33,8 +35,9 @@ type Backend interface {
 // Loaded describes a model the backend has just loaded.
 type Loaded struct {
 	Metadata tensor.Metadata
-	// MemoryBytes is the memory the runtime measured for the model; 0 when it cannot tell.
-	MemoryBytes int64
+	// Memory is what the runtime measured the model to hold, by dimension; zero when it
+	// cannot tell.
+	Memory placement.Memory
 }
 
 // Fetcher brings model files to local disk; *storage.Store is the implementation.

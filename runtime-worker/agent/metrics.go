@@ -3,10 +3,10 @@ package agent
 import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics are the agent's Prometheus metrics. Labels are bounded: load result, unload reason
-// and replica state take a handful of fixed values each.
+// and replica state take a handful of fixed values each, dimension one per GPU plus host.
 type Metrics struct {
-	capacity      prometheus.Gauge
-	used          prometheus.Gauge
+	capacity      *prometheus.GaugeVec
+	used          *prometheus.GaugeVec
 	models        *prometheus.GaugeVec
 	loads         *prometheus.CounterVec
 	loadDuration  prometheus.Histogram
@@ -20,10 +20,10 @@ type Metrics struct {
 // NewMetrics creates the metrics and registers them with reg when it is not nil.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		capacity: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mesh_worker_capacity_bytes",
-			Help: "Memory budget of the worker in bytes."}),
-		used: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mesh_worker_used_bytes",
-			Help: "Bytes counted against the budget: resident models plus reservations of loads in progress."}),
+		capacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mesh_worker_capacity_bytes",
+			Help: "Memory budget of the worker in bytes, by dimension: host, gpu0, gpu1..."}, []string{"dimension"}),
+		used: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mesh_worker_used_bytes",
+			Help: "Bytes counted against the budget by dimension: resident models plus reservations of loads in progress."}, []string{"dimension"}),
 		models: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mesh_worker_models",
 			Help: "Model versions on the worker by state."}, []string{"state"}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mesh_worker_loads_total",

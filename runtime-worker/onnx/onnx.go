@@ -83,9 +83,10 @@ func (b *Backend) Close() error {
 	return ort.DestroyEnvironment()
 }
 
-// Load creates a session for the model file at path. The returned MemoryBytes is the growth
-// of the process's resident memory while the session was created.
-func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path string) (agent.Loaded, error) {
+// Load creates a session for the model file at path on the CPU (gpu is ignored: this backend
+// runs ONNX Runtime's CPU execution provider). The returned Memory is the growth of the
+// process's resident memory while the session was created.
+func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path string, _ int) (agent.Loaded, error) {
 	if err := ctx.Err(); err != nil {
 		return agent.Loaded{}, err
 	}
@@ -134,7 +135,7 @@ func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path strin
 	b.mu.Lock()
 	b.sessions[m] = &session{s: s, meta: meta, outputs: names(meta.Outputs)}
 	b.mu.Unlock()
-	return agent.Loaded{Metadata: meta, MemoryBytes: max(grown, 0)}, nil
+	return agent.Loaded{Metadata: meta, Memory: placement.HostMemory(max(grown, 0))}, nil
 }
 
 // Unload destroys the model's session.

@@ -57,7 +57,7 @@ func TestAccuracyMatchesScikitLearn(t *testing.T) {
 	for _, name := range []string{"iris", "digits", "breast-cancer"} {
 		t.Run(name, func(t *testing.T) {
 			m := placement.ModelVersion{Name: name, Version: "1"}
-			loaded, err := backend.Load(context.Background(), m, filepath.Join(dir, name, "1", "model.onnx"))
+			loaded, err := backend.Load(context.Background(), m, filepath.Join(dir, name, "1", "model.onnx"), -1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,7 +108,7 @@ func TestLoadRejectsBadModels(t *testing.T) {
 	empty := filepath.Join(dir, "empty.onnx")
 	os.WriteFile(empty, nil, 0o644)
 	for _, path := range []string{corrupt, empty, filepath.Join(dir, "missing.onnx")} {
-		_, err := backend.Load(context.Background(), placement.ModelVersion{Name: "bad", Version: "1"}, path)
+		_, err := backend.Load(context.Background(), placement.ModelVersion{Name: "bad", Version: "1"}, path, -1)
 		if err == nil {
 			t.Fatalf("%s loaded", path)
 		}
@@ -121,13 +121,13 @@ func TestLoadRejectsBadModels(t *testing.T) {
 func TestMeasuredSizeTracksWeights(t *testing.T) {
 	dir := modelsDir(t)
 	m := placement.ModelVersion{Name: "synthetic-32mb", Version: "1"}
-	loaded, err := backend.Load(context.Background(), m, filepath.Join(dir, "synthetic-32mb", "1", "model.onnx"))
+	loaded, err := backend.Load(context.Background(), m, filepath.Join(dir, "synthetic-32mb", "1", "model.onnx"), -1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer backend.Unload(context.Background(), m)
 	const weights = 32 << 20
-	if loaded.MemoryBytes < weights/2 || loaded.MemoryBytes > 4*weights {
-		t.Fatalf("measured %d bytes for a model with %d bytes of weights", loaded.MemoryBytes, weights)
+	if got := loaded.Memory; got.Host < weights/2 || got.Host > 4*weights || got.GPUTotal() != 0 {
+		t.Fatalf("measured %s for a model with %d bytes of weights, all in host memory", got, weights)
 	}
 }

@@ -13,8 +13,8 @@ type Agent interface {
 	Load(ctx context.Context, spec agent.Spec) (agent.LoadResult, error)
 	Unload(ctx context.Context, m placement.ModelVersion) error
 	Drain(ctx context.Context, m placement.ModelVersion) error
-	Snapshot() ([]agent.Replica, int64)
-	Capacity() int64
+	Snapshot() ([]agent.Replica, placement.Memory)
+	Capacity() placement.Memory
 }
 
 // Management serves meshv1.WorkerService. It must listen only on the management port.
@@ -35,7 +35,7 @@ func NewManagement(a Agent, workerID string) *Management {
 func (s *Management) Load(ctx context.Context, r *meshv1.LoadRequest) (*meshv1.LoadResponse, error) {
 	res, err := s.agent.Load(ctx, agent.Spec{
 		Model: modelOf(r.GetModel()), URI: r.GetStorageUri(), DeclaredBytes: r.GetMemoryBytes(),
-		LearnedBytes: r.GetLearnedMemoryBytes(), Pinned: r.GetPinned(),
+		Learned: placement.Footprint{Host: r.GetLearnedHostBytes(), GPU: r.GetLearnedGpuBytes()}, Pinned: r.GetPinned(),
 	})
 	if err != nil {
 		return nil, grpcError(err)
@@ -66,7 +66,7 @@ func (s *Management) Drain(ctx context.Context, r *meshv1.DrainRequest) (*meshv1
 // List implements meshv1.
 func (s *Management) List(context.Context, *meshv1.ListRequest) (*meshv1.ListResponse, error) {
 	replicas, used := s.agent.Snapshot()
-	out := &meshv1.ListResponse{WorkerId: s.workerID, CapacityBytes: s.agent.Capacity(), UsedBytes: used}
+	out := &meshv1.ListResponse{WorkerId: s.workerID, Capacity: memoryProto(s.agent.Capacity()), Used: memoryProto(used)}
 	for _, r := range replicas {
 		out.Replicas = append(out.Replicas, replicaProto(r))
 	}
@@ -87,9 +87,13 @@ func replicaProto(r agent.Replica) *meshv1.Replica {
 		lastUsed = r.LastUsed.UnixMilli()
 	}
 	return &meshv1.Replica{
-		Model: refOf(r.Model), State: stateProto(r.State), MemoryBytes: r.Bytes, SizeSource: string(r.Source),
+		Model: refOf(r.Model), State: stateProto(r.State), MemoryBytes: r.Memory.Total(), Memory: memoryProto(r.Memory), SizeSource: string(r.Source),
 		SinceUnixMs: r.Since.UnixMilli(), LastUsedUnixMs: lastUsed, InFlight: int64(r.InFlight), Pinned: r.Pinned,
 	}
+}
+
+func memoryProto(m placement.Memory) *meshv1.Memory {
+	return &meshv1.Memory{HostBytes: m.Host, GpuBytes: m.GPU}
 }
 
 func stateProto(s placement.State) meshv1.ReplicaState {

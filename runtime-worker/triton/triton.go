@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -94,8 +95,10 @@ func (b *Backend) Live(ctx context.Context) bool {
 
 // Load installs the Triton model directory at path (its config.pbtxt and the directory of
 // m's version) as m.Name in the repository and has Triton load it. Triton's own reason is in
-// the error when it refuses the model; the repository is left as it was.
-func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path string) (agent.Loaded, error) {
+// the error when it refuses the model; the repository is left as it was. With gpu >= 0 and a
+// config.pbtxt that leaves instance placement to Triton, the installed config puts the
+// model's instance on that GPU (see pinToGPU).
+func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path string, gpu int) (agent.Loaded, error) {
 	if v, err := strconv.ParseUint(m.Version, 10, 64); err != nil || v == 0 {
 		return agent.Loaded{}, fmt.Errorf("Triton model versions are positive integers, not %q", m.Version)
 	}
@@ -109,7 +112,7 @@ func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path strin
 	if busy {
 		return agent.Loaded{}, fmt.Errorf("this Triton worker holds version %s of %s; one version per model", other, m.Name)
 	}
-	loaded, err := b.load(ctx, m, path)
+	loaded, err := b.load(ctx, m, path, gpu)
 	b.mu.Lock()
 	delete(b.loading, m.Name)
 	if err != nil {
@@ -119,9 +122,9 @@ func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path strin
 	return loaded, err
 }
 
-func (b *Backend) load(ctx context.Context, m placement.ModelVersion, path string) (agent.Loaded, error) {
+func (b *Backend) load(ctx context.Context, m placement.ModelVersion, path string, gpu int) (agent.Loaded, error) {
 	dst := filepath.Join(b.cfg.Repository, m.Name)
-	if err := install(path, dst, m.Version); err != nil {
+	if err := install(path, dst, m.Version, gpu); err != nil {
 		return agent.Loaded{}, err
 	}
 	if _, err := b.client.RepositoryModelLoad(ctx, &inference.RepositoryModelLoadRequest{ModelName: m.Name}); err != nil {
@@ -138,14 +141,14 @@ func (b *Backend) load(ctx context.Context, m placement.ModelVersion, path strin
 		b.unload(context.WithoutCancel(ctx), m)
 		return agent.Loaded{}, err
 	}
-	bytes, err := b.memory(ctx, m)
+	mem, err := b.memory(ctx, m)
 	if err != nil {
 		b.log.WarnContext(ctx, "triton model statistics", "model", m.String(), "error", err)
 	}
-	if bytes == 0 {
-		bytes = stubMemory(dst)
+	if mem.IsZero() {
+		mem = placement.HostMemory(stubMemory(dst))
 	}
-	return agent.Loaded{Metadata: meta, MemoryBytes: bytes}, nil
+	return agent.Loaded{Metadata: meta, Memory: mem}, nil
 }
 
 // Unload has Triton unload the model and removes its directory from the repository.
@@ -213,8 +216,8 @@ type Usage struct {
 	// LastInferenceMs is the Unix ms of the last inference; 0 if none.
 	LastInferenceMs uint64
 	InferenceCount  uint64
-	// MemoryBytes is the sum of Triton's per-device memory_usage entries.
-	MemoryBytes int64
+	// Memory is what Triton's memory_usage entries report, by device.
+	Memory placement.Memory
 }
 
 // Stats reads every model's statistics: the least-recently-used order comes from here.
@@ -227,30 +230,48 @@ func (b *Backend) Stats(ctx context.Context) ([]Usage, error) {
 	for _, s := range resp.GetModelStats() {
 		u := Usage{Model: placement.ModelVersion{Name: s.GetName(), Version: s.GetVersion()},
 			LastInferenceMs: s.GetLastInference(), InferenceCount: s.GetInferenceCount()}
-		for _, mu := range s.GetMemoryUsage() {
-			u.MemoryBytes += int64(mu.GetByteSize())
-		}
+		u.Memory = memoryOf(s.GetMemoryUsage())
 		out = append(out, u)
 	}
 	return out, nil
 }
 
-// memory is the model's memory as Triton reports it: the sum of its memory_usage entries
-// (per device, GPU and CPU). 0 when Triton reports none, as it does for Python-backend
-// models on CPU; Load then measures the model's stub processes (stubMemory).
-func (b *Backend) memory(ctx context.Context, m placement.ModelVersion) (int64, error) {
+// memory is the model's memory as Triton reports it in its statistics' memory_usage: zero
+// when Triton reports none, as it does for Python-backend models on CPU; Load then measures
+// the model's stub processes (stubMemory).
+func (b *Backend) memory(ctx context.Context, m placement.ModelVersion) (placement.Memory, error) {
 	resp, err := b.client.ModelStatistics(ctx, &inference.ModelStatisticsRequest{Name: m.Name, Version: m.Version})
 	if err != nil {
-		return 0, err
+		return placement.Memory{}, err
 	}
-	var n int64
+	var mem placement.Memory
 	for _, s := range resp.GetModelStats() {
-		for _, mu := range s.GetMemoryUsage() {
-			n += int64(mu.GetByteSize())
-		}
+		mem = mem.Plus(memoryOf(s.GetMemoryUsage()))
 	}
-	return n, nil
+	return mem, nil
 }
+
+// memoryOf turns memory_usage entries into memory by dimension: "GPU" entries onto their
+// device id, "CPU" and "CPU_PINNED" (page-locked host memory) onto host memory. Entries of
+// another type, or with a device id out of range, count as host memory rather than not at
+// all.
+func memoryOf(usage []*inference.MemoryUsage) placement.Memory {
+	var mem placement.Memory
+	for _, u := range usage {
+		n := int64(min(u.GetByteSize(), math.MaxInt64/4))
+		if u.GetType() == "GPU" && u.GetId() >= 0 && u.GetId() < maxGPUs {
+			at := placement.Memory{GPU: make([]int64, u.GetId()+1)}
+			at.GPU[u.GetId()] = n
+			mem = mem.Plus(at)
+			continue
+		}
+		mem = mem.Plus(placement.HostMemory(n))
+	}
+	return mem
+}
+
+// maxGPUs bounds the device ids taken from Triton; no node has more.
+const maxGPUs = 64
 
 func (b *Backend) metadata(ctx context.Context, m placement.ModelVersion) (tensor.Metadata, error) {
 	md, err := b.client.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: m.Name, Version: m.Version})
@@ -268,8 +289,9 @@ func (b *Backend) metadata(ctx context.Context, m placement.ModelVersion) (tenso
 }
 
 // install copies a Triton model directory (config.pbtxt and the version's directory) from
-// src to dst, replacing dst atomically. Only regular files and directories are copied.
-func install(src, dst, version string) error {
+// src to dst, replacing dst atomically. Only regular files and directories are copied. With
+// gpu >= 0 the installed config.pbtxt is pinned to that GPU (pinToGPU).
+func install(src, dst, version string, gpu int) error {
 	if fi, err := os.Stat(filepath.Join(src, "config.pbtxt")); err != nil || !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s is not a Triton model directory: no config.pbtxt", src)
 	}
@@ -278,11 +300,18 @@ func install(src, dst, version string) error {
 	}
 	tmp := dst + ".installing"
 	os.RemoveAll(tmp)
-	if err := copyFile(filepath.Join(src, "config.pbtxt"), filepath.Join(tmp, "config.pbtxt")); err != nil {
-		os.RemoveAll(tmp)
-		return err
+	config, err := os.ReadFile(filepath.Join(src, "config.pbtxt"))
+	if err == nil {
+		err = os.MkdirAll(tmp, 0o755)
 	}
-	err := filepath.WalkDir(filepath.Join(src, version), func(p string, d fs.DirEntry, err error) error {
+	if err == nil {
+		err = os.WriteFile(filepath.Join(tmp, "config.pbtxt"), pinToGPU(config, gpu), 0o644)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("install %s: %w", filepath.Base(dst), err)
+	}
+	err = filepath.WalkDir(filepath.Join(src, version), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -304,6 +333,28 @@ func install(src, dst, version string) error {
 		return fmt.Errorf("install %s: %w", filepath.Base(dst), err)
 	}
 	return nil
+}
+
+// pinToGPU places a model on GPU device gpu, where the worker reserved its memory, by adding
+// an instance group of kind KIND_GPU on that device to its config.pbtxt. A config with an
+// instance_group of its own is left alone: its author chose the placement (a CPU instance, or
+// several GPUs), and the memory Triton measures after the load is counted where it landed.
+// gpu < 0 leaves the config unchanged.
+func pinToGPU(config []byte, gpu int) []byte {
+	if gpu < 0 {
+		return config
+	}
+	for _, line := range strings.Split(string(config), "\n") {
+		code, _, _ := strings.Cut(line, "#") // text-format comments run to the end of the line
+		if strings.Contains(code, "instance_group") {
+			return config
+		}
+	}
+	out := append([]byte{}, config...)
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	return fmt.Appendf(out, "# placed by mesh-worker on the GPU where it reserved the model's memory\ninstance_group [ { kind: KIND_GPU, count: 1, gpus: [ %d ] } ]\n", gpu)
 }
 
 func copyFile(src, dst string) error {
@@ -389,58 +440,64 @@ func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(
 }
 
 // Capacity reads the memory Triton can give models from its metrics endpoint (metricsURL,
-// for example http://127.0.0.1:8002/metrics): the sum of nv_gpu_memory_total_bytes over its
-// GPUs, or, on a server without GPUs, nv_cpu_memory_total_bytes; less reserve (for CUDA
-// contexts, Triton itself and the stubs). It reports which metric it used.
-func Capacity(ctx context.Context, metricsURL string, reserve int64) (int64, string, error) {
+// for example http://127.0.0.1:8002/metrics), less reserve per dimension (for CUDA
+// contexts, Triton itself and the stubs): one budget per GPU from nv_gpu_memory_total_bytes,
+// in the order Triton lists its GPUs; on a server without GPUs, a host budget from
+// nv_cpu_memory_total_bytes. It reports which metric it used.
+func Capacity(ctx context.Context, metricsURL string, reserve int64) (placement.Memory, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
 	if err != nil {
-		return 0, "", err
+		return placement.Memory{}, "", err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, "", fmt.Errorf("triton metrics: %w", err)
+		return placement.Memory{}, "", fmt.Errorf("triton metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, "", fmt.Errorf("triton metrics: %s", resp.Status)
+		return placement.Memory{}, "", fmt.Errorf("triton metrics: %s", resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return 0, "", fmt.Errorf("triton metrics: %w", err)
+		return placement.Memory{}, "", fmt.Errorf("triton metrics: %w", err)
 	}
 	for _, metric := range []string{"nv_gpu_memory_total_bytes", "nv_cpu_memory_total_bytes"} {
-		total, found := sumMetric(string(body), metric)
-		if !found {
+		samples := metricSamples(string(body), metric)
+		if len(samples) == 0 {
 			continue
 		}
-		if total == 0 {
-			// Triton samples memory every --metrics-interval-ms; it reads 0 until the first.
-			return 0, metric, fmt.Errorf("%s not sampled yet: %w", metric, ErrNotYet)
+		budgets := make([]int64, len(samples))
+		for i, total := range samples {
+			if total == 0 {
+				// Triton samples memory every --metrics-interval-ms; it reads 0 until the first.
+				return placement.Memory{}, metric, fmt.Errorf("%s not sampled yet: %w", metric, ErrNotYet)
+			}
+			if total-reserve <= 0 {
+				return placement.Memory{}, metric, fmt.Errorf("%s is %d bytes, not more than the %d-byte reserve", metric, total, reserve)
+			}
+			budgets[i] = total - reserve
 		}
-		if total-reserve <= 0 {
-			return 0, metric, fmt.Errorf("%s is %d bytes, not more than the %d-byte reserve", metric, total, reserve)
+		if metric == "nv_cpu_memory_total_bytes" {
+			return placement.HostMemory(budgets[0]), metric, nil
 		}
-		return total - reserve, metric, nil
+		return placement.Memory{GPU: budgets}, metric, nil
 	}
-	return 0, "", errors.New("triton metrics report neither GPU nor CPU memory")
+	return placement.Memory{}, "", errors.New("triton metrics report neither GPU nor CPU memory")
 }
 
-// sumMetric adds the samples of a metric family in Prometheus text format.
-func sumMetric(text, name string) (int64, bool) {
-	var total float64
-	found := false
+// metricSamples lists the samples of a metric family in Prometheus text format, in order.
+func metricSamples(text, name string) []int64 {
+	var out []int64
 	for _, line := range strings.Split(text, "\n") {
 		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
 			continue
 		}
 		fields := strings.Fields(line)
 		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
-		if err != nil {
+		if err != nil || v < 0 || v > math.MaxInt64/2 {
 			continue
 		}
-		total += v
-		found = true
+		out = append(out, int64(v))
 	}
-	return int64(total), found
+	return out
 }

@@ -134,7 +134,9 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 
 	double := placement.ModelVersion{Name: "double", Version: "1"}
 	doubleDir := pythonModel(t, src, "double", 2, "")
-	loaded, err := b.Load(ctx, double, doubleDir)
+	// Asked for GPU 0 on this CPU-only server: the model's own KIND_CPU instance group wins,
+	// so it loads, and its memory is host memory.
+	loaded, err := b.Load(ctx, double, doubleDir, 0)
 	must(t, err)
 	var files int64
 	filepath.Walk(doubleDir, func(_ string, fi os.FileInfo, _ error) error {
@@ -143,13 +145,13 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("double: %d bytes of files, %d bytes measured", files, loaded.MemoryBytes)
+	t.Logf("double: %d bytes of files, %s measured", files, loaded.Memory)
 	if in := loaded.Metadata.Inputs; len(in) != 1 || in[0].Name != "INPUT0" || in[0].Datatype != "FP32" {
 		t.Fatalf("metadata %+v", loaded.Metadata)
 	}
 	// Triton reports no memory for Python models on CPU: the stub process is measured.
-	if loaded.MemoryBytes < 10<<20 || loaded.MemoryBytes > 1<<30 {
-		t.Fatalf("measured %d bytes for a numpy model", loaded.MemoryBytes)
+	if host := loaded.Memory.Host; host < 10<<20 || host > 1<<30 || loaded.Memory.GPUTotal() != 0 {
+		t.Fatalf("measured %s for a numpy model on CPU", loaded.Memory)
 	}
 	// Triton serves it on its own port.
 	resp, err := http.Post("http://"+s.http+"/v2/models/double/infer", "application/json",
@@ -189,7 +191,7 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 		case "badconfig":
 			must(t, os.WriteFile(filepath.Join(dir, "config.pbtxt"), []byte("name: \"badconfig\"\nbackend: python\ninput [ { output: 1 } ]\n"), 0o644))
 		}
-		_, err := b.Load(ctx, placement.ModelVersion{Name: tt.name, Version: "1"}, dir)
+		_, err := b.Load(ctx, placement.ModelVersion{Name: tt.name, Version: "1"}, dir, -1)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Fatalf("%s: error %v, want it to contain %q", tt.name, err, tt.want)
 		}
@@ -200,7 +202,18 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	if !b.Live(ctx) {
 		t.Fatal("triton not live after bad models")
 	}
-	if _, err := b.Load(ctx, placement.ModelVersion{Name: "double", Version: "2"}, pythonModel(t, src, "double", 2, "")); err == nil {
+	// A model that leaves placement to Triton is pinned to the GPU the worker chose: this
+	// server has none, so Triton refuses it, which shows the placement reached Triton.
+	unplaced := pythonModel(t, src, "unplaced", 1, "")
+	config, err := os.ReadFile(filepath.Join(unplaced, "config.pbtxt"))
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(unplaced, "config.pbtxt"), []byte(strings.ReplaceAll(string(config), "instance_group [ { count: 1 kind: KIND_CPU } ]\n", "")), 0o644))
+	_, err = b.Load(ctx, placement.ModelVersion{Name: "unplaced", Version: "1"}, unplaced, 0)
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "gpu") {
+		t.Fatalf("a model pinned to GPU 0 on a server without GPUs: %v, want Triton's refusal naming the GPU", err)
+	}
+	t.Logf("pinned to a missing GPU: %v", err)
+	if _, err := b.Load(ctx, placement.ModelVersion{Name: "double", Version: "2"}, pythonModel(t, src, "double", 2, ""), -1); err == nil {
 		t.Fatal("a second version of a held model loaded")
 	}
 
@@ -215,7 +228,7 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	}
 
 	// Capacity from Triton's own metrics: on this CPU-only host, its host memory less a reserve.
-	var capacity int64
+	var capacity placement.Memory
 	var metric string
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		capacity, metric, err = Capacity(ctx, "http://"+s.metrics+"/metrics", 1<<30)
@@ -224,8 +237,8 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 		}
 	}
 	must(t, err)
-	if metric != "nv_cpu_memory_total_bytes" || capacity <= 0 {
-		t.Fatalf("capacity %d from %q", capacity, metric)
+	if metric != "nv_cpu_memory_total_bytes" || capacity.Host <= 0 || len(capacity.GPU) != 0 {
+		t.Fatalf("capacity %s from %q", capacity, metric)
 	}
 	if _, _, err := Capacity(ctx, "http://"+s.metrics+"/metrics", 1<<62); err == nil {
 		t.Fatal("a reserve larger than the memory was accepted")

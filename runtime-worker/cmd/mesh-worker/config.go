@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ type Config struct {
 	ModelRoots       string
 	CacheDir         string
 	Capacity         byteSize
+	GPUCapacity      byteSizes
 	LoadConcurrency  int
 	LoadTimeout      time.Duration
 	EstimateFactor   float64
@@ -60,7 +62,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ModelRoots, "model-roots", "", "comma-separated directories model files may be read from (required)")
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for fetched model files (default: a temporary directory)")
 	c.Capacity = 1 << 30
-	fs.Var(&c.Capacity, "capacity", "memory budget for models, bytes or with KiB/MiB/GiB suffix")
+	fs.Var(&c.Capacity, "capacity", "host memory budget for models, bytes or with KiB/MiB/GiB suffix")
+	fs.Var(&c.GPUCapacity, "gpu-capacity", "triton: comma-separated GPU memory budgets for models, one per device in CUDA order (e.g. 22GiB,22GiB); empty: no GPUs, or from --triton-metrics")
 	fs.IntVar(&c.LoadConcurrency, "load-concurrency", 2, "loads running at once")
 	fs.DurationVar(&c.LoadTimeout, "load-timeout", 2*time.Minute, "longest one load may take")
 	fs.Float64Var(&c.EstimateFactor, "estimate-factor", 2, "memory reserved per byte of model file when no size is declared or learned")
@@ -75,8 +78,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TritonGRPC, "triton-grpc", "", "triton: Triton's gRPC address, as the gateway reaches it")
 	fs.StringVar(&c.TritonHTTP, "triton-http", "", "triton: Triton's HTTP address, as the gateway reaches it")
 	fs.StringVar(&c.TritonRepository, "triton-repository", "", "triton: Triton's --model-repository directory, owned by the worker")
-	fs.StringVar(&c.TritonMetrics, "triton-metrics", "", "triton: Triton's metrics URL; when set, the budget is its GPU memory (or, without GPUs, host memory) less --capacity-reserve, instead of --capacity")
-	fs.Var(&c.CapacityReserve, "capacity-reserve", "with --triton-metrics: memory kept back from models (CUDA contexts, Triton, stubs)")
+	fs.StringVar(&c.TritonMetrics, "triton-metrics", "", "triton: Triton's metrics URL; when set, each GPU's budget is its memory less --capacity-reserve (instead of --gpu-capacity), or, on a server without GPUs, the host budget is host memory less the reserve (instead of --capacity)")
+	fs.Var(&c.CapacityReserve, "capacity-reserve", "with --triton-metrics: memory kept back from models on each device (CUDA contexts, Triton, stubs)")
 	fs.DurationVar(&c.TritonPoll, "triton-poll", 2*time.Second, "triton: interval of statistics polls (last use, liveness)")
 	fs.IntVar(&c.ORTThreads, "ort-threads", 1, "ONNX Runtime intra-op threads per model")
 	c.MaxBodyBytes = 64 << 20
@@ -99,8 +102,8 @@ func (c *Config) Validate() error {
 	}
 	switch c.Runtime {
 	case "onnxruntime":
-		if c.TritonMetrics != "" {
-			errs = append(errs, errors.New("--triton-metrics needs --runtime triton"))
+		if c.TritonMetrics != "" || len(c.GPUCapacity) > 0 {
+			errs = append(errs, errors.New("--triton-metrics and --gpu-capacity need --runtime triton (ONNX Runtime runs on the CPU here)"))
 		}
 		if c.ORTLibrary == "" {
 			errs = append(errs, errors.New("--ort-library is required (libonnxruntime.so)"))
@@ -111,6 +114,12 @@ func (c *Config) Validate() error {
 		}
 		if c.CapacityReserve < 0 {
 			errs = append(errs, errors.New("--capacity-reserve must not be negative"))
+		}
+		if c.TritonMetrics != "" && len(c.GPUCapacity) > 0 {
+			errs = append(errs, errors.New("--gpu-capacity and --triton-metrics both set the GPU budgets: give one"))
+		}
+		if slices.Contains(c.GPUCapacity, 0) {
+			errs = append(errs, errors.New("--gpu-capacity: every device's budget must be positive"))
 		}
 		if c.TritonPoll <= 0 {
 			errs = append(errs, errors.New("--triton-poll must be positive"))
@@ -155,6 +164,33 @@ func parseLabels(s string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
+}
+
+// byteSizes is a comma-separated list of byteSize values.
+type byteSizes []int64
+
+func (b *byteSizes) String() string {
+	parts := make([]string, len(*b))
+	for i, n := range *b {
+		parts[i] = strconv.FormatInt(n, 10)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (b *byteSizes) Set(s string) error {
+	var out []int64
+	for _, part := range strings.Split(s, ",") {
+		if strings.TrimSpace(part) == "" {
+			continue
+		}
+		var n byteSize
+		if err := n.Set(strings.TrimSpace(part)); err != nil {
+			return err
+		}
+		out = append(out, int64(n))
+	}
+	*b = out
+	return nil
 }
 
 // byteSize is a flag value in bytes that accepts KiB, MiB and GiB suffixes.

@@ -78,3 +78,35 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+func TestGPUCapacity(t *testing.T) {
+	parse := func(args ...string) (Config, error) {
+		var cfg Config
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		cfg.RegisterFlags(fs)
+		if err := fs.Parse(append([]string{"--model-roots", "/m"}, args...)); err != nil {
+			return cfg, err
+		}
+		return cfg, cfg.Validate()
+	}
+	triton := []string{"--runtime", "triton", "--triton-grpc", "h:1", "--triton-http", "h:2", "--triton-repository", "/r"}
+	cfg, err := parse(append(triton, "--gpu-capacity", "22GiB, 10GiB")...)
+	if err != nil || len(cfg.GPUCapacity) != 2 || cfg.GPUCapacity[0] != 22<<30 || cfg.GPUCapacity[1] != 10<<30 {
+		t.Fatalf("--gpu-capacity 22GiB,10GiB: %v, %v", cfg.GPUCapacity, err)
+	}
+	bad := []struct {
+		args []string
+		want string
+	}{
+		{append(triton, "--gpu-capacity", "22GB"), "not a size"},
+		{append(triton, "--gpu-capacity", "0,1GiB"), "must be positive"},
+		{append(triton, "--gpu-capacity", "1GiB", "--triton-metrics", "http://h:3/metrics"), "give one"},
+		{[]string{"--ort-library", "/l.so", "--gpu-capacity", "1GiB"}, "need --runtime triton"},
+	}
+	for _, tt := range bad {
+		if _, err := parse(tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: %v, want an error containing %q", tt.args, err, tt.want)
+		}
+	}
+}

@@ -69,12 +69,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		defer tritonBackend.Close()
 		backend = tritonBackend
 		if cfg.TritonMetrics != "" {
-			capacity, metric, err := tritonCapacity(ctx, cfg.TritonMetrics, int64(cfg.CapacityReserve))
+			measured, metric, err := tritonCapacity(ctx, cfg.TritonMetrics, int64(cfg.CapacityReserve))
 			if err != nil {
 				return err
 			}
-			cfg.Capacity = byteSize(capacity)
-			log.InfoContext(ctx, "budget from triton's metrics", "metric", metric, "capacity_bytes", capacity, "reserve_bytes", int64(cfg.CapacityReserve))
+			if len(measured.GPU) > 0 {
+				cfg.GPUCapacity = measured.GPU
+			} else {
+				cfg.Capacity = byteSize(measured.Host)
+			}
+			log.InfoContext(ctx, "budget from triton's metrics", "metric", metric, "measured", measured.String(), "reserve_bytes", int64(cfg.CapacityReserve))
 		}
 	default:
 		ort, err := onnx.New(onnx.Config{Library: cfg.ORTLibrary, IntraOpThreads: cfg.ORTThreads})
@@ -94,8 +98,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		defer rdb.Close()
 		router = residency.NewRoutes(rdb, residency.Keys{Prefix: cfg.RedisPrefix}, cfg.WorkerID)
 	}
+	capacity := placement.Memory{Host: int64(cfg.Capacity), GPU: cfg.GPUCapacity}
 	models := agent.New(agent.Config{
-		CapacityBytes: int64(cfg.Capacity), LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
+		Capacity: capacity, LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
 		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout, MinIdle: cfg.MinIdle,
 	}, backend, store, router, log, agent.NewMetrics(reg))
 
@@ -119,7 +124,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	labels, _ := parseLabels(cfg.Labels) // validated
 	self := residency.Worker{
-		ID: cfg.WorkerID, Runtime: backend.Runtime(), CapacityBytes: int64(cfg.Capacity), Labels: labels,
+		ID: cfg.WorkerID, Runtime: backend.Runtime(), Capacity: capacity, Labels: labels,
 		DataAddr: advertised(cfg.AdvertiseAddr, dataLn.Addr()), MgmtAddr: advertised(cfg.AdvertiseMgmt, mgmtLn.Addr()),
 		StartedUnixMs: time.Now().UnixMilli(),
 	}
@@ -128,7 +133,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		self.DataAddr, self.GRPCAddr = cfg.TritonHTTP, cfg.TritonGRPC
 	}
 	log.InfoContext(ctx, "worker started", "inference_addr", self.DataAddr, "grpc_addr", self.GRPC(), "management_addr", mgmtLn.Addr().String(),
-		"capacity_bytes", int64(cfg.Capacity), "runtime", backend.Runtime(), "runtime_version", runtimeVersion)
+		"capacity", capacity.String(), "runtime", backend.Runtime(), "runtime_version", runtimeVersion)
 
 	g, gctx := errgroup.WithContext(ctx)
 	servePort(g, gctx, dataLn, inferGRPC, dataSrv)
@@ -162,7 +167,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // tritonCapacity asks Triton for its memory, waiting (up to 30 s) for its first sample.
-func tritonCapacity(ctx context.Context, url string, reserve int64) (int64, string, error) {
+func tritonCapacity(ctx context.Context, url string, reserve int64) (placement.Memory, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
@@ -172,7 +177,7 @@ func tritonCapacity(ctx context.Context, url string, reserve int64) (int64, stri
 		}
 		select {
 		case <-ctx.Done():
-			return 0, metric, fmt.Errorf("budget from triton's metrics: %w", err)
+			return placement.Memory{}, metric, fmt.Errorf("budget from triton's metrics: %w", err)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -215,12 +220,13 @@ func advertised(configured string, addr net.Addr) string {
 
 func stateOf(self residency.Worker, models *agent.Agent) residency.State {
 	replicas, used := models.Snapshot()
-	self.UsedBytes = used
-	st := residency.State{Worker: self, Replicas: make(map[string]residency.Replica, len(replicas)), Measured: map[string]int64{}}
+	self.Used = used
+	st := residency.State{Worker: self, Replicas: make(map[string]residency.Replica, len(replicas)), Measured: map[string]placement.Footprint{}}
 	for _, r := range replicas {
-		st.Replicas[r.Model.String()] = residency.Replica{State: r.State.String(), Bytes: r.Bytes, SizeSource: string(r.Source), SinceUnixMs: r.Since.UnixMilli()}
+		st.Replicas[r.Model.String()] = residency.Replica{State: r.State.String(), Bytes: r.Memory.Total(), Memory: r.Memory,
+			SizeSource: string(r.Source), SinceUnixMs: r.Since.UnixMilli()}
 		if r.Source == placement.SizeMeasured {
-			st.Measured[r.Model.String()] = r.Bytes
+			st.Measured[r.Model.String()] = r.Memory.Footprint()
 		}
 	}
 	return st
