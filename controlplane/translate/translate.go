@@ -5,6 +5,8 @@ package translate
 
 import (
 	"fmt"
+	"maps"
+	"math"
 	"net"
 	"slices"
 	"strconv"
@@ -16,7 +18,9 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -53,6 +57,7 @@ const (
 	DestinationHeader = "x-gateway-destination-endpoint"
 	lbMetadata        = "envoy.lb"
 	extProcFilter     = "envoy.filters.http.ext_proc"
+	faultFilter       = "envoy.filters.http.fault"
 	wasmFilter        = "envoy.filters.http.wasm"
 )
 
@@ -134,7 +139,7 @@ func Translate(cfg Config, st State) (Resources, error) {
 		}
 	}
 	for _, m := range models {
-		r, err := modelRoutes(m, ready, durationpb.New(cfg.RouteTimeout))
+		r, err := modelRoutes(m, ready, cfg.RouteTimeout)
 		if err != nil {
 			return res, err
 		}
@@ -209,9 +214,11 @@ func Translate(cfg Config, st State) (Resources, error) {
 }
 
 // modelRoutes gives a model's routes, in the order Envoy must try them: one per ready
-// version for requests that name the version, then one per traffic rule (the default
-// version when there are none) for requests that do not.
-func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, timeout *durationpb.Duration) ([]*routev3.Route, error) {
+// version for requests that name the version, then the routes of each traffic rule (the
+// default version when there are none) for requests that do not. A rule's routes are
+// emitted when some rule is hot or does something only Envoy can do (timeout, retries,
+// fault, header changes); otherwise the catch-all cold route serves the model alike.
+func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, timeout time.Duration) ([]*routev3.Route, error) {
 	disabled, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
 	if err != nil {
 		return nil, err
@@ -228,7 +235,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
 				Headers: []*routev3.HeaderMatcher{exact(ModelHeader, m.Name), exact(VersionHeader, v.Version)}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)},
-				Timeout: timeout, RetryPolicy: retryOtherReplica()}},
+				Timeout: durationpb.New(timeout), RetryPolicy: retryOtherReplica()}},
 			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: disabled},
 		})
 	}
@@ -236,57 +243,196 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 	if len(rules) == 0 {
 		rules = []registry.Rule{{Split: []registry.Weighted{{Version: m.DefaultVersion, Weight: 100}}}}
 	}
-	var ruleRoutes []*routev3.Route
-	anyHot := false
-	for i, rule := range rules {
-		headers := []*routev3.HeaderMatcher{exact(ModelHeader, m.Name), absent(VersionHeader)}
-		for _, h := range sortedKeys(rule.Match) {
-			headers = append(headers, exact(h, rule.Match[h]))
-		}
-		route := &routev3.Route{
-			Name:  m.Name + "#" + strconv.Itoa(i),
-			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: headers},
-		}
-		allHot := true
-		var weighted []*routev3.WeightedCluster_ClusterWeight
+	allHot := func(rule registry.Rule) bool {
 		for _, w := range rule.Split {
-			if w.Weight == 0 {
-				continue
+			if w.Weight > 0 && !hot(w.Version) {
+				return false
 			}
-			allHot = allHot && hot(w.Version)
-			weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: cluster(w.Version), Weight: wrapperspb.UInt32(w.Weight),
-				RequestHeadersToAdd: versionHeader(w.Version)})
 		}
-		if !allHot {
-			// Requests this rule matches must not fall through to a later rule: send them to
-			// the cold path explicitly.
-			route.Action = &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: WorkersCluster}, Timeout: timeout}}
-			ruleRoutes = append(ruleRoutes, route)
-			continue
-		}
-		anyHot = true
-		action := &routev3.RouteAction{Timeout: timeout, RetryPolicy: retryOtherReplica()}
-		if len(weighted) == 1 {
-			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: weighted[0].Name}
-			route.RequestHeadersToAdd = weighted[0].RequestHeadersToAdd
-		} else {
-			action.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: weighted}}
-		}
-		if mir := rule.Mirror; mir != nil && hot(mir.Version) {
-			action.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{
-				Cluster: cluster(mir.Version),
-				RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{
-					Numerator: uint32(mir.Percent * 10000), Denominator: typev3.FractionalPercent_MILLION}},
-			}}
-		}
-		route.Action = &routev3.Route_Route{Route: action}
-		route.TypedPerFilterConfig = map[string]*anypb.Any{extProcFilter: disabled}
-		ruleRoutes = append(ruleRoutes, route)
+		return true
 	}
-	if anyHot {
-		routes = append(routes, ruleRoutes...)
+	if !slices.ContainsFunc(rules, func(r registry.Rule) bool { return allHot(r) || actsInEnvoy(r) }) {
+		return routes, nil
+	}
+	for i, rule := range rules {
+		hotRule := allHot(rule)
+		route, err := ruleRoute(rule, timeout, hotRule)
+		if err != nil {
+			return nil, fmt.Errorf("model %s traffic rule %d: %w", m.Name, i, err)
+		}
+		action := route.GetRoute()
+		if !hotRule {
+			// Requests this rule matches must not fall through to a later rule: send them to
+			// the cold path explicitly, where ext_proc applies the same rule.
+			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: WorkersCluster}
+		} else {
+			var weighted []*routev3.WeightedCluster_ClusterWeight
+			for _, w := range rule.Split {
+				if w.Weight > 0 {
+					weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: cluster(w.Version), Weight: wrapperspb.UInt32(w.Weight),
+						RequestHeadersToAdd: versionHeader(w.Version)})
+				}
+			}
+			if len(weighted) == 1 {
+				action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: weighted[0].Name}
+				route.RequestHeadersToAdd = append(weighted[0].RequestHeadersToAdd, route.RequestHeadersToAdd...)
+			} else {
+				action.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: weighted}}
+			}
+			if mir := rule.Mirror; mir != nil && hot(mir.Version) {
+				action.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{
+					Cluster:         cluster(mir.Version),
+					RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: perMillion(mir.Percent)},
+				}}
+			}
+			route.TypedPerFilterConfig[extProcFilter] = disabled
+		}
+		// Each condition of the rule is a route of its own, with the same actions.
+		for j, match := range ruleMatches(m.Name, rule) {
+			r := route
+			if j > 0 {
+				r = proto.Clone(route).(*routev3.Route)
+			}
+			r.Name = m.Name + "#" + strconv.Itoa(i)
+			if len(rule.When) > 0 {
+				r.Name += "." + strconv.Itoa(j)
+			}
+			r.Match = match
+			routes = append(routes, r)
+		}
 	}
 	return routes, nil
+}
+
+// actsInEnvoy reports whether a rule asks for something that only the gateway's route can
+// do, so that its route is needed even while the model is cold.
+func actsInEnvoy(r registry.Rule) bool {
+	return r.Timeout != "" || r.Retries != nil || r.Fault != nil || r.RequestHeaders != nil || r.ResponseHeaders != nil
+}
+
+// ruleMatches gives one RouteMatch per condition of the rule (one matching any path when it
+// has none), each also requiring the model header, no version header and the rule's exact
+// headers.
+func ruleMatches(model string, rule registry.Rule) []*routev3.RouteMatch {
+	base := []*routev3.HeaderMatcher{exact(ModelHeader, model), absent(VersionHeader)}
+	for _, h := range sortedKeys(rule.Match) {
+		base = append(base, exact(h, rule.Match[h]))
+	}
+	if len(rule.When) == 0 {
+		return []*routev3.RouteMatch{{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: base}}
+	}
+	out := make([]*routev3.RouteMatch, 0, len(rule.When))
+	for _, c := range rule.When {
+		match := &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}, Headers: slices.Clone(base)}
+		if u := c.URI; u != nil {
+			switch {
+			case u.Exact != "":
+				match.PathSpecifier = &routev3.RouteMatch_Path{Path: u.Exact}
+			case u.Prefix != "":
+				match.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: u.Prefix}
+			default:
+				match.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: u.Regex}}
+			}
+		}
+		for _, h := range sortedKeys(c.Headers) {
+			match.Headers = append(match.Headers, &routev3.HeaderMatcher{Name: h,
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: stringMatcher(c.Headers[h])}})
+		}
+		out = append(out, match)
+	}
+	return out
+}
+
+func stringMatcher(s registry.StringMatch) *matcherv3.StringMatcher {
+	switch {
+	case s.Exact != "":
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s.Exact}}
+	case s.Prefix != "":
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: s.Prefix}}
+	}
+	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: s.Regex}}}
+}
+
+// ruleRoute is a rule's route without its match and destination: the rule's timeout (else
+// the default), retries, header changes and fault. The registry validated the rule; a
+// duration that does not parse is still reported rather than ignored.
+func ruleRoute(rule registry.Rule, timeout time.Duration, hot bool) (*routev3.Route, error) {
+	action := &routev3.RouteAction{Timeout: durationpb.New(timeout)}
+	if rule.Timeout != "" {
+		d, err := parseDuration(rule.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("timeout: %w", err)
+		}
+		action.Timeout = d
+	}
+	var err error
+	if action.RetryPolicy, err = retryPolicy(rule.Retries, hot); err != nil {
+		return nil, err
+	}
+	route := &routev3.Route{Action: &routev3.Route_Route{Route: action}, TypedPerFilterConfig: map[string]*anypb.Any{}}
+	if f := rule.Fault; f != nil {
+		fault, err := httpFault(f)
+		if err != nil {
+			return nil, err
+		}
+		route.TypedPerFilterConfig[faultFilter] = fault
+	}
+	if h := rule.RequestHeaders; h != nil {
+		route.RequestHeadersToAdd = headersToAdd(h)
+		route.RequestHeadersToRemove = h.Remove
+	}
+	if h := rule.ResponseHeaders; h != nil {
+		route.ResponseHeadersToAdd = headersToAdd(h)
+		route.ResponseHeadersToRemove = h.Remove
+	}
+	return route, nil
+}
+
+func parseDuration(s string) (*durationpb.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return nil, err
+	}
+	return durationpb.New(d), nil
+}
+
+// httpFault is the fault filter's per-route configuration for a rule's fault.
+func httpFault(f *registry.Fault) (*anypb.Any, error) {
+	fault := &faultv3.HTTPFault{}
+	if f.Delay != "" {
+		d, err := parseDuration(f.Delay)
+		if err != nil {
+			return nil, fmt.Errorf("fault delay: %w", err)
+		}
+		fault.Delay = &faultcommonv3.FaultDelay{FaultDelaySecifier: &faultcommonv3.FaultDelay_FixedDelay{FixedDelay: d},
+			Percentage: perMillion(f.DelayPercent)}
+	}
+	if f.AbortStatus != 0 {
+		fault.Abort = &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: f.AbortStatus},
+			Percentage: perMillion(f.AbortPercent)}
+	}
+	return anypb.New(fault)
+}
+
+// perMillion keeps four decimals of a percent, as Istio does.
+func perMillion(percent float64) *typev3.FractionalPercent {
+	return &typev3.FractionalPercent{Numerator: uint32(math.Round(percent * 10000)), Denominator: typev3.FractionalPercent_MILLION}
+}
+
+// headersToAdd turns Set into overwriting and Add into appending header options. Values
+// are literal: a "%" is escaped so that Envoy does not read a command in it.
+func headersToAdd(h *registry.HeaderOps) []*corev3.HeaderValueOption {
+	var out []*corev3.HeaderValueOption
+	for _, op := range []struct {
+		values map[string]string
+		action corev3.HeaderValueOption_HeaderAppendAction
+	}{{h.Set, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}, {h.Add, corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD}} {
+		for _, k := range sortedKeys(op.values) {
+			out = append(out, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: strings.ReplaceAll(op.values[k], "%", "%%")},
+				AppendAction: op.action})
+		}
+	}
+	return out
 }
 
 func grpcAddr(m map[string]string, data string) string {
@@ -341,12 +487,43 @@ func withGRPCVariants(routes []*routev3.Route, split map[string]bool) []*routev3
 func retryOtherReplica() *routev3.RetryPolicy {
 	previousHosts, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{}) // an empty message always marshals
 	return &routev3.RetryPolicy{
-		RetryOn:    "connect-failure,refused-stream,reset-before-request",
+		RetryOn:    defaultRetryOn,
 		NumRetries: wrapperspb.UInt32(2),
 		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: previousHosts}}},
 		HostSelectionRetryMaxAttempts: 3,
 	}
+}
+
+const defaultRetryOn = "connect-failure,refused-stream,reset-before-request"
+
+// retryPolicy is a rule route's retry policy. A hot route without retries in its rule keeps
+// retryOtherReplica, a cold one has none, and neither retries at 0 attempts. Hot routes
+// retry on another replica; cold ones on the worker ext_proc chose, since the workers
+// cluster sends every try there and it is the worker that loaded the model.
+func retryPolicy(r *registry.Retries, hot bool) (*routev3.RetryPolicy, error) {
+	switch {
+	case r == nil && hot:
+		return retryOtherReplica(), nil
+	case r == nil || r.Attempts == 0:
+		return nil, nil
+	}
+	p := &routev3.RetryPolicy{RetryOn: defaultRetryOn}
+	if hot {
+		p = retryOtherReplica()
+	}
+	p.NumRetries = wrapperspb.UInt32(r.Attempts)
+	if r.RetryOn != "" {
+		p.RetryOn = r.RetryOn
+	}
+	if r.PerTryTimeout != "" {
+		d, err := parseDuration(r.PerTryTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("retries: perTryTimeout: %w", err)
+		}
+		p.PerTryTimeout = d
+	}
+	return p, nil
 }
 
 // versionHeader tells the worker which version the route chose: the request names only the
@@ -406,6 +583,12 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Faults come before ext_proc, so that an aborted request never loads a model; the
+	// filter acts only on routes that carry a fault of their own.
+	fault, err := anypb.New(&faultv3.HTTPFault{})
+	if err != nil {
+		return nil, err
+	}
 	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix: "gateway",
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
@@ -413,6 +596,7 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 			RouteConfigName: RouteConfigName, ConfigSource: ads()}},
 		HttpFilters: []*hcmv3.HttpFilter{
 			{Name: wasmFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wasm}},
+			{Name: faultFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: fault}},
 			{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: extProc}},
 			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
 		},
@@ -558,13 +742,8 @@ func sortedUnique(s []string) []string {
 	return slices.Compact(out)
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
 }
 
 func sortedModels(m map[placement.ModelVersion][]string) []placement.ModelVersion {

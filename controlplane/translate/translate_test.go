@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -40,10 +41,40 @@ models:
         mirror: {version: "2", percent: 5}
 `
 
+// richReg uses every field of a traffic rule.
+const richReg = `
+models:
+  - name: fraud
+    versions:
+      - {version: "1", storageUri: "file:///m/fraud/1"}
+      - {version: "2", storageUri: "file:///m/fraud/2"}
+    traffic:
+      - source: VirtualService risk/fraud http[0]
+        when:
+          - headers: {x-user: {prefix: beta-}}
+          - uri: {regex: "/v2/models/fraud/versions/[0-9]+/explain"}
+            headers: {x-tenant: {exact: acme}, x-region: {regex: "eu-[a-z]+"}}
+        split: [{version: "2", weight: 100}]
+        timeout: 2.5s
+        retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,connect-failure"}
+        requestHeaders: {set: {x-route: canary}, add: {x-trace: "on"}, remove: [x-debug]}
+        responseHeaders: {set: {x-served-by: "100%"}, remove: [server]}
+      - match: {x-chaos: "on"}
+        fault: {delayPercent: 12.3456, delay: 250ms, abortPercent: 100, abortStatus: 503}
+        split: [{version: "1", weight: 1}]
+      - when: [{uri: {exact: /v2/models/fraud/infer}}, {uri: {prefix: /v2/models/fraud/versions/}}]
+        retries: {attempts: 0}
+        split: [{version: "1", weight: 90}, {version: "2", weight: 10}]
+`
+
 func mv(n, v string) placement.ModelVersion { return placement.ModelVersion{Name: n, Version: v} }
 
 func TestTranslateGolden(t *testing.T) {
 	r, err := registry.Parse([]byte(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rich, err := registry.Parse([]byte(richReg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,6 +94,9 @@ func TestTranslateGolden(t *testing.T) {
 		{"split-ready", State{Registry: r, Workers: workers, Ready: map[placement.ModelVersion][]string{
 			mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"},
 			mv("unregistered", "1"): {"10.0.0.2:8000"}}}},
+		{"rich-cold", State{Registry: rich, Workers: workers}},
+		{"rich-hot", State{Registry: rich, Workers: []string{"10.0.0.1:8000", "10.0.0.3:8000"}, GRPC: map[string]string{"10.0.0.3:8000": "10.0.0.3:8001"},
+			Ready: map[placement.ModelVersion][]string{mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.3:8000"}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,6 +117,76 @@ func TestTranslateGolden(t *testing.T) {
 			}
 			if diff := cmp.Diff(string(want), string(got)); diff != "" {
 				t.Fatalf("resources differ from %s (-want +got):\n%s", path, diff)
+			}
+		})
+	}
+}
+
+// TestRuleRoutes: every condition of a rule is a route with the rule's actions, hot or cold.
+func TestRuleRoutes(t *testing.T) {
+	rich, err := registry.Parse([]byte(richReg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type summary struct {
+		Cluster  string
+		Timeout  string
+		Retries  int // -1: no retry policy
+		Previous bool
+		Fault    bool
+		ExtProc  bool
+		Headers  []string // request headers set, added or removed
+	}
+	tests := []struct {
+		name  string
+		ready map[placement.ModelVersion][]string
+		want  map[string]summary
+	}{
+		{"cold", nil, map[string]summary{
+			"fraud#0.0": {Cluster: WorkersCluster, Timeout: "2.5s", Retries: 3, ExtProc: true, Headers: []string{"x-route", "x-trace", "-x-debug"}},
+			"fraud#0.1": {Cluster: WorkersCluster, Timeout: "2.5s", Retries: 3, ExtProc: true, Headers: []string{"x-route", "x-trace", "-x-debug"}},
+			"fraud#1":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, Fault: true, ExtProc: true},
+			"fraud#2.0": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true},
+			"fraud#2.1": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true},
+		}},
+		{"hot", map[placement.ModelVersion][]string{mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"}}, map[string]summary{
+			"fraud@1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 2, Previous: true},
+			"fraud@2":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 2, Previous: true},
+			"fraud#0.0": {Cluster: "model|fraud|2", Timeout: "2.5s", Retries: 3, Previous: true, Headers: []string{"x-model-version", "x-route", "x-trace", "-x-debug"}},
+			"fraud#0.1": {Cluster: "model|fraud|2", Timeout: "2.5s", Retries: 3, Previous: true, Headers: []string{"x-model-version", "x-route", "x-trace", "-x-debug"}},
+			"fraud#1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 2, Previous: true, Fault: true, Headers: []string{"x-model-version"}},
+			"fraud#2.0": {Timeout: "1m0s", Retries: -1},
+			"fraud#2.1": {Timeout: "1m0s", Retries: -1},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := Translate(cfg, State{Registry: rich, Workers: []string{"10.0.0.1:8000"}, Ready: tt.ready})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]summary{}
+			for _, r := range res.Routes[0].(*routev3.RouteConfiguration).GetVirtualHosts()[0].GetRoutes() {
+				if r.GetName() == "cold" {
+					continue
+				}
+				a := r.GetRoute()
+				s := summary{Cluster: a.GetCluster(), Timeout: a.GetTimeout().AsDuration().String(), Retries: -1,
+					Previous: len(a.GetRetryPolicy().GetRetryHostPredicate()) > 0,
+					Fault:    r.GetTypedPerFilterConfig()[faultFilter] != nil, ExtProc: r.GetTypedPerFilterConfig()[extProcFilter] == nil}
+				if p := a.GetRetryPolicy(); p != nil {
+					s.Retries = int(p.GetNumRetries().GetValue())
+				}
+				for _, h := range r.GetRequestHeadersToAdd() {
+					s.Headers = append(s.Headers, h.GetHeader().GetKey())
+				}
+				for _, h := range r.GetRequestHeadersToRemove() {
+					s.Headers = append(s.Headers, "-"+h)
+				}
+				got[r.GetName()] = s
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Fatalf("routes (-want +got):\n%s", diff)
 			}
 		})
 	}
