@@ -28,7 +28,7 @@ func decode[T any](t *testing.T, path string) T {
 }
 
 func TestTritonWorkerPod(t *testing.T) {
-	d := decode[appsv1.Deployment](t, filepath.Join("worker-triton", "deployment.yaml"))
+	d := decode[appsv1.Deployment](t, filepath.Join("components", "worker-triton", "deployment.yaml"))
 	spec := d.Spec.Template.Spec
 	var triton, worker *corev1.Container
 	for i := range spec.Containers {
@@ -79,7 +79,7 @@ func TestTritonWorkerPod(t *testing.T) {
 			t.Fatalf("%s: the gateway reaches Triton by the pod IP, not localhost", a)
 		}
 	}
-	svc := decode[corev1.Service](t, filepath.Join("worker-triton", "service.yaml"))
+	svc := decode[corev1.Service](t, filepath.Join("components", "worker-triton", "service.yaml"))
 	if svc.Spec.Selector["app"] != d.Spec.Template.Labels["app"] {
 		t.Fatal("the service does not select the worker pods")
 	}
