@@ -214,8 +214,8 @@ func Translate(cfg Config, st State) (Resources, error) {
 }
 
 // modelRoutes gives a model's routes, in the order Envoy must try them: one per ready
-// version for requests that name the version, then the routes of each traffic rule (the
-// default version when there are none) for requests that do not. A rule's routes are
+// version for requests that name the version, then the routes of each traffic rule, and of
+// the default version unless the last rule matches every request, for requests that do not. A rule's routes are
 // emitted when some rule is hot or does something only Envoy can do (timeout, retries,
 // fault, header changes); otherwise the catch-all cold route serves the model alike.
 func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, timeout time.Duration) ([]*routev3.Route, error) {
@@ -240,8 +240,10 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 		})
 	}
 	rules := m.Traffic
-	if len(rules) == 0 {
-		rules = []registry.Rule{{Split: []registry.Weighted{{Version: m.DefaultVersion, Weight: 100}}}}
+	if n := len(rules); n == 0 || len(rules[n-1].Match) > 0 || len(rules[n-1].When) > 0 {
+		// Requests that no rule matches go to the default version (Model.Routes): a route of
+		// their own lets them take the hot path too.
+		rules = append(slices.Clip(rules), registry.Rule{Split: []registry.Weighted{{Version: m.DefaultVersion, Weight: 100}}})
 	}
 	allHot := func(rule registry.Rule) bool {
 		for _, w := range rule.Split {

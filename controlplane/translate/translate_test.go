@@ -148,6 +148,7 @@ func TestRuleRoutes(t *testing.T) {
 			"fraud#1":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, Fault: true, ExtProc: true},
 			"fraud#2.0": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true},
 			"fraud#2.1": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true},
+			"fraud#3":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true}, // the default version
 		}},
 		{"hot", map[placement.ModelVersion][]string{mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"}}, map[string]summary{
 			"fraud@1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 2, Previous: true},
@@ -157,6 +158,7 @@ func TestRuleRoutes(t *testing.T) {
 			"fraud#1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 2, Previous: true, Fault: true, Headers: []string{"x-model-version"}},
 			"fraud#2.0": {Timeout: "1m0s", Retries: -1},
 			"fraud#2.1": {Timeout: "1m0s", Retries: -1},
+			"fraud#3":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 2, Previous: true, Headers: []string{"x-model-version"}},
 		}},
 	}
 	for _, tt := range tests {
