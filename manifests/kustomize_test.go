@@ -388,8 +388,10 @@ func TestBaseHasTheMesh(t *testing.T) {
 			}
 		}
 	}
-	if !can("virtualservices/status", "update") {
-		t.Error("control plane cannot update virtualservices/status")
+	for _, res := range []string{"virtualservices/status", "destinationrules/status"} {
+		if !can(res, "update") {
+			t.Errorf("control plane cannot update %s", res)
+		}
 	}
 	for _, r := range role.Rules {
 		if slices.Contains(r.Verbs, "*") || slices.Contains(r.Resources, "*") || slices.ContainsFunc(r.Verbs, func(v string) bool { return v == "create" || v == "delete" }) {
