@@ -64,7 +64,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.WasmPath, "wasm-path", "", "path of modelid.wasm on the Envoy host (required)")
 	fs.IntVar(&c.WasmMaxModels, "wasm-max-models", 1000, "distinct models the wasm filter keeps stats for")
 	fs.DurationVar(&c.RouteTimeout, "route-timeout", 60*time.Second, "upstream timeout of a routed request")
-	fs.DurationVar(&c.MessageTimeout, "extproc-message-timeout", 200*time.Millisecond, "Envoy's wait for an ext_proc answer")
+	fs.DurationVar(&c.MessageTimeout, "extproc-message-timeout", time.Second, "Envoy's wait for an ext_proc answer before it fails the request with 504 (ext_proc extends it while a model loads)")
 	fs.DurationVar(&c.MaxMessageTimeout, "extproc-max-message-timeout", 120*time.Second, "longest ext_proc may extend that wait while a model loads")
 	fs.DurationVar(&c.AckTimeout, "ack-timeout", 5*time.Second, "longest wait for Envoy to acknowledge one push phase")
 	fs.DurationVar(&c.Batch, "batch", 50*time.Millisecond, "how long to gather residency events into one push")
