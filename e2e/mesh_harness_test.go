@@ -51,6 +51,8 @@ type meshOptions struct {
 	ExtProcArgs []string
 	// WorkerArgs are extra flags of every worker (a later flag wins over an earlier one).
 	WorkerArgs []string
+	// ControlPlaneArgs are extra control plane flags.
+	ControlPlaneArgs []string
 }
 
 func envoyPath(t testing.TB) string {
@@ -122,6 +124,7 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 	m.cpArgs = []string{"--xds-listen", xdsAddr, "--metrics-listen", m.CPMetrics, "--registry", m.registry,
 		"--redis-addr", m.redis.Addr, "--redis-prefix", m.prefix, "--gateway-address", "127.0.0.1", "--gateway-port", gwPort,
 		"--extproc-addr", extprocAddr, "--wasm-path", wasmModule(t), "--resync", "1s", "--batch", "20ms", "--log-format", "json", "--log-level", "debug"}
+	m.cpArgs = append(m.cpArgs, opts.ControlPlaneArgs...)
 	m.cp = startProcess(t, "control plane", filepath.Join(*binDir, "mesh-controlplane"), m.cpArgs, httpOK("http://"+m.CPMetrics+"/healthz"))
 
 	m.Admin = freePort(t)

@@ -95,6 +95,58 @@ func TestMeshWorkerKilled(t *testing.T) {
 	}
 }
 
+// TestMeshWorkerStoppedLosesNoRequest: a worker stopped gracefully (SIGTERM, as Kubernetes
+// does) keeps serving until the mesh routes its models elsewhere; clients sending all along
+// see not one failure.
+func TestMeshWorkerStoppedLosesNoRequest(t *testing.T) {
+	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("cold iris: %d %v", code, out)
+	}
+	m.waitHot(t, "iris", "1")
+	var holder *worker
+	for _, w := range m.workers {
+		if w.metric(t, `mesh_worker_loads_total{result="ok"}`) == 1 {
+			holder = w
+		}
+	}
+	if holder == nil {
+		t.Fatal("no worker loaded iris")
+	}
+	var sent, failed atomic.Int64
+	var first atomic.Value
+	ctx, stopClients := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				code, out, err := postInfer(m.Gateway, "iris", irisSetosa, nil)
+				sent.Add(1)
+				if code != 200 || err != nil {
+					failed.Add(1)
+					first.CompareAndSwap(nil, fmt.Sprintf("%d %v %v", code, out, err))
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond) // traffic on the hot path first
+	holder.stop(t)
+	// iris is served again from the other worker, loaded through the cold path.
+	eventually(t, 15*time.Second, "iris loaded on the other worker", func() bool {
+		return m.ready(t, "iris", "1")
+	})
+	time.Sleep(300 * time.Millisecond)
+	stopClients()
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed while a worker stopped; first: %v", failed.Load(), sent.Load(), first.Load())
+	}
+	if !strings.Contains(holder.logs.String(), "the mesh no longer routes here") {
+		t.Fatal("the worker closed without waiting for the mesh to stop routing to it")
+	}
+	t.Logf("%d requests while a worker stopped, 0 failed", sent.Load())
+}
+
 // TestMeshExtProcStopped: with ext_proc gone, resident models are still served and cold
 // ones get 503 at once.
 func TestMeshExtProcStopped(t *testing.T) {

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 
 	"io"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/modelmesh/mesh/proto/inference"
+	"github.com/modelmesh/mesh/proto/meshv1"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
 )
 
@@ -42,10 +44,19 @@ func sumMetric(t testing.TB, addr, name string) float64 {
 	return sum
 }
 
-// inferREST posts body to model through the gateway and returns the status, the answer and
-// the response headers.
+// inferREST posts body to model through the gateway and returns the status and the answer.
 func inferREST(t testing.TB, gateway, model, body string, headers map[string]string) (int, map[string]any) {
 	t.Helper()
+	code, out, err := postInfer(gateway, model, body, headers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, out
+}
+
+// postInfer is inferREST for goroutines other than the test's: it reports errors instead of
+// failing the test.
+func postInfer(gateway, model, body string, headers map[string]string) (int, map[string]any, error) {
 	req, _ := http.NewRequest("POST", "http://"+gateway+"/v2/models/"+model+"/infer", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range headers {
@@ -53,15 +64,24 @@ func inferREST(t testing.TB, gateway, model, body string, headers map[string]str
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
 	var out map[string]any
 	if err := json.Unmarshal(raw, &out); err != nil {
-		t.Fatalf("POST %s answered %d with non-JSON %q", model, resp.StatusCode, raw)
+		return resp.StatusCode, nil, fmt.Errorf("POST %s answered %d with non-JSON %q", model, resp.StatusCode, raw)
 	}
-	return resp.StatusCode, out
+	return resp.StatusCode, out, nil
+}
+
+// testsetRow is an inference request body holding the first row of a demo model's test set.
+func testsetRow(t testing.TB, name string) string {
+	t.Helper()
+	ts := readTestset(t, name)
+	b, err := json.Marshal(map[string]any{"inputs": []any{map[string]any{"name": "input", "shape": []int{1, ts.Features}, "datatype": "FP32", "data": ts.Inputs[0]}}})
+	must(t, err)
+	return string(b)
 }
 
 func label(t testing.TB, out map[string]any) int64 {
@@ -86,6 +106,23 @@ func (m *mesh) loads(t testing.TB) float64 {
 		n += w.metric(t, `mesh_worker_loads_total{result="ok"}`)
 	}
 	return n
+}
+
+// ready reports whether any running worker holds the model version ready.
+func (m *mesh) ready(t testing.TB, name, version string) bool {
+	t.Helper()
+	for _, w := range m.workers {
+		list, err := w.Mgmt.List(context.Background(), &meshv1.ListRequest{})
+		if err != nil {
+			continue // a stopped worker holds nothing
+		}
+		for _, r := range list.GetReplicas() {
+			if r.GetModel().GetName() == name && r.GetModel().GetVersion() == version && r.GetState() == meshv1.ReplicaState_REPLICA_STATE_READY {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // waitHot waits until Envoy has a ready endpoint in the cluster of model version mv.

@@ -714,6 +714,33 @@ func (a *Agent) waitUnrouted(ctx context.Context, r *replica) {
 	a.metrics.drainWait.Observe(a.now().Sub(start).Seconds())
 }
 
+// AwaitUnrouted waits until the mesh routes none of the worker's models here any more, each
+// wait bounded by Config.DrainTimeout, then Config.DrainGrace for requests already on their
+// way. A worker shutting down calls it after its records left Redis and before it stops
+// serving, so that no request is sent to a closed port.
+func (a *Agent) AwaitUnrouted(ctx context.Context) {
+	a.mu.Lock()
+	rs := make([]*replica, 0, len(a.replicas))
+	for _, r := range a.replicas {
+		if r.state != placement.StateLoading {
+			rs = append(rs, r)
+		}
+	}
+	a.mu.Unlock()
+	if len(rs) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, r := range rs {
+		wg.Go(func() { a.waitUnrouted(ctx, r) })
+	}
+	wg.Wait()
+	select {
+	case <-time.After(a.cfg.DrainGrace):
+	case <-ctx.Done():
+	}
+}
+
 // closeAndWait stops new requests on r and waits until none is in flight or ctx ends.
 func (a *Agent) closeAndWait(ctx context.Context, r *replica) {
 	a.mu.Lock()

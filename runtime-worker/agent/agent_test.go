@@ -703,3 +703,40 @@ func TestGPUModelLargerThanAnyDeviceFails(t *testing.T) {
 		t.Fatalf("runtime asked to load it %d times, want 0", got)
 	}
 }
+
+func TestAwaitUnroutedWaitsForEveryModel(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 100000)
+	ctx := context.Background()
+	for _, n := range []string{"a", "b"} {
+		if _, err := fx.agent.Load(ctx, fx.spec(n, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	router := fx.withRouter()
+	done := make(chan struct{})
+	go func() { fx.agent.AwaitUnrouted(ctx); close(done) }()
+	asked := map[string]bool{}
+	for range 2 {
+		asked[(<-router.asked).Name] = true // both waits run at once
+	}
+	if !asked["a"] || !asked["b"] {
+		t.Fatalf("asked about %v, want a and b", asked)
+	}
+	close(router.gate(placement.ModelVersion{Name: "a", Version: "1"}))
+	select {
+	case <-done:
+		t.Fatal("returned while b was still routed here")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(router.gate(placement.ModelVersion{Name: "b", Version: "1"}))
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("still waiting after the mesh stopped routing every model")
+	}
+	// The models still serve: waiting is not unloading.
+	if got := fx.resident(t); got["a"] != placement.StateReady || got["b"] != placement.StateReady {
+		t.Fatalf("resident %v after AwaitUnrouted, want both still ready", got)
+	}
+}

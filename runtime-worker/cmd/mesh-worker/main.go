@@ -156,7 +156,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		log.InfoContext(gctx, "shutting down")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.ShutdownTimeout)
 		defer cancel()
-		// Requests in flight finish; the reporter has already removed the worker's records.
+		// The reporter removes the worker's records as gctx ends; the control plane then stops
+		// routing here. Serve until it has (each model's routed set in Redis is empty), so that
+		// the gateway sends no request to a closed port, then let requests in flight finish.
+		models.AwaitUnrouted(sctx)
+		log.InfoContext(sctx, "the mesh no longer routes here; closing the listeners")
 		err := errors.Join(dataSrv.Shutdown(sctx), mgmtSrv.Shutdown(sctx))
 		stopGRPC(sctx, inferGRPC)
 		stopGRPC(sctx, mgmtGRPC)
