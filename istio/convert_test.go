@@ -384,7 +384,7 @@ spec: {hosts: [iris], http: [{route: [{destination: {host: iris, subset: "3"}}]}
 			wantRules: map[string][]registry.Rule{"digits": {{Source: "VirtualService models/digits http[0]", Split: []registry.Weighted{{Version: "1", Weight: 100}}}}},
 			want: []want{
 				{obj: "VirtualService models/iris-canary", state: Rejected, warnings: []string{"replaces"},
-					reasons: []string{"VirtualService models/iris-canary http[0]", "weights add up to 0", "mirror needs a registered version and a percent in (0, 100]"}},
+					reasons: []string{"weights add up to 0", "mirror needs a registered version and a percent in (0, 100]"}},
 				{obj: "VirtualService models/digits", state: Accepted},
 			},
 		},
