@@ -89,7 +89,13 @@ func requestOf(h *extprocv3.HttpHeaders) (Request, bool) {
 		if len(hv.GetRawValue()) > 0 {
 			v = string(hv.GetRawValue())
 		}
-		headers[strings.ToLower(hv.GetKey())] = v
+		k := strings.ToLower(hv.GetKey())
+		if prev, ok := headers[k]; ok {
+			// A repeated header is matched as its values joined by commas, as Envoy's route
+			// header matchers see it, so both paths pick the same rule.
+			v = prev + "," + v
+		}
+		headers[k] = v
 	}
 	path, _, _ := strings.Cut(headers[":path"], "?")
 	grpc := strings.HasPrefix(headers["content-type"], "application/grpc")

@@ -255,10 +255,23 @@ func TestWaitingRequestsAreBounded(t *testing.T) {
 	for range 3 {
 		wg.Go(func() { r.send(ctx, rest("digits")) })
 	}
-	defer func() { cancel(); wg.Wait() }()
+	defer func() {
+		cancel()
+		wg.Wait()
+		// The server notices the clients leaving a moment after they left.
+		for deadline := time.Now().Add(5 * time.Second); gauge(r.srv.metrics.held) != 0 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got := gauge(r.srv.metrics.held); got != 0 {
+			t.Errorf("held requests %v after every client left, want 0", got)
+		}
+	}()
 	deadline := time.Now().Add(5 * time.Second)
 	for count(r.srv.metrics.coalesced) < 2 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // until all three are held
+	}
+	if got := gauge(r.srv.metrics.held); got != 3 {
+		t.Errorf("held requests %v, want 3", got)
 	}
 	ex, err := r.send(t.Context(), rest("digits"))
 	checkAnswer(t, refused(typev3.StatusCode_TooManyRequests, "queue_full", "3 requests already wait for model digits:1", "1"), ex, err)
@@ -322,10 +335,34 @@ func mapValues(m map[string]int) func(func(int) bool) {
 }
 
 // count reads a counter's value.
+func gauge(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetGauge().GetValue()
+}
+
 func count(c prometheus.Counter) float64 {
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {
 		panic(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+func TestRequestOfJoinsRepeatedHeaders(t *testing.T) {
+	h := &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
+		{Key: ":path", RawValue: []byte("/v2/models/iris/infer?debug=1")},
+		{Key: "X-User", RawValue: []byte("alice")},
+		{Key: "x-user", RawValue: []byte("beta-7")},
+		{Key: "content-type", RawValue: []byte("application/grpc+proto")},
+	}}}
+	req, grpc := requestOf(h)
+	if got := req.Header("x-user"); got != "alice,beta-7" {
+		t.Errorf("repeated x-user read as %q, want the values joined as Envoy's matchers see them", got)
+	}
+	if req.Path != "/v2/models/iris/infer" || !grpc {
+		t.Errorf("path %q, grpc %v", req.Path, grpc)
+	}
 }
