@@ -11,6 +11,7 @@ type Metrics struct {
 	decisionSeconds *prometheus.HistogramVec
 	coldWait        *prometheus.HistogramVec
 	loadsInFlight   prometheus.Gauge
+	held            prometheus.Gauge
 	loads           *prometheus.CounterVec
 	coalesced       prometheus.Counter
 	lockWaits       prometheus.Counter
@@ -38,6 +39,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		loadsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mesh_extproc_loads_in_flight", Help: "Coalesced loads this replica is running or waiting on.",
 		}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mesh_extproc_held_requests", Help: "Requests held right now waiting for a load, every model version together.",
+		}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mesh_extproc_worker_loads_total", Help: "Load calls to workers, by result (ok, no_room, error).",
 		}, []string{"result"}),
@@ -54,9 +58,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mesh_extproc_snapshot_timestamp_seconds", Help: "Unix time of the last residency snapshot read from Redis.",
 		}),
 	}
-	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads)
+	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.held, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads)
+	// Every label value exists from the start, at zero, so that rates and alerts over them
+	// have data before the first event.
 	for _, o := range Outcomes {
 		m.decisions.WithLabelValues(o)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.coldWait.WithLabelValues(r)
+		m.warmLoads.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "no_room", "error"} {
+		m.loads.WithLabelValues(r)
 	}
 	return m
 }

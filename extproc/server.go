@@ -169,8 +169,10 @@ func (s *Server) hold(ctx context.Context, d Decision, extend func() error) (res
 		s.metrics.coalesced.Inc()
 	}
 	f.waiting++
+	s.metrics.held.Inc()
 	s.mu.Unlock()
 	defer func() {
+		s.metrics.held.Dec()
 		s.mu.Lock()
 		f.waiting--
 		s.mu.Unlock()

@@ -28,6 +28,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mesh_controlplane_resources",
 			Help: "Resources in the served configuration, by type."}, []string{"type"}),
 	}
+	// Every type exists from the start, at zero, so that rates and alerts over NACKs have data
+	// before the first one.
+	for _, typ := range []string{"listener", "route", "cluster", "endpoint"} {
+		m.nacks.WithLabelValues(typ)
+	}
 	if reg != nil {
 		reg.MustRegister(m.pushDuration, m.ackLatency, m.ackTimeouts, m.nacks, m.streams, m.resources)
 	}

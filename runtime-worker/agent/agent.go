@@ -158,14 +158,17 @@ func New(cfg Config, backend Backend, store Fetcher, router Router, log *slog.Lo
 	}
 	for _, d := range cfg.Capacity.Dimensions() {
 		metrics.capacity.WithLabelValues(d.Name).Set(float64(d.Bytes))
+		metrics.used.WithLabelValues(d.Name) // 0 until the first load
 	}
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, backend: backend, store: store, router: router, log: log, metrics: metrics, now: time.Now,
 		loadSem:  make(chan struct{}, cfg.LoadConcurrency),
 		quit:     make(chan struct{}),
 		changed:  make(chan struct{}, 1),
 		replicas: make(map[placement.ModelVersion]*replica),
 	}
+	metrics.watch(a)
+	return a
 }
 
 // Runtime names the backend's runtime.

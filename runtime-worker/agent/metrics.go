@@ -1,6 +1,12 @@
 package agent
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/modelmesh/mesh/internal/placement"
+)
 
 // Metrics are the agent's Prometheus metrics. Labels are bounded: load result, unload reason
 // and replica state take a handful of fixed values each, dimension one per GPU plus host.
@@ -15,6 +21,8 @@ type Metrics struct {
 	evictedAge    prometheus.Histogram
 	drainWait     prometheus.Histogram
 	drainTimeouts prometheus.Counter
+	// reg is where watch registers the gauges read from an agent at each scrape; nil: none.
+	reg prometheus.Registerer
 }
 
 // NewMetrics creates the metrics and registers them with reg when it is not nil.
@@ -41,8 +49,65 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		drainTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_worker_drain_timeouts_total",
 			Help: "Drains that gave up waiting for the mesh to stop routing the model here."}),
 	}
+	// Every result and reason exists from the start, at zero, so that rates and alerts over
+	// them have data before the first event.
+	for _, r := range []string{"ok", "no_capacity", "timeout", "runtime_error", "error"} {
+		m.loads.WithLabelValues(r)
+	}
+	for _, r := range []string{"unload", "drain", "evict", "shutdown", "runtime_lost"} {
+		m.unloads.WithLabelValues(r)
+	}
+	for _, s := range []placement.State{placement.StateLoading, placement.StateReady, placement.StateDraining} {
+		m.models.WithLabelValues(s.String())
+	}
 	if reg != nil {
 		reg.MustRegister(m.capacity, m.used, m.models, m.loads, m.loadDuration, m.unloads, m.evictions, m.evictedAge, m.drainWait, m.drainTimeouts)
 	}
+	m.reg = reg
 	return m
+}
+
+// watch registers the gauges computed from a's state when scraped. New calls it once, for
+// the one agent the metrics belong to.
+func (m *Metrics) watch(a *Agent) {
+	if m.reg == nil {
+		return
+	}
+	m.reg.MustRegister(lruCollector{agent: a, desc: prometheus.NewDesc("mesh_worker_lru_age_seconds",
+		"Time since the least recently used ready, unpinned model (the next eviction victim) was used; absent when there is none.", nil, nil)})
+}
+
+// lruCollector reports mesh_worker_lru_age_seconds, computed at each scrape: a gauge set at
+// events would stop aging between them.
+type lruCollector struct {
+	agent *Agent
+	desc  *prometheus.Desc
+}
+
+func (c lruCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c lruCollector) Collect(ch chan<- prometheus.Metric) {
+	replicas, _ := c.agent.Snapshot()
+	if age, ok := lruAge(replicas, c.agent.now()); ok {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, age.Seconds())
+	}
+}
+
+// lruAge is how long the least recently used of the replicas eviction could take (ready and
+// unpinned) has gone unused at now; one with requests in flight is in use. ok is false when
+// there is no such replica.
+func lruAge(replicas []Replica, now time.Time) (age time.Duration, ok bool) {
+	for _, r := range replicas {
+		if r.State != placement.StateReady || r.Pinned {
+			continue
+		}
+		d := max(now.Sub(r.LastUsed), 0)
+		if r.InFlight > 0 {
+			d = 0
+		}
+		if !ok || d > age {
+			age, ok = d, true
+		}
+	}
+	return age, ok
 }
