@@ -2,20 +2,12 @@ package istio
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 const (
 	irisVS = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: iris, namespace: models}\n" +
