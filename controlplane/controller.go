@@ -19,6 +19,8 @@ import (
 
 // Config configures the controller.
 type Config struct {
+	// ID names this control plane among its replicas: its routed sets in Redis are its own.
+	ID           string
 	RegistryPath string
 	Translate    translate.Config
 	Watch        residency.WatchConfig
@@ -95,6 +97,7 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 		c.log.InfoContext(ctx, "registry published", "models", len(reg.Models), "digest", published)
 	}
 	publish(false)
+	c.renew(ctx, routed)
 	for {
 		var e event
 		select {
@@ -102,6 +105,7 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 			return nil
 		case <-republish.C:
 			publish(true)
+			c.renew(ctx, routed)
 			continue
 		case e = <-events:
 		}
@@ -158,11 +162,30 @@ func (c *Controller) writeRouted(ctx context.Context, now, last map[string][]str
 	if len(changed) == 0 && len(gone) == 0 {
 		return last
 	}
-	if err := residency.WriteRouted(ctx, c.rdb, c.keys, changed, gone); err != nil {
+	if err := residency.WriteRouted(ctx, c.rdb, c.keys, c.cfg.ID, changed, gone, c.lease()+forgetControlPlanes); err != nil {
 		c.log.WarnContext(ctx, "record routed replicas; draining workers will wait", "error", err)
 		return last
 	}
 	return now
+}
+
+// forgetControlPlanes is how long the routed sets of a control plane that stopped renewing
+// are kept; while no control plane is live, workers still honour them.
+const forgetControlPlanes = 10 * time.Minute
+
+// lease is how long this control plane counts as live after a renewal: three resyncs.
+func (c *Controller) lease() time.Duration { return 3 * c.cfg.Watch.Resync }
+
+// renew keeps this control plane live in Redis, and its routed sets of the workers in
+// routed with it.
+func (c *Controller) renew(ctx context.Context, routed map[string][]string) {
+	workers := make([]string, 0, len(routed))
+	for id := range routed {
+		workers = append(workers, id)
+	}
+	if err := residency.RenewControlPlane(ctx, c.rdb, c.keys, c.cfg.ID, workers, c.lease(), forgetControlPlanes); err != nil {
+		c.log.WarnContext(ctx, "renew the control plane's lease; draining workers may wait for its old routes", "error", err)
+	}
 }
 
 // routedOf lists, per live worker, the registered model versions it holds ready: exactly

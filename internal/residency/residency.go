@@ -29,9 +29,16 @@ func (k Keys) Sizes() string { return k.Prefix + ":sizes" }
 // Registry is the string holding the published model registry (canonical JSON).
 func (k Keys) Registry() string { return k.Prefix + ":registry" }
 
-// Routed is the set of model versions ("name:version") the gateway's acknowledged
-// configuration routes to the worker; the control plane writes it after each push.
-func (k Keys) Routed(id string) string { return k.Prefix + ":routed:" + id }
+// Routed is the set of model versions ("name:version") that the gateways of one control
+// plane route to the worker, by their acknowledged configuration; each control plane writes
+// its own after each push, since the gateways of two replicas may briefly disagree.
+func (k Keys) Routed(id, controlPlane string) string {
+	return k.Prefix + ":routed:" + id + ":" + controlPlane
+}
+
+// ControlPlanes is the sorted set of control plane ids scored by the end of their lease (Unix
+// ms); each control plane renews its own while it runs.
+func (k Keys) ControlPlanes() string { return k.Prefix + ":controlplanes" }
 
 // Events is the channel on which every change is published as an Event.
 func (k Keys) Events() string { return k.Prefix + ":events" }

@@ -3,6 +3,7 @@ package residency
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -10,8 +11,8 @@ import (
 	"github.com/modelmesh/mesh/internal/placement"
 )
 
-// Routes answers, for one worker, whether the gateway still routes a model version to it,
-// from the routed sets the control plane writes after each acknowledged push.
+// Routes answers, for one worker, whether any gateway still routes a model version to it,
+// from the routed sets every control plane writes after each acknowledged push.
 type Routes struct {
 	rdb    redis.UniversalClient
 	keys   Keys
@@ -25,14 +26,17 @@ func NewRoutes(rdb redis.UniversalClient, keys Keys, id string) *Routes {
 	return &Routes{rdb: rdb, keys: keys, worker: id, Poll: 25 * time.Millisecond}
 }
 
-// WaitUnrouted blocks until m is not in the worker's routed set, or ctx ends. Redis errors
-// are retried until ctx ends: unknown is not the same as unrouted.
+// WaitUnrouted blocks until m is in no live control plane's routed set for the worker, or
+// ctx ends. The sets of a control plane whose lease ended are ignored (its gateways have
+// moved to another one), unless no control plane is live: then every set counts, since the
+// gateways keep the last configuration they were given. Redis errors are retried until ctx
+// ends: unknown is not the same as unrouted.
 func (r *Routes) WaitUnrouted(ctx context.Context, m placement.ModelVersion) error {
 	tick := time.NewTicker(r.Poll)
 	defer tick.Stop()
 	var lastErr error
 	for {
-		routed, err := r.rdb.SIsMember(ctx, r.keys.Routed(r.worker), m.String()).Result()
+		routed, err := r.routed(ctx, m)
 		if err == nil && !routed {
 			return nil
 		}
@@ -48,27 +52,86 @@ func (r *Routes) WaitUnrouted(ctx context.Context, m placement.ModelVersion) err
 	}
 }
 
-// WriteRouted replaces the routed sets of the given workers (worker id to model versions)
-// and deletes the sets of workers in gone. Each worker's set is replaced atomically.
-func WriteRouted(ctx context.Context, rdb redis.UniversalClient, keys Keys, routed map[string][]string, gone []string) error {
+func (r *Routes) routed(ctx context.Context, m placement.ModelVersion) (bool, error) {
+	cps, err := r.rdb.ZRangeWithScores(ctx, r.keys.ControlPlanes(), 0, -1).Result()
+	if err != nil {
+		return false, err
+	}
+	now := float64(time.Now().UnixMilli())
+	var live []string
+	for _, cp := range cps {
+		if cp.Score > now {
+			live = append(live, cp.Member.(string))
+		}
+	}
+	if len(live) == 0 {
+		for _, cp := range cps {
+			live = append(live, cp.Member.(string))
+		}
+	}
+	if len(live) == 0 {
+		return false, nil // no control plane ever ran: nothing routes anywhere
+	}
+	cmds := make([]*redis.BoolCmd, len(live))
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, cp := range live {
+			cmds[i] = p.SIsMember(ctx, r.keys.Routed(r.worker, cp), m.String())
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, c := range cmds {
+		if c.Val() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// WriteRouted replaces control plane cp's routed sets of the given workers (worker id to
+// model versions), each expiring after ttl unless renewed (RenewControlPlane), and deletes
+// its sets of the workers in gone. Each set is replaced atomically.
+func WriteRouted(ctx context.Context, rdb redis.UniversalClient, keys Keys, cp string, routed map[string][]string, gone []string, ttl time.Duration) error {
 	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		for _, id := range gone {
-			p.Del(ctx, keys.Routed(id))
+			p.Del(ctx, keys.Routed(id, cp))
 		}
 		for id, models := range routed {
-			p.Del(ctx, keys.Routed(id))
+			p.Del(ctx, keys.Routed(id, cp))
 			if len(models) > 0 {
 				members := make([]any, len(models))
 				for i, m := range models {
 					members[i] = m
 				}
-				p.SAdd(ctx, keys.Routed(id), members...)
+				p.SAdd(ctx, keys.Routed(id, cp), members...)
+				p.PExpire(ctx, keys.Routed(id, cp), ttl)
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("write routed sets: %w", err)
+	}
+	return nil
+}
+
+// RenewControlPlane records that control plane cp is alive for lease from now, keeps its
+// routed sets of the given workers for forget more, and forgets control planes whose lease
+// ended more than forget ago (their sets expire on their own).
+func RenewControlPlane(ctx context.Context, rdb redis.UniversalClient, keys Keys, cp string, workers []string, lease, forget time.Duration) error {
+	now := time.Now()
+	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, keys.ControlPlanes(), redis.Z{Score: float64(now.Add(lease).UnixMilli()), Member: cp})
+		p.ZRemRangeByScore(ctx, keys.ControlPlanes(), "-inf", "("+strconv.FormatInt(now.Add(-forget).UnixMilli(), 10))
+		for _, id := range workers {
+			p.PExpire(ctx, keys.Routed(id, cp), lease+forget)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("renew control plane %s: %w", cp, err)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,7 @@ const envPrefix = "MESH_CONTROLPLANE_"
 
 // Config is the control plane's whole configuration.
 type Config struct {
+	ID                string
 	XDSListen         string
 	MetricsListen     string
 	RegistryPath      string
@@ -53,6 +55,7 @@ type Config struct {
 
 // RegisterFlags declares every setting on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.ID, "id", "", "this replica's id among the control planes sharing a Redis (default: host name and xDS port)")
 	fs.StringVar(&c.XDSListen, "xds-listen", ":18000", "ADS gRPC address the gateway Envoy connects to")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", ":18001", "address of /metrics and /healthz")
 	fs.StringVar(&c.RegistryPath, "registry", "", "model registry YAML file (required; watched for changes)")
@@ -111,6 +114,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr)
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(cfg.XDSListen)
+		cfg.ID = host + ":" + port
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -118,6 +126,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
 	defer rdb.Close()
 	ctrl := controlplane.New(controlplane.Config{
+		ID:           cfg.ID,
 		RegistryPath: cfg.RegistryPath,
 		Translate: translate.Config{
 			ListenerAddress: cfg.ListenerAddress, ListenerPort: uint32(cfg.ListenerPort), ExtProcAddress: cfg.ExtProcAddr,
@@ -138,7 +147,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.InfoContext(ctx, "control plane started", "xds_addr", xdsLn.Addr().String(), "metrics_addr", metricsLn.Addr().String(), "registry", cfg.RegistryPath)
+	log.InfoContext(ctx, "control plane started", "id", cfg.ID, "xds_addr", xdsLn.Addr().String(), "metrics_addr", metricsLn.Addr().String(), "registry", cfg.RegistryPath)
 
 	g, gctx := errgroup.WithContext(ctx)
 	srv.Register(gctx, gs)
