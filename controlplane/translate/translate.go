@@ -82,6 +82,8 @@ type Config struct {
 	// most ext_proc may extend it to while a load runs.
 	ExtProcMessageTimeout time.Duration
 	MaxMessageTimeout     time.Duration
+	// Tracing, when set, has the gateway trace requests (tracing.go); nil: no tracing.
+	Tracing *Tracing
 }
 
 // State is the proto-free input: the registry, the live workers and which replicas are ready.
@@ -202,6 +204,13 @@ func Translate(cfg Config, st State) (Resources, error) {
 		return res, err
 	}
 	clusters = append(clusters, ext)
+	if cfg.Tracing != nil {
+		tc, err := tracingCluster(cfg.Tracing.CollectorAddress)
+		if err != nil {
+			return res, err
+		}
+		clusters = append(clusters, tc)
+	}
 	slices.SortFunc(clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int { return strings.Compare(a.ClusterName, b.ClusterName) })
 	for _, c := range clusters {
@@ -591,8 +600,15 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	var tracing *hcmv3.HttpConnectionManager_Tracing
+	if cfg.Tracing != nil {
+		if tracing, err = hcmTracing(cfg.Tracing); err != nil {
+			return nil, err
+		}
+	}
 	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix: "gateway",
+		Tracing:    tracing,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			RouteConfigName: RouteConfigName, ConfigSource: ads()}},
@@ -676,9 +692,18 @@ func workersCluster() (*clusterv3.Cluster, error) {
 }
 
 func extProcCluster(addr string) (*clusterv3.Cluster, error) {
-	host, port, err := splitHostPort(addr)
+	c, err := staticH2Cluster(ExtProcCluster, addr)
 	if err != nil {
 		return nil, fmt.Errorf("ext_proc address: %w", err)
+	}
+	return c, nil
+}
+
+// staticH2Cluster is a gRPC service at addr ("host:port"; a host name is resolved by DNS).
+func staticH2Cluster(name, addr string) (*clusterv3.Cluster, error) {
+	host, port, err := splitHostPort(addr)
+	if err != nil {
+		return nil, err
 	}
 	h2, err := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
 		ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
@@ -691,11 +716,11 @@ func extProcCluster(addr string) (*clusterv3.Cluster, error) {
 		kind = clusterv3.Cluster_STATIC
 	}
 	return &clusterv3.Cluster{
-		Name:                          ExtProcCluster,
+		Name:                          name,
 		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: kind},
 		ConnectTimeout:                durationpb.New(time.Second),
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
-		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: ExtProcCluster, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
 			LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(host, port)}}}},
 	}, nil
 }

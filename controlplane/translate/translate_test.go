@@ -104,21 +104,49 @@ func TestTranslateGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := render(t, res)
-			path := filepath.Join("testdata", tt.name+".yaml")
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test ./controlplane/translate -update)", err)
-			}
-			if diff := cmp.Diff(string(want), string(got)); diff != "" {
-				t.Fatalf("resources differ from %s (-want +got):\n%s", path, diff)
-			}
+			golden(t, tt.name, res)
 		})
+	}
+}
+
+// golden compares res with testdata/<name>.yaml (rewritten with -update).
+func golden(t *testing.T, name string, res Resources) {
+	t.Helper()
+	got := render(t, res)
+	path := filepath.Join("testdata", name+".yaml")
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./controlplane/translate -update)", err)
+	}
+	if diff := cmp.Diff(string(want), string(got)); diff != "" {
+		t.Fatalf("resources differ from %s (-want +got):\n%s", path, diff)
+	}
+}
+
+// TestTracingGolden: with tracing on, the connection manager gets Envoy's OpenTelemetry
+// tracer and the collector a cluster; everything else is as without (iris-hot.yaml).
+func TestTracingGolden(t *testing.T) {
+	r, err := registry.Parse([]byte(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	on := cfg
+	on.Tracing = &Tracing{CollectorAddress: "otel-collector.observability:4317", SamplePercent: 1}
+	res, err := Translate(on, State{Registry: r, Workers: []string{"10.0.0.1:8000"}, Ready: map[placement.ModelVersion][]string{
+		mv("iris", "1"): {"10.0.0.1:8000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "tracing", res)
+
+	on.Tracing.CollectorAddress = "no-port"
+	if _, err := Translate(on, State{}); err == nil || !strings.Contains(err.Error(), "tracing collector address") {
+		t.Fatalf("bad collector address: error %v", err)
 	}
 }
 

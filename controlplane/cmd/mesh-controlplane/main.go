@@ -49,8 +49,11 @@ type Config struct {
 	AckTimeout        time.Duration
 	Batch             time.Duration
 	Resync            time.Duration
-	LogFormat         string
-	LogLevel          string
+	// TracingOTLPAddr, when set, turns on the gateway's tracing (translate.Tracing).
+	TracingOTLPAddr      string
+	TracingSamplePercent float64
+	LogFormat            string
+	LogLevel             string
 }
 
 // RegisterFlags declares every setting on fs.
@@ -72,6 +75,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AckTimeout, "ack-timeout", 5*time.Second, "longest wait for Envoy to acknowledge one push phase")
 	fs.DurationVar(&c.Batch, "batch", 50*time.Millisecond, "how long to gather residency events into one push")
 	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads")
+	fs.StringVar(&c.TracingOTLPAddr, "tracing-otlp-addr", "", "OTLP/gRPC collector, host:port, the gateway Envoy sends its spans to (empty: the gateway does not trace)")
+	fs.Float64Var(&c.TracingSamplePercent, "tracing-sample-percent", 1, "with --tracing-otlp-addr: percent of requests the gateway traces, among those without a sampled traceparent of their own")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 }
@@ -100,10 +105,26 @@ func (c *Config) Validate() error {
 	if c.AckTimeout <= 0 || c.Batch <= 0 || c.Resync <= 0 || c.RouteTimeout <= 0 {
 		errs = append(errs, errors.New("--ack-timeout, --batch, --resync and --route-timeout must be positive"))
 	}
+	if c.TracingOTLPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.TracingOTLPAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--tracing-otlp-addr: %w", err))
+		}
+	}
+	if c.TracingSamplePercent < 0 || c.TracingSamplePercent > 100 {
+		errs = append(errs, fmt.Errorf("--tracing-sample-percent %g: between 0 and 100", c.TracingSamplePercent))
+	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
 	}
 	return errors.Join(errs...)
+}
+
+// tracing is the gateway's tracing configuration, nil when off.
+func (c *Config) tracing() *translate.Tracing {
+	if c.TracingOTLPAddr == "" {
+		return nil
+	}
+	return &translate.Tracing{CollectorAddress: c.TracingOTLPAddr, SamplePercent: c.TracingSamplePercent}
 }
 
 func main() { cli.Main("mesh-controlplane", run) }
@@ -132,6 +153,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ListenerAddress: cfg.ListenerAddress, ListenerPort: uint32(cfg.ListenerPort), ExtProcAddress: cfg.ExtProcAddr,
 			WasmPath: cfg.WasmPath, WasmMaxModels: cfg.WasmMaxModels, RouteTimeout: cfg.RouteTimeout,
 			ExtProcMessageTimeout: cfg.MessageTimeout, MaxMessageTimeout: cfg.MaxMessageTimeout,
+			Tracing: cfg.tracing(),
 		},
 		Watch: residency.WatchConfig{Batch: cfg.Batch, Resync: cfg.Resync},
 	}, rdb, residency.Keys{Prefix: cfg.RedisPrefix}, srv, log, reg)
