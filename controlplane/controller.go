@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,19 @@ type Config struct {
 	RegistryPath string
 	Translate    translate.Config
 	Watch        residency.WatchConfig
+	// Traffic, if not nil, replaces models' traffic rules in the registry before it is
+	// translated and published (Istio VirtualServices, package istio).
+	Traffic Traffic
+}
+
+// Traffic is a source of traffic rules that take precedence over the registry file's.
+type Traffic interface {
+	// Run watches the rules' sources until ctx ends, calling changed once they are first
+	// known and after each change.
+	Run(ctx context.Context, changed func()) error
+	// Apply returns the registry in force for the registry file's reg. Safe concurrently
+	// with Run.
+	Apply(reg *registry.Registry) *registry.Registry
 }
 
 // Controller reconciles state into configuration. Run owns all its goroutines.
@@ -41,7 +55,8 @@ func New(cfg Config, rdb redis.UniversalClient, keys residency.Keys, srv *xds.Se
 	return &Controller{cfg: cfg, rdb: rdb, keys: keys, xds: srv, log: log, metrics: newMetrics(reg)}
 }
 
-// event is one input of the reconcile loop: a new registry or a new residency snapshot.
+// event is one input of the reconcile loop: a new registry or a new residency snapshot;
+// neither means that the traffic rules changed.
 type event struct {
 	registry *registry.Registry
 	snapshot *residency.Snapshot
@@ -63,6 +78,23 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	if t := c.cfg.Traffic; t != nil {
+		// Nothing is published or pushed before the traffic rules are known, so that a
+		// restart does not briefly put the file's rules back in force.
+		known := make(chan struct{})
+		var once sync.Once
+		g.Go(func() error {
+			return t.Run(ctx, func() {
+				once.Do(func() { close(known) })
+				send(event{})
+			})
+		})
+		select {
+		case <-known:
+		case <-ctx.Done():
+			return g.Wait()
+		}
+	}
 	g.Go(func() error {
 		return WatchRegistry(ctx, c.cfg.RegistryPath, c.log, func(r *registry.Registry) { send(event{registry: r}) }, func(err error) {
 			c.metrics.registryRejected.Inc()
@@ -77,7 +109,8 @@ func (c *Controller) Run(ctx context.Context) error {
 }
 
 // loop is the only place that pushes: it folds bursts of events into one push.
-func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-chan event) error {
+func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <-chan event) error {
+	reg := c.inForce(file)
 	var snap *residency.Snapshot
 	var routed map[string][]string
 	published := ""
@@ -111,7 +144,7 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 		}
 		for drained := false; !drained; {
 			if e.registry != nil {
-				reg = e.registry
+				file = e.registry
 			}
 			if e.snapshot != nil {
 				snap = e.snapshot
@@ -122,6 +155,7 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 				drained = true
 			}
 		}
+		reg = c.inForce(file)
 		publish(false)
 		if snap == nil {
 			continue // no residency read yet: nothing is known to be routable
@@ -141,6 +175,15 @@ func (c *Controller) loop(ctx context.Context, reg *registry.Registry, events <-
 		}
 		routed = c.writeRouted(ctx, routedOf(reg, *snap), routed)
 	}
+}
+
+// inForce is the registry that is translated and published: the file's, with c.cfg.Traffic's
+// rules when there are any.
+func (c *Controller) inForce(file *registry.Registry) *registry.Registry {
+	if c.cfg.Traffic == nil {
+		return file
+	}
+	return c.cfg.Traffic.Apply(file)
 }
 
 // writeRouted records, per worker, the model versions the acknowledged configuration routes

@@ -1,0 +1,184 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/modelmesh/mesh/controlplane/translate"
+	"github.com/modelmesh/mesh/controlplane/xds"
+	"github.com/modelmesh/mesh/internal/redistest"
+	"github.com/modelmesh/mesh/internal/registry"
+	"github.com/modelmesh/mesh/internal/residency"
+)
+
+// fakeTraffic replaces iris's traffic rules with the last rules sent on changes.
+type fakeTraffic struct {
+	changes chan []registry.Rule
+	mu      sync.Mutex
+	rules   []registry.Rule
+}
+
+func (f *fakeTraffic) Run(ctx context.Context, changed func()) error {
+	for {
+		select {
+		case r := <-f.changes:
+			f.mu.Lock()
+			f.rules = r
+			f.mu.Unlock()
+			changed()
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (f *fakeTraffic) Apply(reg *registry.Registry) *registry.Registry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out, err := reg.WithTraffic(map[string][]registry.Rule{"iris": f.rules})
+	if err != nil {
+		panic(err) // the test sends valid rules only
+	}
+	return out
+}
+
+const irisTwo = "models:\n  - name: iris\n    defaultVersion: \"1\"\n" +
+	"    versions: [{version: \"1\", storageUri: \"file:///m/1\"}, {version: \"2\", storageUri: \"file:///m/2\"}]\n"
+
+// TestControllerPublishesTheRegistryInForce: the registry published to Redis, which ext_proc
+// routes by, carries the traffic rules of the Traffic source, from the first publication on,
+// and follows changes of both the rules and the registry file.
+func TestControllerPublishesTheRegistryInForce(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	keys := residency.Keys{Prefix: "test"}
+	path := filepath.Join(t.TempDir(), "registry.yaml")
+	if err := os.WriteFile(path, []byte(irisTwo), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file, err := registry.Parse([]byte(irisTwo))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	sub := rdb.Subscribe(ctx, keys.Events())
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil { // the subscription is confirmed
+		t.Fatal(err)
+	}
+	published := make(chan string, 16) // digests of the published registries, in order
+	go func() {
+		for msg := range sub.Channel() {
+			var e residency.Event
+			if json.Unmarshal([]byte(msg.Payload), &e) == nil && e.Kind == "registry" {
+				select {
+				case published <- e.State:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+
+	traffic := &fakeTraffic{changes: make(chan []registry.Rule)}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c := New(Config{
+		ID: "cp-test", RegistryPath: path, Traffic: traffic,
+		Translate: translate.Config{ListenerAddress: "127.0.0.1", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
+			WasmPath: "/modelid.wasm", WasmMaxModels: 10, RouteTimeout: time.Second,
+			ExtProcMessageTimeout: time.Second, MaxMessageTimeout: 2 * time.Second},
+		Watch: residency.WatchConfig{Batch: 10 * time.Millisecond, Resync: 100 * time.Millisecond},
+	}, rdb, keys, xds.New(xds.Config{AckTimeout: time.Second}, log, nil), log, nil)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	await := func(what string, want *registry.Registry) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case d := <-published:
+				if d == want.Digest() {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("never published: %s", what)
+			}
+		}
+	}
+	canary := []registry.Rule{{Source: "test", Split: []registry.Weighted{{Version: "1", Weight: 90}, {Version: "2", Weight: 10}}}}
+	traffic.changes <- canary
+	withCanary, err := file.WithTraffic(map[string][]registry.Rule{"iris": canary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-published:
+		if d != withCanary.Digest() {
+			t.Fatalf("first registry published has digest %s, want the one with the canary rules %s (file's: %s)", d, withCanary.Digest(), file.Digest())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing published")
+	}
+	got, err := rdb.Get(ctx, keys.Registry()).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.Decode(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if iris, _ := reg.Model("iris"); len(iris.Traffic) != 1 || iris.Traffic[0].Split[1].Weight != 10 {
+		t.Fatalf("published iris traffic %+v", iris.Traffic)
+	}
+
+	// The rules change.
+	traffic.changes <- nil
+	await("the registry without rules", file)
+
+	// The file changes: the rules in force still apply to it.
+	traffic.changes <- canary
+	await("the canary again", withCanary)
+	more := irisTwo + "  - name: digits\n    versions: [{version: \"1\", storageUri: \"file:///d/1\"}]\n"
+	moreFile, err := registry.Parse([]byte(more))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moreCanary, err := moreFile.WithTraffic(map[string][]registry.Rule{"iris": canary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Written until seen, since the file's watch may not be set up yet.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if err := os.WriteFile(path, []byte(more), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case d := <-published:
+			if d == moreCanary.Digest() {
+				return
+			}
+		case <-time.After(300 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never published: the new file with the canary")
+		}
+	}
+}
