@@ -9,7 +9,12 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -44,10 +49,13 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 }
 
 // onRequestHeaders answers one request's headers; it returns an error only when the
-// stream is gone.
+// stream is gone. The decision is the span extproc.decide, in the request's trace.
 func (s *Server) onRequestHeaders(ctx context.Context, stream extprocv3.ExternalProcessor_ProcessServer, h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {
 	start := time.Now()
 	req, grpc := requestOf(h)
+	ctx, span := s.tracer.Start(traceContext(ctx, req), "extproc.decide", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("mesh.model", req.Model)))
+	defer span.End()
 	extend := func() error {
 		return stream.Send(extendResponse(s.overrideTimeout()))
 	}
@@ -59,6 +67,7 @@ func (s *Server) onRequestHeaders(ctx context.Context, stream extprocv3.External
 		resp = routeResponse(a)
 	case ctx.Err() != nil:
 		s.metrics.decisions.WithLabelValues("canceled").Inc()
+		span.SetAttributes(attribute.String("mesh.outcome", "canceled"))
 		return nil, ctx.Err()
 	case !errors.As(err, new(*Error)):
 		return nil, err // the stream failed while extending the timeout
@@ -67,6 +76,19 @@ func (s *Server) onRequestHeaders(ctx context.Context, stream extprocv3.External
 	}
 	s.metrics.decisions.WithLabelValues(outcome).Inc()
 	s.metrics.decisionSeconds.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	if span.IsRecording() {
+		version := a.Model.Version
+		if version == "" {
+			version = req.Version
+		}
+		span.SetAttributes(attribute.String("mesh.version", version), attribute.String("mesh.outcome", outcome))
+		if a.Endpoint != "" {
+			span.SetAttributes(attribute.String("mesh.endpoint", a.Endpoint))
+		}
+		if err != nil && statusOf(err).http >= 500 {
+			span.SetStatus(otelcodes.Error, err.Error())
+		}
+	}
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.DebugContext(ctx, "decided", "model", req.Model, "version", a.Model.Version, "path", req.Path,
 			"outcome", outcome, "endpoint", a.Endpoint, "error", err)
@@ -108,6 +130,33 @@ func requestOf(h *extprocv3.HttpHeaders) (Request, bool) {
 	}
 	return req, grpc
 }
+
+// traceContext is ctx with the request's trace context: Envoy's, from the ext_proc stream's
+// gRPC metadata (the span of its call to ext_proc), else the client's, from the request's
+// headers. Envoy puts its own traceparent in the request's headers only when it routes the
+// request, after ext_proc; the headers ext_proc sees carry at most the client's.
+func traceContext(ctx context.Context, req Request) context.Context {
+	tc := propagation.TraceContext{}
+	md, _ := metadata.FromIncomingContext(ctx)
+	fromEnvoy := tc.Extract(ctx, readCarrier(func(k string) string {
+		if v := md.Get(k); len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}))
+	if trace.SpanContextFromContext(fromEnvoy).IsValid() {
+		return fromEnvoy
+	}
+	return tc.Extract(ctx, readCarrier(req.Header))
+}
+
+// readCarrier reads trace context fields from a lookup function. The W3C propagator only
+// gets the fields it knows, so Keys need not list them.
+type readCarrier func(key string) string
+
+func (c readCarrier) Get(key string) string { return c(key) }
+func (readCarrier) Set(string, string)      {}
+func (readCarrier) Keys() []string          { return nil }
 
 // passThrough lets a message the server has no business with continue unchanged.
 func passThrough(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {

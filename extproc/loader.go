@@ -25,14 +25,18 @@ type Loader interface {
 // MgmtAddr over plaintext gRPC, keeping one client connection per address. Safe for
 // concurrent use; Close releases the connections.
 type GRPCLoader struct {
+	opts  []grpc.DialOption
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
 
 var _ Loader = (*GRPCLoader)(nil)
 
-// NewGRPCLoader returns a loader with no connections yet.
-func NewGRPCLoader() *GRPCLoader { return &GRPCLoader{conns: map[string]*grpc.ClientConn{}} }
+// NewGRPCLoader returns a loader with no connections yet; opts are added to every
+// connection's (the tracing instrumentation, which carries the trace context to the worker).
+func NewGRPCLoader(opts ...grpc.DialOption) *GRPCLoader {
+	return &GRPCLoader{opts: opts, conns: map[string]*grpc.ClientConn{}}
+}
 
 // Load implements Loader.
 func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) error {
@@ -63,7 +67,7 @@ func (l *GRPCLoader) conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := l.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, l.opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to worker management %s: %w", addr, err)
 	}

@@ -17,6 +17,11 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/residency"
 )
@@ -41,6 +46,8 @@ type Config struct {
 	LockPoll time.Duration
 	// Rand returns a uniform number in [0, n); default math/rand/v2.Uint64N.
 	Rand func(n uint64) uint64
+	// TracerProvider makes the spans of decisions and cold waits; default a no-op one.
+	TracerProvider trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {
@@ -60,6 +67,9 @@ func (c Config) withDefaults() Config {
 	if c.Rand == nil {
 		c.Rand = rand.Uint64N
 	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = noop.NewTracerProvider()
+	}
 	return c
 }
 
@@ -72,6 +82,7 @@ type Server struct {
 	locks   *Locks
 	log     *slog.Logger
 	metrics *Metrics
+	tracer  trace.Tracer
 
 	mu      sync.Mutex
 	flights map[placement.ModelVersion]*flight
@@ -97,8 +108,10 @@ func New(cfg Config, view *View, loader Loader, locks *Locks, log *slog.Logger, 
 	view.mu.Lock()
 	view.onSet = func(t time.Time) { metrics.snapshotTime.Set(float64(t.UnixNano()) / 1e9) }
 	view.mu.Unlock()
+	cfg = cfg.withDefaults()
 	return &Server{
-		cfg: cfg.withDefaults(), view: view, loader: loader, locks: locks, log: log, metrics: metrics,
+		cfg: cfg, view: view, loader: loader, locks: locks, log: log, metrics: metrics,
+		tracer:  cfg.TracerProvider.Tracer("github.com/modelmesh/mesh/extproc"),
 		flights: map[placement.ModelVersion]*flight{},
 	}
 }
@@ -139,10 +152,19 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 	return Answer{Outcome: "cold_loaded", Endpoint: req.Endpoint(w), Model: d.Model}, nil
 }
 
-// hold joins (or starts) the flight for d's model version and waits for it.
-func (s *Server) hold(ctx context.Context, d Decision, extend func() error) (residency.Worker, error) {
+// hold joins (or starts) the flight for d's model version and waits for it, as the span
+// extproc.cold_wait; a flight it starts runs in that span, so the Load is its child.
+func (s *Server) hold(ctx context.Context, d Decision, extend func() error) (_ residency.Worker, err error) {
 	deadline := time.Now().Add(s.cfg.LoadDeadline)
 	m := d.Model
+	ctx, span := s.tracer.Start(ctx, "extproc.cold_wait", trace.WithAttributes(
+		attribute.String("mesh.model", m.Name), attribute.String("mesh.version", m.Version)))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -167,6 +189,7 @@ func (s *Server) hold(ctx context.Context, d Decision, extend func() error) (res
 		return residency.Worker{}, errorf(ErrQueueFull, "%d requests already wait for model %s", s.cfg.MaxWaiting, m)
 	default:
 		s.metrics.coalesced.Inc()
+		span.SetAttributes(attribute.Bool("mesh.coalesced", true))
 	}
 	f.waiting++
 	s.metrics.held.Inc()

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/modelmesh/mesh/internal/tracing"
 )
 
 // envPrefix: every flag --some-flag can also be set as MESH_EXTPROC_SOME_FLAG.
@@ -28,6 +30,7 @@ type Config struct {
 	LogFormat         string
 	LogLevel          string
 	ShutdownTimeout   time.Duration
+	OTLPEndpoint      string
 }
 
 // RegisterFlags declares every setting on fs.
@@ -47,6 +50,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "longest wait for held requests at shutdown")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC collector, host:port, for spans of requests whose trace is sampled (empty: no tracing)")
 }
 
 // Validate checks the settings together.
@@ -72,9 +76,17 @@ func (c *Config) Validate() error {
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
 	}
+	if err := c.tracing().Validate("otlp-endpoint"); err != nil {
+		errs = append(errs, err)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("--log-level %q: debug, info, warn or error", c.LogLevel))
 	}
 	return errors.Join(errs...)
+}
+
+// tracing is where the service's spans go.
+func (c *Config) tracing() tracing.Config {
+	return tracing.Config{Endpoint: c.OTLPEndpoint, Service: "mesh-extproc"}
 }

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/modelmesh/mesh/internal/cli"
+	"github.com/modelmesh/mesh/internal/otlptest"
 	"github.com/modelmesh/mesh/internal/redistest"
 )
 
@@ -65,6 +66,7 @@ func TestValidate(t *testing.T) {
 		{"bounded queue", []string{"--redis-addr", "r:1", "--max-waiting", "0"}, "--max-waiting"},
 		{"log format", []string{"--redis-addr", "r:1", "--log-format", "xml"}, "--log-format"},
 		{"log level", []string{"--redis-addr", "r:1", "--log-level", "loud"}, "--log-level"},
+		{"otlp endpoint", []string{"--redis-addr", "r:1", "--otlp-endpoint", "collector"}, "--otlp-endpoint"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,23 +85,27 @@ func TestBadEnvironmentIsAnError(t *testing.T) {
 	}
 }
 
+// TestRunStopsCleanlyWhenCancelled, with tracing off and on: every goroutine ends (goleak).
 func TestRunStopsCleanlyWhenCancelled(t *testing.T) {
 	srv := redistest.Start(t)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	var stderr strings.Builder
-	go func() {
-		done <- run(ctx, []string{"--redis-addr", srv.Addr, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, &syncWriter{w: &stderr})
-	}()
-	time.Sleep(300 * time.Millisecond)
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
+	col := otlptest.Start(t)
+	for _, extra := range [][]string{nil, {"--otlp-endpoint", col.Addr}} {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		var stderr strings.Builder
+		go func() {
+			done <- run(ctx, append([]string{"--redis-addr", srv.Addr, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, extra...), &syncWriter{w: &stderr})
+		}()
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("run %v: %v", extra, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("run %v did not return after cancellation", extra)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("run did not return after cancellation")
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/modelmesh/mesh/extproc"
 	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/residency"
+	"github.com/modelmesh/mesh/internal/tracing"
 )
 
 func main() { cli.Main("mesh-extproc", run) }
@@ -45,12 +46,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	tr, err := tracing.New(ctx, cfg.tracing(), log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tr.Shutdown(sctx); err != nil {
+			log.WarnContext(sctx, "flush spans", "error", err)
+		}
+	}()
 	view := extproc.NewView()
-	loader := extproc.NewGRPCLoader()
+	loader := extproc.NewGRPCLoader(tr.GRPCClient()...)
 	defer loader.Close()
 	srv := extproc.New(extproc.Config{
 		LoadDeadline: cfg.LoadDeadline, MaxMessageTimeout: cfg.MaxMessageTimeout, MaxWaiting: cfg.MaxWaiting,
-		RetryAfter: cfg.RetryAfter, LockTTL: cfg.LockTTL,
+		RetryAfter: cfg.RetryAfter, LockTTL: cfg.LockTTL, TracerProvider: tr.Provider(),
 	}, view, loader, extproc.NewLocks(rdb, cfg.RedisPrefix, cfg.LockTTL), log, extproc.NewMetrics(reg))
 	defer srv.Close()
 
