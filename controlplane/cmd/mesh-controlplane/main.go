@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -20,12 +21,15 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/klog/v2"
 
 	"github.com/modelmesh/mesh/controlplane"
 	"github.com/modelmesh/mesh/controlplane/translate"
 	"github.com/modelmesh/mesh/controlplane/xds"
 	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/residency"
+	"github.com/modelmesh/mesh/istio"
 )
 
 const envPrefix = "MESH_CONTROLPLANE_"
@@ -52,8 +56,14 @@ type Config struct {
 	// TracingOTLPAddr, when set, turns on the gateway's tracing (translate.Tracing).
 	TracingOTLPAddr      string
 	TracingSamplePercent float64
-	LogFormat            string
-	LogLevel             string
+	// Istio traffic rules (package istio), from a directory or from the Kubernetes API.
+	IstioDir       string
+	IstioKube      bool
+	Kubeconfig     string
+	IstioNamespace string
+	IstioSelector  string
+	LogFormat      string
+	LogLevel       string
 }
 
 // RegisterFlags declares every setting on fs.
@@ -77,6 +87,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads")
 	fs.StringVar(&c.TracingOTLPAddr, "tracing-otlp-addr", "", "OTLP/gRPC collector, host:port, the gateway Envoy sends its spans to (empty: the gateway does not trace)")
 	fs.Float64Var(&c.TracingSamplePercent, "tracing-sample-percent", 1, "with --tracing-otlp-addr: percent of requests the gateway traces, among those without a sampled traceparent of their own")
+	fs.StringVar(&c.IstioDir, "istio-dir", "", "directory of Istio VirtualService and DestinationRule YAML files whose rules replace the registry's traffic rules of the models they route (watched; empty: none)")
+	fs.BoolVar(&c.IstioKube, "istio-kube", false, "read VirtualServices and DestinationRules from the Kubernetes API instead (in-cluster configuration unless --kubeconfig)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "with --istio-kube: kubeconfig file of the cluster")
+	fs.StringVar(&c.IstioNamespace, "istio-namespace", "", "with --istio-kube: namespace to read (empty: all namespaces)")
+	fs.StringVar(&c.IstioSelector, "istio-selector", istio.DefaultSelector, "with --istio-kube: label selector of the objects to read")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 }
@@ -113,6 +128,15 @@ func (c *Config) Validate() error {
 	if c.TracingSamplePercent < 0 || c.TracingSamplePercent > 100 {
 		errs = append(errs, fmt.Errorf("--tracing-sample-percent %g: between 0 and 100", c.TracingSamplePercent))
 	}
+	if c.IstioDir != "" && c.IstioKube {
+		errs = append(errs, errors.New("--istio-dir and --istio-kube exclude each other"))
+	}
+	if c.Kubeconfig != "" && !c.IstioKube {
+		errs = append(errs, errors.New("--kubeconfig needs --istio-kube"))
+	}
+	if _, err := labels.Parse(c.IstioSelector); err != nil {
+		errs = append(errs, fmt.Errorf("--istio-selector: %w", err))
+	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
 	}
@@ -125,6 +149,29 @@ func (c *Config) tracing() *translate.Tracing {
 		return nil
 	}
 	return &translate.Tracing{CollectorAddress: c.TracingOTLPAddr, SamplePercent: c.TracingSamplePercent}
+}
+
+// trafficRules returns the Istio traffic rules the flags ask for, nil for none.
+func (c *Config) trafficRules(log *slog.Logger, reg prometheus.Registerer) (*istio.Traffic, error) {
+	switch {
+	case c.IstioDir != "":
+		dir := c.IstioDir
+		return istio.NewTraffic(func(ctx context.Context, update func(istio.Objects)) error {
+			return istio.WatchDir(ctx, dir, log, update)
+		}, nil, log, reg), nil
+	case c.IstioKube:
+		client, err := istio.KubeClient(c.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		k, err := istio.NewKube(client, c.IstioNamespace, c.IstioSelector, log)
+		if err != nil {
+			return nil, err
+		}
+		klog.SetSlogLogger(log) // client-go's own messages (a watch refused, say) in our log
+		return istio.NewTraffic(k.Watch, k, log, reg), nil
+	}
+	return nil, nil
 }
 
 func main() { cli.Main("mesh-controlplane", run) }
@@ -146,7 +193,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	srv := xds.New(xds.Config{AckTimeout: cfg.AckTimeout}, log, xds.NewMetrics(reg))
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
 	defer rdb.Close()
-	ctrl := controlplane.New(controlplane.Config{
+	traffic, err := cfg.trafficRules(log, reg)
+	if err != nil {
+		return err
+	}
+	ccfg := controlplane.Config{
 		ID:           cfg.ID,
 		RegistryPath: cfg.RegistryPath,
 		Translate: translate.Config{
@@ -156,7 +207,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			Tracing: cfg.tracing(),
 		},
 		Watch: residency.WatchConfig{Batch: cfg.Batch, Resync: cfg.Resync},
-	}, rdb, residency.Keys{Prefix: cfg.RedisPrefix}, srv, log, reg)
+	}
+	if traffic != nil {
+		ccfg.Traffic = traffic
+	}
+	ctrl := controlplane.New(ccfg, rdb, residency.Keys{Prefix: cfg.RedisPrefix}, srv, log, reg)
 
 	lns, err := cli.Listen([]string{"xDS", "metrics"}, []string{cfg.XDSListen, cfg.MetricsListen})
 	if err != nil {
@@ -168,6 +223,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	if traffic != nil {
+		mux.Handle("/status/virtualservices", traffic)
+	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	log.InfoContext(ctx, "control plane started", "id", cfg.ID, "xds_addr", xdsLn.Addr().String(), "metrics_addr", metricsLn.Addr().String(), "registry", cfg.RegistryPath)
 
