@@ -172,7 +172,6 @@ func (c *converter) destinationRule(dr *networkingv1.DestinationRule) Status {
 	if spec.GetWorkloadSelector() != nil {
 		v.reject("workloadSelector: the mesh's gateway is not a workload it could select")
 	}
-	exportTo(&v, spec.GetExportTo())
 	versions := map[string]string{}
 	for i, s := range spec.GetSubsets() {
 		at := fmt.Sprintf("subsets[%d]", i)
@@ -231,7 +230,6 @@ func (c *converter) virtualService(vs *networkingv1.VirtualService) (*verdict, m
 	if len(spec.GetTcp()) > 0 {
 		v.reject("tcp: the mesh routes HTTP only")
 	}
-	exportTo(v, spec.GetExportTo())
 	if len(spec.GetHttp()) == 0 {
 		v.reject("http: empty")
 	}
@@ -273,15 +271,6 @@ func (c *converter) virtualService(vs *networkingv1.VirtualService) (*verdict, m
 		rules[host] = rs
 	}
 	return v, rules
-}
-
-// exportTo accepts only the default visibility: the gateway sees every object.
-func exportTo(v *verdict, to []string) {
-	for i, ns := range to {
-		if ns != "*" {
-			v.reject("exportTo[%d]: %q: the mesh's gateway sees every object; only \"*\" is supported", i, ns)
-		}
-	}
 }
 
 // unsupportedRoute rejects the parts of an http route the mesh cannot honour, whichever

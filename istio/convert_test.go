@@ -1,6 +1,8 @@
 package istio
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -116,6 +118,7 @@ kind: DestinationRule
 metadata: {name: iris, namespace: models}
 spec:
   host: iris
+  exportTo: ["."] # Istio's visibility: nothing to the mesh
   subsets:
     - {name: stable, labels: {version: "1"}}
     - {name: canary, labels: {version: "2"}}
@@ -441,7 +444,6 @@ func TestConvertRejectsWhatTheMeshCannotHonour(t *testing.T) {
 		{give: "    - retries: {attempts: -1}\n" + route, path: "http[0].retries.attempts"},
 		{give: "    []\n", path: "http: empty"},
 		{give: "  gateways: [istio-system/ingress]\n  http:\n" + route[:4] + "- " + route[6:], path: "gateways"},
-		{give: "  exportTo: [\".\"]\n  http:\n" + route[:4] + "- " + route[6:], path: "exportTo[0]"},
 		{give: "  tcp: [{route: [{destination: {host: digits}}]}]\n  http:\n" + route[:4] + "- " + route[6:], path: "tcp"},
 		{give: "  tls: [{match: [{sniHosts: [digits]}], route: [{destination: {host: digits}}]}]\n  http:\n" + route[:4] + "- " + route[6:], path: "tls"},
 	}
@@ -495,5 +497,44 @@ func TestOverlay(t *testing.T) {
 	}
 	if got.Digest() == reg.Digest() {
 		t.Error("the overlay did not change the registry's digest, so it would not be published")
+	}
+}
+
+// TestConvertCanaryExamples: every step of docs/canary.md is accepted as it stands.
+func TestConvertCanaryExamples(t *testing.T) {
+	t.Parallel()
+	reg, err := registry.Parse([]byte(`
+models:
+  - name: breast-cancer
+    versions: [{version: "1", storageUri: "file:///m/bc/1"}, {version: "2", storageUri: "file:///m/bc/2"}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob("examples/canary/0[1-9]-*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	dr, err := os.ReadFile("examples/canary/00-destinationrule.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		vs, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vss, drs, err := Decode([]byte(string(dr) + "---\n" + string(vs)))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		res := Convert(vss, drs, reg)
+		checkStatuses(t, res.Statuses, []want{
+			{obj: "DestinationRule modelmesh/breast-cancer", state: Accepted},
+			{obj: "VirtualService modelmesh/breast-cancer", state: Accepted},
+		})
+		if len(res.Rules["breast-cancer"]) == 0 {
+			t.Errorf("%s: no rules", f)
+		}
 	}
 }

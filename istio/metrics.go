@@ -12,7 +12,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		virtualServices: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mesh_controlplane_virtualservices",
 			Help: "VirtualServices read, by verdict."}, []string{"state"}),
 		rejections: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_controlplane_virtualservices_rejected_total",
-			Help: "Times a VirtualService was rejected: on its arrival or on a change to it or to the registry."}),
+			Help: "VirtualService rejections: counted when a VirtualService turns rejected or its reasons change."}),
 	}
 	// Both states exist from the start, so that dashboards and alerts see zeros.
 	m.virtualServices.WithLabelValues(string(Accepted))

@@ -82,9 +82,9 @@ func (t *Traffic) Run(ctx context.Context, changed func()) error {
 }
 
 // Apply returns the registry in force: file with the traffic rules of the accepted
-// VirtualServices (Convert, Overlay). Before the source's first update it returns file. It
-// converts only when file or the objects changed since the last call, and then hands the
-// verdicts to Run to report.
+// VirtualServices (Convert, Overlay); before the source's first update, file's rules are
+// unchanged. It converts only when file or the objects changed since the last call, and then
+// hands the verdicts to Run to report.
 func (t *Traffic) Apply(file *registry.Registry) *registry.Registry {
 	t.mu.Lock()
 	defer t.mu.Unlock()
