@@ -10,6 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
 )
@@ -57,6 +62,9 @@ type Config struct {
 	// MinIdle is how long a model must have gone unused before it may be evicted: a model
 	// just loaded or just used may have requests on their way to it.
 	MinIdle time.Duration
+	// TracerProvider makes the spans of a load's steps (fetch, reservation and evictions,
+	// backend load), children of the caller's span; nil: no spans.
+	TracerProvider trace.TracerProvider
 }
 
 // Spec is what a load needs to know about a model.
@@ -131,6 +139,7 @@ type Agent struct {
 	router  Router
 	log     *slog.Logger
 	metrics *Metrics
+	tracer  trace.Tracer
 	now     func() time.Time
 
 	// admit serialises decisions that change how much memory is spoken for: reservations and
@@ -160,8 +169,13 @@ func New(cfg Config, backend Backend, store Fetcher, router Router, log *slog.Lo
 		metrics.capacity.WithLabelValues(d.Name).Set(float64(d.Bytes))
 		metrics.used.WithLabelValues(d.Name) // 0 until the first load
 	}
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
 	a := &Agent{
 		cfg: cfg, backend: backend, store: store, router: router, log: log, metrics: metrics, now: time.Now,
+		tracer:   tp.Tracer("github.com/modelmesh/mesh/runtime-worker/agent"),
 		loadSem:  make(chan struct{}, cfg.LoadConcurrency),
 		quit:     make(chan struct{}),
 		changed:  make(chan struct{}, 1),
@@ -306,12 +320,15 @@ func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
 	case <-ctx.Done():
 		return fmt.Errorf("load %s: waiting for a load slot: %w", spec.Model, ctx.Err())
 	}
-	fetched, err := a.store.Fetch(ctx, spec.URI, spec.Model)
+	fctx, span := a.tracer.Start(ctx, "worker.fetch", trace.WithAttributes(attribute.String("mesh.storage_uri", spec.URI)))
+	fetched, err := a.store.Fetch(fctx, spec.URI, spec.Model)
+	span.SetAttributes(attribute.Int64("mesh.file_bytes", fetched.Bytes))
+	endSpan(span, err)
 	if err != nil {
 		return fmt.Errorf("load %s: %w", spec.Model, err)
 	}
 	want, source := a.reservation(spec, fetched.Bytes)
-	evicted, err := a.reserve(ctx, r, a.choices(want))
+	evicted, err := a.tracedReserve(ctx, r, a.choices(want), string(source))
 	if err != nil {
 		return fmt.Errorf("load %s (%s, %s): %w", spec.Model, want.On(-1).String(), source, err)
 	}
@@ -321,7 +338,11 @@ func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
 	reserved, gpu := r.mem, r.gpu
 	a.mu.Unlock()
 
-	loaded, err := a.backend.Load(ctx, spec.Model, fetched.Path, gpu)
+	bctx, span := a.tracer.Start(ctx, "worker.backend_load", trace.WithAttributes(
+		attribute.String("mesh.runtime", a.backend.Runtime()), attribute.Int("mesh.gpu", gpu)))
+	loaded, err := a.backend.Load(bctx, spec.Model, fetched.Path, gpu)
+	span.SetAttributes(attribute.String("mesh.measured", loaded.Memory.String()))
+	endSpan(span, err)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("load %s: %w", spec.Model, ctx.Err())
@@ -338,7 +359,7 @@ func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
 		}
 	}
 	if more := final.Minus(reserved).Positive(); !more.IsZero() {
-		extra, err := a.reserve(ctx, r, []choice{{gpu: gpu, mem: more}})
+		extra, err := a.tracedReserve(ctx, r, []choice{{gpu: gpu, mem: more}}, "measured")
 		if err != nil {
 			if uerr := a.backend.Unload(context.WithoutCancel(ctx), spec.Model); uerr != nil {
 				a.log.WarnContext(ctx, "unload a model that did not fit", "model", spec.Model.String(), "error", uerr)
@@ -355,6 +376,25 @@ func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
 	r.since, r.lastUsed = a.now(), a.now()
 	a.updateGauges()
 	return nil
+}
+
+// tracedReserve is reserve as the span worker.reserve (what it reserves, the figure's
+// source, what it evicted), each eviction a child span.
+func (a *Agent) tracedReserve(ctx context.Context, r *replica, choices []choice, source string) ([]placement.ModelVersion, error) {
+	ctx, span := a.tracer.Start(ctx, "worker.reserve", trace.WithAttributes(
+		attribute.String("mesh.reserve", choices[0].mem.String()), attribute.String("mesh.size_source", source)))
+	evicted, err := a.reserve(ctx, r, choices)
+	span.SetAttributes(attribute.Int("mesh.evicted", len(evicted)))
+	endSpan(span, err)
+	return evicted, err
+}
+
+// endSpan ends span, marking it failed when err is not nil.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
 }
 
 // reservation picks the memory to reserve before loading, and where the figure comes from.
@@ -466,9 +506,12 @@ func (a *Agent) reserve(ctx context.Context, r *replica, choices []choice) ([]pl
 	// short (waitUnrouted is bounded by Config.DrainTimeout, closeAndWait by its requests).
 	dctx := context.WithoutCancel(ctx)
 	for i, v := range victims {
-		a.waitUnrouted(dctx, doomed[i])
-		a.closeAndWait(dctx, doomed[i])
-		a.unload(dctx, doomed[i], "evict")
+		ectx, span := a.tracer.Start(dctx, "worker.evict", trace.WithAttributes(
+			attribute.String("mesh.model", v.Model.Name), attribute.String("mesh.version", v.Model.Version)))
+		a.waitUnrouted(ectx, doomed[i])
+		a.closeAndWait(ectx, doomed[i])
+		a.unload(ectx, doomed[i], "evict")
+		span.End()
 		evicted = append(evicted, v.Model)
 		a.metrics.evictions.Inc()
 		a.metrics.evictedAge.Observe(a.now().Sub(v.LastUsed).Seconds())

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/modelmesh/mesh/internal/placement"
@@ -164,6 +166,7 @@ func (s *Inference) restInfer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	modelAttributes(r.Context(), m)
 	req, err := DecodeRESTRequest(m, body, jsonLen)
 	if err != nil {
 		code = s.restError(w, r, err)
@@ -181,6 +184,13 @@ func (s *Inference) restInfer(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(out)
+}
+
+// modelAttributes names the model version asked for on the request's span, if it records.
+func modelAttributes(ctx context.Context, m placement.ModelVersion) {
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(attribute.String("mesh.model", m.Name), attribute.String("mesh.version", m.Version))
+	}
 }
 
 // restError answers with {"error": ...} and the status of err, and returns that status.
@@ -277,6 +287,7 @@ func (s *Inference) ModelInfer(ctx context.Context, r *inference.ModelInferReque
 		r.ModelVersion = versionFromMetadata(ctx)
 		m.Version = r.ModelVersion
 	}
+	modelAttributes(ctx, m)
 	req, raw, err := decodeGRPCRequest(r)
 	if err != nil {
 		return nil, grpcError(err)

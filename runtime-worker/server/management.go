@@ -3,6 +3,9 @@ package server
 import (
 	"context"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/proto/meshv1"
 	"github.com/modelmesh/mesh/runtime-worker/agent"
@@ -37,6 +40,10 @@ func (s *Management) Load(ctx context.Context, r *meshv1.LoadRequest) (*meshv1.L
 		Model: modelOf(r.GetModel()), URI: r.GetStorageUri(), DeclaredBytes: r.GetMemoryBytes(),
 		Learned: placement.Footprint{Host: r.GetLearnedHostBytes(), GPU: r.GetLearnedGpuBytes()}, Pinned: r.GetPinned(),
 	})
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(attribute.String("mesh.model", r.GetModel().GetName()), attribute.String("mesh.version", r.GetModel().GetVersion()),
+			attribute.Bool("mesh.loaded", res.Loaded), attribute.Int("mesh.evicted", len(res.Evicted)))
+	}
 	if err != nil {
 		return nil, grpcError(err)
 	}

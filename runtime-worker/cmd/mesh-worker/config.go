@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/modelmesh/mesh/internal/tracing"
 )
 
 // envPrefix: every flag --some-flag can also be set as MESH_WORKER_SOME_FLAG (internal/cli).
@@ -49,6 +51,7 @@ type Config struct {
 	LogFormat        string
 	LogLevel         string
 	ShutdownTimeout  time.Duration
+	OTLPEndpoint     string
 }
 
 // RegisterFlags declares every setting on fs.
@@ -89,6 +92,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "longest graceful shutdown")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC collector, host:port, for spans of loads and inference requests whose trace is sampled (empty: no tracing)")
 }
 
 // Validate checks the settings together.
@@ -148,7 +152,15 @@ func (c *Config) Validate() error {
 	if _, err := parseLabels(c.Labels); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.tracing().Validate("otlp-endpoint"); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// tracing is where the worker's spans go.
+func (c *Config) tracing() tracing.Config {
+	return tracing.Config{Endpoint: c.OTLPEndpoint, Service: "mesh-worker", Instance: c.WorkerID}
 }
 
 func parseLabels(s string) (map[string]string, error) {

@@ -67,12 +67,12 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	var cfg Config
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
-	fs.Parse([]string{"--load-concurrency", "0", "--log-format", "xml", "--labels", "novalue"})
+	fs.Parse([]string{"--load-concurrency", "0", "--log-format", "xml", "--labels", "novalue", "--otlp-endpoint", "collector"})
 	err := cfg.Validate()
 	if err == nil {
 		t.Fatal("Validate accepted a config without roots or runtime library")
 	}
-	for _, want := range []string{"--model-roots", "--ort-library", "--load-concurrency", "--log-format", "--labels"} {
+	for _, want := range []string{"--model-roots", "--ort-library", "--load-concurrency", "--log-format", "--labels", "--otlp-endpoint"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/residency"
+	"github.com/modelmesh/mesh/internal/tracing"
 	"github.com/modelmesh/mesh/proto/inference"
 	"github.com/modelmesh/mesh/proto/meshv1"
 	"github.com/modelmesh/mesh/runtime-worker/agent"
@@ -43,6 +44,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr).With("worker", cfg.WorkerID)
+	tr, err := tracing.New(ctx, cfg.tracing(), log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tr.Shutdown(sctx); err != nil {
+			log.WarnContext(sctx, "flush spans", "error", err)
+		}
+	}()
 
 	cacheDir := cfg.CacheDir
 	if cacheDir == "" {
@@ -102,6 +114,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	models := agent.New(agent.Config{
 		Capacity: capacity, LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
 		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout, MinIdle: cfg.MinIdle,
+		TracerProvider: tr.Provider(),
 	}, backend, store, router, log, agent.NewMetrics(reg))
 
 	lns, err := cli.Listen([]string{"inference", "management"}, []string{cfg.Listen, cfg.ManagementAddr})
@@ -111,11 +124,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	dataLn, mgmtLn := lns[0], lns[1]
 
 	infer := server.NewInference(models, log, server.NewMetrics(reg, cfg.MaxModelLabels), version, int64(cfg.MaxBodyBytes))
-	inferGRPC := grpc.NewServer(grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes)))
+	inferGRPC := grpc.NewServer(append(tr.GRPCServer(), grpc.MaxRecvMsgSize(int(cfg.MaxBodyBytes)))...)
 	inference.RegisterGRPCInferenceServiceServer(inferGRPC, infer)
-	dataSrv := &http.Server{Handler: infer.REST(), ReadHeaderTimeout: 10 * time.Second}
+	dataSrv := &http.Server{Handler: tr.HTTP(infer.REST()), ReadHeaderTimeout: 10 * time.Second}
 
-	mgmtGRPC := grpc.NewServer()
+	mgmtGRPC := grpc.NewServer(tr.GRPCServer()...)
 	meshv1.RegisterWorkerServiceServer(mgmtGRPC, server.NewManagement(models, cfg.WorkerID))
 	mgmtMux := http.NewServeMux()
 	mgmtMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
