@@ -146,6 +146,11 @@ func TestKubeWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	await(t, updates, "the deleted VirtualService", func(o Objects) bool { return len(o.VirtualServices) == 0 })
+
+	if _, err := vss.Create(ctx, kubeVS("models", "created", selected, "2"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	await(t, updates, "the created VirtualService", func(o Objects) bool { return rules(t, o) == "models/created: 2" })
 }
 
 func TestNewKubeRefusesABadSelector(t *testing.T) {

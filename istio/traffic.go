@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -176,13 +177,14 @@ func (t *Traffic) logChanges(ctx context.Context, before, now Report) {
 	for _, s := range []State{Accepted, Rejected} {
 		t.metrics.virtualServices.WithLabelValues(string(s)).Set(float64(counts[s]))
 	}
-	seen := map[Problem]bool{}
-	for _, p := range before.Problems {
-		seen[p] = true
-	}
 	for _, p := range now.Problems {
-		if !seen[p] {
+		if !slices.Contains(before.Problems, p) {
 			t.log.WarnContext(ctx, "istio file not read; its objects are left out", "file", p.File, "error", p.Error)
+		}
+	}
+	for _, p := range before.Problems {
+		if !slices.ContainsFunc(now.Problems, func(q Problem) bool { return q.File == p.File }) {
+			t.log.InfoContext(ctx, "istio file problem gone", "file", p.File)
 		}
 	}
 }

@@ -192,5 +192,7 @@ func TestTraffic(t *testing.T) {
 	if iris, _ := tr.Apply(file).Model("iris"); iris.Traffic[0].Split[0].Version != "1" {
 		t.Fatalf("iris traffic %+v after the VirtualServices went, want the file's", iris.Traffic)
 	}
-	eventually(t, "the removals logged", func() bool { return logs.count("istio object removed") == 3 })
+	eventually(t, "the removals logged", func() bool {
+		return logs.count("istio object removed") == 3 && logs.count("istio file problem gone") == 1
+	})
 }
