@@ -78,7 +78,7 @@ bench-worker: setup models build ## worker latency and throughput against ONNX R
 	$(GO) test -count=1 -run '^$$' -bench WorkerLoad -benchtime 10x $(E2E_FLAGS)
 
 .PHONY: bench-mesh
-bench-mesh: setup models build ## the mesh: hot path, cold start, concurrent cold, scale (docs/benchmarks.md)
+bench-mesh: setup models build ## the mesh: hot path, cold start, concurrent cold, scale, Envoy stats memory (docs/benchmarks.md)
 	$(GO) test -count=1 -timeout 30m -run '^$$' -bench 'Mesh' -benchtime 1x -tags e2e ./e2e/ -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 20x ./controlplane/translate/
 

@@ -210,37 +210,53 @@ func BenchmarkMeshScale(b *testing.B) {
 	}
 }
 
-func meshScale(b *testing.B, delta bool) {
+// scaleRegistry is a registry of n models m00000, m00001... with one version each.
+func scaleRegistry(n int) string {
 	var reg strings.Builder
 	reg.WriteString("models:\n")
-	for i := range 10000 {
+	for i := range n {
 		fmt.Fprintf(&reg, "  - {name: m%05d, versions: [{version: \"1\", storageUri: \"file:///models/m%05d/1/model.onnx\"}]}\n", i, i)
 	}
-	m := startMesh(b, meshOptions{Registry: reg.String(), Delta: delta})
-	rdb := redis.NewClient(&redis.Options{Addr: m.redis.Addr})
-	defer rdb.Close()
-	keys := residency.Keys{Prefix: m.prefix}
-	before := m.envoyMemory(b)
+	return reg.String()
+}
 
-	type fake struct {
-		mu    sync.Mutex
-		state residency.State
-		ch    chan struct{}
-	}
+// fakeWorker is a worker that exists only as its records in Redis: nothing listens at its
+// address, which Envoy does not need for its configuration. Change state under mu, then
+// signal ch to have the records rewritten.
+type fakeWorker struct {
+	mu    sync.Mutex
+	state residency.State
+	ch    chan struct{}
+}
+
+// startFakeWorkers writes the records of n workers holding perWorker ready replicas each
+// (m00000:1 onwards, in order) into m's Redis and keeps their leases alive until the
+// benchmark ends.
+func startFakeWorkers(b *testing.B, m *mesh, n, perWorker int) []*fakeWorker {
+	b.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: m.redis.Addr})
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var fakes []*fake
-	for w := range 20 {
-		f := &fake{ch: make(chan struct{}, 1), state: residency.State{
+	b.Cleanup(func() { cancel(); rdb.Close() })
+	keys := residency.Keys{Prefix: m.prefix}
+	var fakes []*fakeWorker
+	for w := range n {
+		f := &fakeWorker{ch: make(chan struct{}, 1), state: residency.State{
 			Worker:   residency.Worker{ID: fmt.Sprintf("fake-%02d", w), DataAddr: fmt.Sprintf("127.0.%d.%d:8000", 10+w/200, 1+w%200), Runtime: "onnxruntime", Capacity: placement.HostMemory(1 << 40)},
 			Replicas: map[string]residency.Replica{}}}
-		for i := w * 100; i < (w+1)*100; i++ {
+		for i := w * perWorker; i < (w+1)*perWorker; i++ {
 			f.state.Replicas[fmt.Sprintf("m%05d:1", i)] = residency.Replica{State: "ready"}
 		}
 		rep := residency.NewReporter(rdb, keys, residency.ReporterConfig{Heartbeat: time.Second}, quietLog())
 		go rep.Run(ctx, f.ch, func() residency.State { f.mu.Lock(); defer f.mu.Unlock(); return f.state })
 		fakes = append(fakes, f)
 	}
+	return fakes
+}
+
+func meshScale(b *testing.B, delta bool) {
+	m := startMesh(b, meshOptions{Registry: scaleRegistry(10000), Delta: delta})
+	before := m.envoyMemory(b)
+	fakes := startFakeWorkers(b, m, 20, 100)
 	eventually(b, 60*time.Second, "2,000 model clusters in Envoy", func() bool {
 		return m.envoyStat(b, "cluster_manager.active_clusters") >= 2002
 	})
