@@ -86,7 +86,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Batch, "batch", 50*time.Millisecond, "how long to gather residency events into one push")
 	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads")
 	fs.StringVar(&c.TracingOTLPAddr, "tracing-otlp-addr", "", "OTLP/gRPC collector, host:port, the gateway Envoy sends its spans to (empty: the gateway does not trace)")
-	fs.Float64Var(&c.TracingSamplePercent, "tracing-sample-percent", 1, "with --tracing-otlp-addr: percent of requests the gateway traces, among those without a sampled traceparent of their own")
+	fs.Float64Var(&c.TracingSamplePercent, "tracing-sample-percent", 1, "with --tracing-otlp-addr: percent of requests the gateway traces (a request whose client sent an unsampled traceparent is never traced)")
 	fs.StringVar(&c.IstioDir, "istio-dir", "", "directory of Istio VirtualService and DestinationRule YAML files whose rules replace the registry's traffic rules of the models they route (watched; empty: none)")
 	fs.BoolVar(&c.IstioKube, "istio-kube", false, "read VirtualServices and DestinationRules from the Kubernetes API instead (in-cluster configuration unless --kubeconfig)")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "with --istio-kube: kubeconfig file of the cluster")
