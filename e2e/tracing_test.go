@@ -11,8 +11,10 @@ import (
 	"time"
 
 	tracev1 "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/modelmesh/mesh/internal/otlptest"
+	"github.com/modelmesh/mesh/proto/inference"
 )
 
 const (
@@ -90,8 +92,8 @@ func has(spans []otlptest.Span, service, name string) bool {
 // under it the gateway's ext_proc call and its upstream try; ext_proc's decision under its
 // call, the cold wait under the decision, ext_proc's Load call under the wait, the worker's
 // Load under that with fetch, reservation and backend load under it; the worker's inference
-// under the gateway's upstream try. A hot request is the gateway's spans and the worker's
-// inference only.
+// under the gateway's upstream try. A hot request, REST or gRPC, is the gateway's spans and
+// the worker's inference only.
 func TestTracingColdThenHot(t *testing.T) {
 	col := otlptest.Start(t)
 	m := startMesh(t, meshOptions{
@@ -158,25 +160,34 @@ func TestTracingColdThenHot(t *testing.T) {
 	}
 
 	m.waitHot(t, "iris", "1")
-	hot := newClientTrace(t)
-	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, hot.header()); code != 200 || label(t, out) != 0 {
+	hotREST, hotGRPC := newClientTrace(t), newClientTrace(t)
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, hotREST.header()); code != 200 || label(t, out) != 0 {
 		t.Fatalf("hot iris request: %d %v", code, out)
 	}
-	col.Await(t, hot.traceID, 30*time.Second, func(spans []otlptest.Span) bool { return has(spans, worker, inferSpan) && len(spans) >= 3 })
+	ctx := metadata.NewOutgoingContext(t.Context(), metadata.New(hotGRPC.header()))
+	if _, err := m.Infer.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "iris",
+		Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "input", Datatype: "FP32", Shape: []int64{1, 4}}}, RawInputContents: [][]byte{make([]byte, 16)}}); err != nil {
+		t.Fatalf("hot iris gRPC request: %v", err)
+	}
+	hot := map[clientTrace]string{hotREST: inferSpan, hotGRPC: "inference.GRPCInferenceService/ModelInfer"}
+	for c, name := range hot {
+		col.Await(t, c.traceID, 30*time.Second, func(spans []otlptest.Span) bool { return has(spans, worker, name) && len(spans) >= 3 })
+	}
 	// Stopping ext_proc and the worker flushes every span they still hold, so that what
-	// the trace lacks is known to be absent.
+	// the traces lack is known to be absent.
 	m.extproc.stop(t)
 	m.workers[0].stop(t)
-	tr = spanTree{t: t, spans: col.Trace(hot.traceID)}
-	ingress = tr.one(gateway, serverKind, "")
-	upstream = tr.one(gateway, clientKind, "")
-	infer = tr.one(worker, serverKind, inferSpan)
-	if ingress.ParentID != hot.spanID {
-		t.Errorf("the gateway's span does not continue the client's traceparent: %s", ingress)
-	}
-	tr.childOf(upstream, ingress)
-	tr.childOf(infer, upstream)
-	if len(tr.spans) != 3 {
-		t.Errorf("a hot request made %d spans, want the gateway's two and the worker's inference:\n%s", len(tr.spans), tr)
+	for c, name := range hot {
+		tr := spanTree{t: t, spans: col.Trace(c.traceID)}
+		ingress := tr.one(gateway, serverKind, "")
+		upstream := tr.one(gateway, clientKind, "")
+		if ingress.ParentID != c.spanID {
+			t.Errorf("the gateway's span does not continue the client's traceparent: %s", ingress)
+		}
+		tr.childOf(upstream, ingress)
+		tr.childOf(tr.one(worker, serverKind, name), upstream)
+		if len(tr.spans) != 3 {
+			t.Errorf("a hot request made %d spans, want the gateway's two and the worker's %s:\n%s", len(tr.spans), name, tr)
+		}
 	}
 }
