@@ -17,6 +17,11 @@ type config struct {
 	// model name from; a larger one is refused with RESOURCE_EXHAUSTED. Keep it below
 	// Envoy's per_connection_buffer_limit_bytes (1 MiB by default) minus 5.
 	MaxGRPCMessageBytes int `json:"max_grpc_message_bytes"`
+	// ReadGRPCBody lets a gRPC request that names its model only in the body wait for its
+	// first message. Envoy can hand the body over only with the Wasm filter's
+	// allow_on_headers_stop_iteration; where that cannot be set (Istio's WasmPlugin), false
+	// lets such requests pass on without a model id instead of stalling.
+	ReadGRPCBody bool `json:"read_grpc_body"`
 }
 
 const (
@@ -29,7 +34,7 @@ const (
 // parseConfig reads the plugin configuration. Unknown fields are refused, so that a typo
 // does not silently leave a default in place.
 func parseConfig(data []byte) (config, error) {
-	c := config{MaxModels: defaultMaxModels, MaxGRPCMessageBytes: defaultMaxGRPCMessageBytes}
+	c := config{MaxModels: defaultMaxModels, MaxGRPCMessageBytes: defaultMaxGRPCMessageBytes, ReadGRPCBody: true}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return c, nil
 	}

@@ -94,7 +94,7 @@ func (s *stream) onRequestHeaders(endOfStream bool) types.Action {
 		return s.reject(err)
 	case s.res.model.Name != "":
 		return s.apply(s.res.model, s.res.source)
-	case s.res.bodyMethod != "" && !endOfStream:
+	case s.res.bodyMethod != "" && !endOfStream && s.plugin.cfg.ReadGRPCBody:
 		s.waiting = true
 		return types.ActionPause
 	}

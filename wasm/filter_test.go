@@ -102,6 +102,7 @@ func TestStream(t *testing.T) {
 		headers [][2]string
 		body    []byte
 		chunks  []int // body sizes buffered at each body callback; the last is end of stream
+		config  string // the plugin configuration; "" takes the defaults
 		// want: the headers the upstream sees (nil when refused), the reply, counters.
 		wantHeaders  map[string]string
 		wantAbsent   []string
@@ -210,6 +211,23 @@ func TestStream(t *testing.T) {
 			wantCounters: map[string]uint64{statInvalid: 1},
 		},
 		{
+			name:        "gRPC without a model header passes on when the body may not be read",
+			headers:     grpc("ModelInfer"),
+			config:      `{"read_grpc_body": false}`,
+			body:        infer,
+			chunks:      []int{len(infer)},
+			wantAbsent:  []string{"x-model-id", "x-model-version"},
+			wantActions: []types.Action{types.ActionContinue},
+		},
+		{
+			name:         "gRPC header still read when the body may not be",
+			headers:      grpc("ModelInfer", [2]string{"x-model-id", "digits"}),
+			config:       `{"read_grpc_body": false}`,
+			wantHeaders:  map[string]string{"x-model-id": "digits"},
+			wantActions:  []types.Action{types.ActionContinue},
+			wantCounters: map[string]uint64{"modelmesh.model_requests.digits": 1},
+		},
+		{
 			name:         "invalid gRPC header id",
 			headers:      grpc("ModelInfer", [2]string{"x-model-id", "bad id"}),
 			wantReply:    &reply{400, nil, `model name from header x-model-id: invalid model id: "bad id": character ' ' at offset 3 not allowed`, 3},
@@ -221,7 +239,7 @@ func TestStream(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			h := &fakeHost{headers: tt.headers, body: tt.body}
-			p := newTestPlugin(t, h, "")
+			p := newTestPlugin(t, h, tt.config)
 			s := &stream{host: h, plugin: p}
 			actions := []types.Action{s.onRequestHeaders(len(tt.chunks) == 0)}
 			for i, size := range tt.chunks {
@@ -315,11 +333,12 @@ func TestParseConfig(t *testing.T) {
 		want    config
 		wantErr string
 	}{
-		{give: "", want: config{1000, 1<<20 - 5}},
-		{give: "  \n", want: config{1000, 1<<20 - 5}},
-		{give: "{}", want: config{1000, 1<<20 - 5}},
-		{give: `{"max_models": 5}`, want: config{5, 1<<20 - 5}},
-		{give: `{"max_models": 0, "max_grpc_message_bytes": 100}`, want: config{0, 100}},
+		{give: "", want: config{1000, 1<<20 - 5, true}},
+		{give: "  \n", want: config{1000, 1<<20 - 5, true}},
+		{give: "{}", want: config{1000, 1<<20 - 5, true}},
+		{give: `{"max_models": 5}`, want: config{5, 1<<20 - 5, true}},
+		{give: `{"max_models": 0, "max_grpc_message_bytes": 100}`, want: config{0, 100, true}},
+		{give: `{"read_grpc_body": false}`, want: config{1000, 1<<20 - 5, false}},
 		{give: `{"max_model": 5}`, wantErr: "unknown field"},
 		{give: `{"max_models": -1}`, wantErr: "outside"},
 		{give: `{"max_models": 1000001}`, wantErr: "outside"},
