@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -57,6 +58,7 @@ func (c Config) Validate(flag string) error {
 type Tracing struct {
 	provider trace.TracerProvider
 	sdk      *sdktrace.TracerProvider // nil when off
+	log      *slog.Logger
 }
 
 // New returns the binary's tracing. On, spans are batched and sent to cfg.Endpoint; export
@@ -64,7 +66,7 @@ type Tracing struct {
 // that is down loses spans, never requests.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Tracing, error) {
 	if cfg.Endpoint == "" {
-		return &Tracing{provider: tracenoop.NewTracerProvider()}, nil
+		return &Tracing{provider: tracenoop.NewTracerProvider(), log: log}, nil
 	}
 	exp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(cfg.Endpoint), otlptracegrpc.WithInsecure())
 	if err != nil {
@@ -84,7 +86,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Tracing, error) {
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
 		log.Warn("trace export failed", "otlp_endpoint", cfg.Endpoint, "error", err)
 	}))
-	return &Tracing{provider: sdk, sdk: sdk}, nil
+	return &Tracing{provider: sdk, sdk: sdk, log: log}, nil
 }
 
 // Provider is the tracer provider to pass to the parts of the binary that make spans.
@@ -129,10 +131,15 @@ func (t *Tracing) HTTP(h http.Handler) http.Handler {
 		otelhttp.WithMeterProvider(metricnoop.NewMeterProvider()))
 }
 
-// Shutdown sends the spans still buffered, within ctx, and stops the exporter.
-func (t *Tracing) Shutdown(ctx context.Context) error {
+// Close sends the spans still buffered and stops the exporter, within ctx and at most 5 s;
+// a failure is logged. Call it once, when nothing makes spans any more.
+func (t *Tracing) Close(ctx context.Context) {
 	if t.sdk == nil {
-		return nil
+		return
 	}
-	return t.sdk.Shutdown(ctx)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := t.sdk.Shutdown(ctx); err != nil {
+		t.log.WarnContext(ctx, "send the last spans", "error", err)
+	}
 }

@@ -50,13 +50,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := tr.Shutdown(sctx); err != nil {
-			log.WarnContext(sctx, "flush spans", "error", err)
-		}
-	}()
+	defer tr.Close(context.WithoutCancel(ctx))
 	view := extproc.NewView()
 	loader := extproc.NewGRPCLoader(tr.GRPCClient()...)
 	defer loader.Close()
