@@ -101,7 +101,7 @@ func TestStream(t *testing.T) {
 		name    string
 		headers [][2]string
 		body    []byte
-		chunks  []int // body sizes buffered at each body callback; the last is end of stream
+		chunks  []int  // body sizes buffered at each body callback; the last is end of stream
 		config  string // the plugin configuration; "" takes the defaults
 		// want: the headers the upstream sees (nil when refused), the reply, counters.
 		wantHeaders  map[string]string
