@@ -5,15 +5,12 @@ package controlplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"time"
 
-	"github.com/fsnotify/fsnotify"
-
+	"github.com/modelmesh/mesh/internal/fswatch"
 	"github.com/modelmesh/mesh/internal/registry"
 )
 
@@ -35,40 +32,15 @@ func LoadRegistry(path string) (*registry.Registry, error) {
 // one). It watches the file's directory, so editors that replace the file and Kubernetes
 // ConfigMap symlink swaps are both seen. Returns nil when ctx ends.
 func WatchRegistry(ctx context.Context, path string, log *slog.Logger, onValid func(*registry.Registry), onInvalid func(error)) error {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return err
+	relevant := func(p string) bool {
+		return filepath.Base(p) == filepath.Base(path) || filepath.Base(p) == "..data"
 	}
-	defer w.Close()
-	if err := w.Add(filepath.Dir(path)); err != nil {
-		return fmt.Errorf("watch %s: %w", filepath.Dir(path), err)
-	}
-	var pending <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-w.Events:
-			if !ok {
-				return errors.New("registry watcher closed")
-			}
-			if filepath.Base(ev.Name) == filepath.Base(path) || filepath.Base(ev.Name) == "..data" {
-				// Writers touch a file several times; read once they are done.
-				pending = time.After(100 * time.Millisecond)
-			}
-		case err, ok := <-w.Errors:
-			if !ok {
-				return errors.New("registry watcher closed")
-			}
-			log.WarnContext(ctx, "registry watcher", "error", err)
-		case <-pending:
-			pending = nil
-			r, err := LoadRegistry(path)
-			if err != nil {
-				onInvalid(err)
-				continue
-			}
-			onValid(r)
+	return fswatch.Watch(ctx, []string{filepath.Dir(path)}, relevant, log, func() {
+		r, err := LoadRegistry(path)
+		if err != nil {
+			onInvalid(err)
+			return
 		}
-	}
+		onValid(r)
+	})
 }

@@ -64,6 +64,18 @@ func TestMeshZipfWorkloadWithEvictions(t *testing.T) {
 	t.Logf("%d requests, %v evictions, 0 failures", len(picks), evictions)
 }
 
+// onlyLoader is the worker that made the mesh's one load so far.
+func (m *mesh) onlyLoader(t testing.TB) *worker {
+	t.Helper()
+	for _, w := range m.workers {
+		if w.metric(t, `mesh_worker_loads_total{result="ok"}`) == 1 {
+			return w
+		}
+	}
+	t.Fatal("no worker loaded a model")
+	return nil
+}
+
 // TestMeshWorkerKilled: after SIGKILL of the worker holding a model, the next requests for it
 // are answered by another worker.
 func TestMeshWorkerKilled(t *testing.T) {
@@ -72,16 +84,7 @@ func TestMeshWorkerKilled(t *testing.T) {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}
 	m.waitHot(t, "iris", "1")
-	var holder *worker
-	for _, w := range m.workers {
-		if w.metric(t, `mesh_worker_loads_total{result="ok"}`) == 1 {
-			holder = w
-		}
-	}
-	if holder == nil {
-		t.Fatal("no worker loaded iris")
-	}
-	holder.kill()
+	m.onlyLoader(t).kill()
 	// Until the dead worker's lease ends (3 heartbeats, 1.5 s here) requests may fail; after
 	// that every request must be answered.
 	eventually(t, 15*time.Second, "iris answered after its worker died", func() bool {
@@ -104,15 +107,7 @@ func TestMeshWorkerStoppedLosesNoRequest(t *testing.T) {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}
 	m.waitHot(t, "iris", "1")
-	var holder *worker
-	for _, w := range m.workers {
-		if w.metric(t, `mesh_worker_loads_total{result="ok"}`) == 1 {
-			holder = w
-		}
-	}
-	if holder == nil {
-		t.Fatal("no worker loaded iris")
-	}
+	holder := m.onlyLoader(t)
 	var sent, failed atomic.Int64
 	var first atomic.Value
 	ctx, stopClients := context.WithCancel(context.Background())

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -148,22 +147,14 @@ func TestMeshRichTrafficRules(t *testing.T) {
 	}
 }
 
-// post sends a KServe v2 inference request for model through the gateway and returns the
-// status, headers and body, whatever they are.
+// post is sendInfer failing the test on a transport error.
 func post(t testing.TB, gateway, model, body string, headers map[string]string) (int, http.Header, string) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", "http://"+gateway+"/v2/models/"+model+"/infer", strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	code, header, raw, err := sendInfer(gateway, model, body, headers)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, string(raw)
+	return code, header, string(raw)
 }
 
 // syntheticInput is a request of rows rows for the synthetic models (64 features).

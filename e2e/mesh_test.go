@@ -57,6 +57,20 @@ func inferREST(t testing.TB, gateway, model, body string, headers map[string]str
 // postInfer is inferREST for goroutines other than the test's: it reports errors instead of
 // failing the test.
 func postInfer(gateway, model, body string, headers map[string]string) (int, map[string]any, error) {
+	code, _, raw, err := sendInfer(gateway, model, body, headers)
+	if err != nil {
+		return 0, nil, err
+	}
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return code, nil, fmt.Errorf("POST %s answered %d with non-JSON %q", model, code, raw)
+	}
+	return code, out, nil
+}
+
+// sendInfer posts a KServe v2 inference request for model through the gateway and returns
+// the status, headers and body, whatever they are.
+func sendInfer(gateway, model, body string, headers map[string]string) (int, http.Header, []byte, error) {
 	req, _ := http.NewRequest("POST", "http://"+gateway+"/v2/models/"+model+"/infer", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range headers {
@@ -64,15 +78,11 @@ func postInfer(gateway, model, body string, headers map[string]string) (int, map
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if err := json.Unmarshal(raw, &out); err != nil {
-		return resp.StatusCode, nil, fmt.Errorf("POST %s answered %d with non-JSON %q", model, resp.StatusCode, raw)
-	}
-	return resp.StatusCode, out, nil
+	raw, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, raw, err
 }
 
 // testsetRow is an inference request body holding the first row of a demo model's test set.

@@ -3,16 +3,15 @@ package istio
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
-	"github.com/fsnotify/fsnotify"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+
+	"github.com/modelmesh/mesh/internal/fswatch"
 )
 
 // Objects is the full current set of Istio objects of a source.
@@ -29,10 +28,6 @@ type Problem struct {
 	Error string `json:"error"`
 }
 
-// settle is how long a directory must be quiet before it is read: writers touch files
-// several times.
-const settle = 100 * time.Millisecond
-
 // WatchDir calls update with the objects of every *.yaml and *.yml file directly in dir
 // (see Decode; hidden files are skipped), first once read and then after each change.
 // A file that cannot be read or decoded is a Problem naming it, and the objects of the other
@@ -46,48 +41,19 @@ func WatchDir(ctx context.Context, dir string, log *slog.Logger, update func(Obj
 	if err != nil {
 		return err
 	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := w.Add(d); err != nil {
-			return fmt.Errorf("watch %s: %w", d, err)
-		}
-	}
 	objs, last := readDir(dir)
 	update(objs)
-	var pending <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-w.Events:
-			if !ok {
-				return errors.New("istio directory watcher closed")
-			}
-			name := filepath.Base(ev.Name)
-			if ev.Name == dir || filepath.Dir(ev.Name) == dir && (yamlFile(name) || name == "..data") {
-				pending = time.After(settle)
-			}
-		case err, ok := <-w.Errors:
-			if !ok {
-				return errors.New("istio directory watcher closed")
-			}
-			log.WarnContext(ctx, "istio directory watcher", "error", err)
-		case <-pending:
-			pending = nil
-			// A replaced dir is a new inode: watch it again (a dir that is gone reads as a
-			// Problem and is watched again when its parent sees it come back).
-			_ = w.Add(dir)
-			objs, digest := readDir(dir)
-			if digest != last {
-				last = digest
-				update(objs)
-			}
-		}
+	relevant := func(path string) bool {
+		name := filepath.Base(path)
+		return path == dir || filepath.Dir(path) == dir && (yamlFile(name) || name == "..data")
 	}
+	return fswatch.Watch(ctx, []string{filepath.Dir(dir), dir}, relevant, log, func() {
+		objs, digest := readDir(dir)
+		if digest != last {
+			last = digest
+			update(objs)
+		}
+	})
 }
 
 func yamlFile(name string) bool {

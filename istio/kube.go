@@ -26,6 +26,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
+// settle gathers a burst of informer events into one update.
+const settle = 100 * time.Millisecond
+
 // DefaultSelector is the label selector of the objects the mesh reads by default.
 const DefaultSelector = "modelmesh.io/model-traffic=true"
 
