@@ -164,7 +164,7 @@ func podHasPort(spec corev1.PodSpec, name string, number int32) bool {
 
 func TestKustomizeBuilds(t *testing.T) {
 	dirs := kustomizations(t)
-	for _, want := range []string{"base", filepath.Join("overlays", "dev"), filepath.Join("overlays", "gpu"),
+	for _, want := range []string{"base", filepath.Join("overlays", "dev"), filepath.Join("overlays", "gpu"), filepath.Join("overlays", "tracing"),
 		filepath.Join("..", "istio", "gateway"), filepath.Join("..", "istio", "security"), filepath.Join("..", "istio", "extensions")} {
 		if !slices.Contains(dirs, want) {
 			t.Errorf("no kustomization in %s", want)
@@ -478,6 +478,37 @@ func TestDevOverlayShrinks(t *testing.T) {
 		t.Errorf("dev worker: replicas %d, args %v", ptrOr(w.Spec.Replicas, 1), w.Spec.Template.Spec.Containers[0].Args)
 	}
 	named[*corev1.PersistentVolumeClaim](t, objs, "models")
+}
+
+// The tracing overlay points every part at the collector through mesh-config, and keeps each
+// container's own variables.
+func TestTracingOverlay(t *testing.T) {
+	objs := build(t, filepath.Join("overlays", "tracing"))
+	cfg := named[*corev1.ConfigMap](t, objs, "mesh-config")
+	if cfg.Data["otlp-endpoint"] == "" {
+		t.Fatal("mesh-config has no otlp-endpoint")
+	}
+	for deployment, variable := range map[string]string{
+		"mesh-controlplane": "MESH_CONTROLPLANE_TRACING_OTLP_ADDR",
+		"mesh-extproc":      "MESH_EXTPROC_OTLP_ENDPOINT",
+		"mesh-worker":       "MESH_WORKER_OTLP_ENDPOINT",
+	} {
+		c := named[*appsv1.Deployment](t, objs, deployment).Spec.Template.Spec.Containers[0]
+		var found, redis bool
+		for _, e := range c.Env {
+			if e.Name == variable && e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil && e.ValueFrom.ConfigMapKeyRef.Key == "otlp-endpoint" {
+				found = true
+			}
+			redis = redis || strings.HasSuffix(e.Name, "_REDIS_ADDR")
+		}
+		if !found || !redis {
+			t.Errorf("%s: %s from mesh-config found %v, base variables kept %v", deployment, variable, found, redis)
+		}
+	}
+	if base := named[*appsv1.Deployment](t, build(t, "base"), "mesh-extproc"); slices.ContainsFunc(base.Spec.Template.Spec.Containers[0].Env,
+		func(e corev1.EnvVar) bool { return strings.Contains(e.Name, "OTLP") }) {
+		t.Error("the base must leave tracing off")
+	}
 }
 
 // The Istio resources agree with the manifests: the ingress routes to the gateway Service,
