@@ -53,6 +53,8 @@ type meshOptions struct {
 	WorkerArgs []string
 	// ControlPlaneArgs are extra control plane flags.
 	ControlPlaneArgs []string
+	// RedisPassword, when set, is required by Redis and given to every binary.
+	RedisPassword string
 }
 
 func envoyPath(t testing.TB) string {
@@ -92,7 +94,16 @@ func render(t testing.TB, path string, vars map[string]string) string {
 
 func startMesh(t testing.TB, opts meshOptions) *mesh {
 	t.Helper()
-	m := &mesh{redis: redistest.Start(t), prefix: "e2e"}
+	m := &mesh{prefix: "e2e"}
+	if opts.RedisPassword != "" {
+		m.redis = redistest.StartWith(t, "--requirepass", opts.RedisPassword)
+		auth := []string{"--redis-password", opts.RedisPassword}
+		opts.WorkerArgs = append(auth, opts.WorkerArgs...)
+		opts.ExtProcArgs = append(auth, opts.ExtProcArgs...)
+		opts.ControlPlaneArgs = append(auth, opts.ControlPlaneArgs...)
+	} else {
+		m.redis = redistest.Start(t)
+	}
 	reg := opts.Registry
 	if reg == "" {
 		reg = render(t, "../manifests/local/registry.yaml", nil)

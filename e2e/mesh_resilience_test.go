@@ -201,6 +201,23 @@ func TestMeshControlPlaneRestart(t *testing.T) {
 	}
 }
 
+// TestMeshRedisWithPassword: with a Redis that requires a password, given to every part,
+// the mesh loads a cold model and then serves it hot.
+func TestMeshRedisWithPassword(t *testing.T) {
+	m := startMesh(t, meshOptions{RedisPassword: "mesh-e2e-secret"})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 || label(t, out) != 0 {
+		t.Fatalf("cold iris: %d %v", code, out)
+	}
+	m.waitHot(t, "iris", "1")
+	decisions := m.decisions(t)
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 || label(t, out) != 0 {
+		t.Fatalf("hot iris: %d %v", code, out)
+	}
+	if m.decisions(t) != decisions {
+		t.Fatal("the hot request went through ext_proc")
+	}
+}
+
 // TestMeshRedisDown: with Redis gone, Envoy keeps the last configuration and resident models
 // are still served; when Redis comes back empty, the workers write their state again and
 // cold loads work.

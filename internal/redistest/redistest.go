@@ -13,15 +13,22 @@ import (
 
 // Server is one redis-server process. Not safe for concurrent Stop and Start.
 type Server struct {
-	Addr string
-	t    testing.TB
-	cmd  *exec.Cmd
-	port int
+	Addr  string
+	t     testing.TB
+	cmd   *exec.Cmd
+	port  int
+	extra []string
 }
 
 // Start runs redis-server on a free port and stops it when the test ends. It fails the test
 // when redis-server is not installed: `make test` installs it (scripts/setup.sh).
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartWith(t)
+}
+
+// StartWith is Start with extra redis-server arguments, e.g. "--requirepass", "secret".
+func StartWith(t testing.TB, extra ...string) *Server {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatal("redis-server not found; run `make setup` (scripts/setup.sh installs it)")
@@ -32,7 +39,7 @@ func Start(t testing.TB) *Server {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	s := &Server{t: t, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	s := &Server{t: t, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), extra: extra}
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
@@ -41,8 +48,8 @@ func Start(t testing.TB) *Server {
 // Start (re)starts the server on its port, empty, and waits until it accepts connections.
 func (s *Server) Start() {
 	s.t.Helper()
-	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
+	s.cmd = exec.Command("redis-server", append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"}, s.extra...)...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("start redis-server: %v", err)
 	}

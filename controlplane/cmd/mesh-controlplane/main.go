@@ -42,6 +42,7 @@ type Config struct {
 	RegistryPath      string
 	RedisAddr         string
 	RedisPrefix       string
+	Redis             cli.Redis
 	ListenerAddress   string
 	ListenerPort      uint
 	ExtProcAddr       string
@@ -74,6 +75,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RegistryPath, "registry", "", "model registry YAML file (required; watched for changes)")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address (required)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
+	c.Redis.RegisterFlags(fs)
 	fs.StringVar(&c.ListenerAddress, "gateway-address", "0.0.0.0", "address the gateway listener binds")
 	fs.UintVar(&c.ListenerPort, "gateway-port", 8080, "port of the gateway listener")
 	fs.StringVar(&c.ExtProcAddr, "extproc-addr", "127.0.0.1:9002", "ext_proc service address, host:port")
@@ -191,7 +193,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := xds.New(xds.Config{AckTimeout: cfg.AckTimeout}, log, xds.NewMetrics(reg))
-	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
+	opts, err := cfg.Redis.Options(cfg.RedisAddr)
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(opts)
 	defer rdb.Close()
 	traffic, err := cfg.trafficRules(log, reg)
 	if err != nil {

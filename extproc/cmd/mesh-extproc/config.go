@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/tracing"
 )
 
@@ -19,6 +20,7 @@ type Config struct {
 	MetricsListen     string
 	RedisAddr         string
 	RedisPrefix       string
+	Redis             cli.Redis
 	LoadDeadline      time.Duration
 	MaxMessageTimeout time.Duration
 	MaxWaiting        int
@@ -39,6 +41,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsListen, "metrics-listen", ":9003", "HTTP address of /metrics and /healthz")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address of the residency records (required)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
+	c.Redis.RegisterFlags(fs)
 	fs.DurationVar(&c.LoadDeadline, "load-deadline", 60*time.Second, "longest a request is held while its model loads; below --max-message-timeout")
 	fs.DurationVar(&c.MaxMessageTimeout, "max-message-timeout", 120*time.Second, "Envoy ext_proc max_message_timeout, the ceiling of the timeout override")
 	fs.IntVar(&c.MaxWaiting, "max-waiting", 1000, "requests held per model version; more get 429")

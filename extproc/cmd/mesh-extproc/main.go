@@ -40,7 +40,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	grpcLn, metricsLn := lns[0], lns[1]
 
-	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
+	opts, err := cfg.Redis.Options(cfg.RedisAddr)
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(opts)
 	defer rdb.Close()
 	keys := residency.Keys{Prefix: cfg.RedisPrefix}
 	reg := prometheus.NewRegistry()

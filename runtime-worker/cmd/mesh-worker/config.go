@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/modelmesh/mesh/internal/tracing"
+
+	"github.com/modelmesh/mesh/internal/cli"
 )
 
 // envPrefix: every flag --some-flag can also be set as MESH_WORKER_SOME_FLAG (internal/cli).
@@ -35,6 +37,7 @@ type Config struct {
 	MinIdle          time.Duration
 	RedisAddr        string
 	RedisPrefix      string
+	Redis            cli.Redis
 	Heartbeat        time.Duration
 	Runtime          string
 	ORTLibrary       string
@@ -75,6 +78,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "longest wait for the mesh to stop routing a draining model here")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for residency records (empty: run without Redis)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
+	c.Redis.RegisterFlags(fs)
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 2*time.Second, "interval of full state writes to Redis; the lease lasts three")
 	fs.StringVar(&c.Runtime, "runtime", "onnxruntime", "model runtime: onnxruntime (embedded) or triton (a Triton server beside the worker)")
 	fs.StringVar(&c.ORTLibrary, "ort-library", "", "onnxruntime: path of libonnxruntime.so")

@@ -100,7 +100,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var rdb *redis.Client
 	var router agent.Router
 	if cfg.RedisAddr != "" {
-		rdb = redis.NewClient(&redis.Options{Addr: cfg.RedisAddr})
+		opts, err := cfg.Redis.Options(cfg.RedisAddr)
+		if err != nil {
+			return err
+		}
+		rdb = redis.NewClient(opts)
 		defer rdb.Close()
 		router = residency.NewRoutes(rdb, residency.Keys{Prefix: cfg.RedisPrefix}, cfg.WorkerID)
 	}
