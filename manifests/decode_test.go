@@ -145,7 +145,9 @@ func decodeBootstrap(doc []byte) (*bootstrapv3.Bootstrap, error) {
 
 // Placeholders of the local files, filled by scripts/run.sh and the e2e tests.
 var localPlaceholders = strings.NewReplacer("${ADMIN_PORT}", "9901", "${XDS_HOST}", "127.0.0.1",
-	"${XDS_PORT}", "18000", "${XDS_API}", "GRPC", "${NODE_ID}", "gateway-local", "${MODELS}", "/models")
+	"${XDS_PORT}", "18000", "${XDS_API}", "GRPC", "${NODE_ID}", "gateway-local", "${MODELS}", "/models",
+	"${SCRAPE_INTERVAL}", "1s", "${RULES}", "/rules", "${GATEWAY_ADMIN}", "127.0.0.1:9901",
+	"${CONTROLPLANE}", "127.0.0.1:18001", "${EXTPROC}", "127.0.0.1:9003", "${WORKERS}", `"127.0.0.1:8011", "127.0.0.1:8012"`)
 
 // decodeFileDoc decodes one document of a file under manifests/ or istio/ by what it is.
 func decodeFileDoc(path string, doc []byte) (any, error) {
@@ -164,8 +166,12 @@ func decodeFileDoc(path string, doc []byte) (any, error) {
 		return decodeBootstrap(doc)
 	case base == "registry.yaml":
 		return registry.Parse(doc)
+	case filepath.Base(filepath.Dir(path)) == "rules":
+		return decodeRules(doc)
+	case strings.HasPrefix(base, "prometheus"):
+		return decodePrometheusConfig(doc)
 	}
-	return nil, errors.New("not a Kubernetes, Istio or kustomize object, an Envoy bootstrap or a registry")
+	return nil, errors.New("not a Kubernetes, Istio or kustomize object, an Envoy bootstrap, a registry, a Prometheus configuration or rule file")
 }
 
 // yamlFiles lists the YAML files under the given directories, leaving out testdata
