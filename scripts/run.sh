@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Starts the whole mesh locally: a private redis-server, two workers with different memory
 # budgets, ext_proc, the control plane and the gateway Envoy, with the demo registry
-# (manifests/local/registry.yaml); every model is cold at start. Ctrl-C stops everything.
+# (manifests/local/registry.yaml), and Prometheus scraping them all; every model is cold at
+# start. Ctrl-C stops everything.
 # Ports (override with the variables):
 #   MESH_GATEWAY_PORT (8080)  MESH_ENVOY_ADMIN_PORT (9901)  MESH_REDIS_PORT (16379)
 #   MESH_XDS_PORT (18000)  MESH_CONTROLPLANE_METRICS_PORT (18001)
 #   MESH_EXTPROC_PORT (9002)  MESH_EXTPROC_METRICS_PORT (9003)
 #   workers: data 8001 and 8002, management 8011 and 8012
+#   MESH_PROMETHEUS_PORT (9090): Prometheus, scraping everything with the mesh's rules
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +23,7 @@ xds_port="${MESH_XDS_PORT:-18000}"
 cp_metrics_port="${MESH_CONTROLPLANE_METRICS_PORT:-18001}"
 extproc_port="${MESH_EXTPROC_PORT:-9002}"
 extproc_metrics_port="${MESH_EXTPROC_METRICS_PORT:-9003}"
+prometheus_port="${MESH_PROMETHEUS_PORT:-9090}"
 ort_lib="$(ls "$root"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -1)"
 redis_addr="127.0.0.1:$redis_port"
 
@@ -71,7 +74,17 @@ sed -e "s#\${ADMIN_PORT}#$admin_port#" -e "s#\${XDS_HOST}#127.0.0.1#" -e "s#\${X
 	--log-level warn 2>"$state/envoy.log" &
 pids+=($!)
 
+# Prometheus (make setup installs it) with manifests/observability's local configuration.
+sed -e "s#\${SCRAPE_INTERVAL}#5s#g" -e "s#\${RULES}#$root/manifests/observability/rules#" \
+	-e "s#\${GATEWAY_ADMIN}#127.0.0.1:$admin_port#" -e "s#\${CONTROLPLANE}#127.0.0.1:$cp_metrics_port#" \
+	-e "s#\${EXTPROC}#127.0.0.1:$extproc_metrics_port#" -e "s#\${WORKERS}#\"127.0.0.1:8011\", \"127.0.0.1:8012\"#" \
+	manifests/observability/prometheus-local.yaml >"$state/prometheus.yaml"
+prometheus --config.file "$state/prometheus.yaml" --storage.tsdb.path "$state/prometheus" \
+	--web.listen-address "127.0.0.1:$prometheus_port" --log.level warn 2>"$state/prometheus.log" &
+pids+=($!)
+
 for i in 1 2; do wait_http "http://127.0.0.1:801$i/healthz"; done
+wait_http "http://127.0.0.1:$prometheus_port/-/ready"
 wait_http "http://127.0.0.1:$admin_port/ready"
 wait_http "http://127.0.0.1:$gateway_port/v2/health/ready"
 
@@ -79,6 +92,7 @@ zeros="$(printf '0 %.0s' $(seq 64))"
 cat <<MSG
 
 The mesh is running: gateway 127.0.0.1:$gateway_port, Envoy admin 127.0.0.1:$admin_port, logs in .run/.
+Prometheus: http://127.0.0.1:$prometheus_port (dashboards and alerts: docs/observability.md).
 Every model is cold; the first request loads it. Try:
 
   curl -s -X POST localhost:$gateway_port/v2/models/iris/infer \\
