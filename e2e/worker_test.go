@@ -6,10 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -299,6 +301,49 @@ func TestRedisRestartAndShutdown(t *testing.T) {
 	}
 	if !strings.Contains(w.logs.String(), "shutting down") {
 		t.Fatal("no shutdown log line")
+	}
+}
+
+// TestShutdownServesUntilUnrouted: a worker told to stop keeps accepting new connections
+// while a gateway still routes one of its models to it, and exits once none does.
+func TestShutdownServesUntilUnrouted(t *testing.T) {
+	rds := redistest.Start(t)
+	w := startWorker(t, "stopping", "--capacity", "1GiB", "--redis-addr", rds.Addr, "--redis-prefix", "e2e",
+		"--drain-timeout", "20s", "--drain-grace", "0s")
+	w.load(t, "iris", 0)
+	rdb := redis.NewClient(&redis.Options{Addr: rds.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	keys := residency.Keys{Prefix: "e2e"}
+	// A control plane whose gateways route iris to this worker.
+	must(t, residency.RenewControlPlane(ctx, rdb, keys, "cp-1", []string{w.ID}, time.Minute, time.Minute))
+	must(t, residency.WriteRouted(ctx, rdb, keys, "cp-1", map[string][]string{w.ID: {"iris:1"}}, nil, time.Minute))
+
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, 5*time.Second, "the worker's records removed", func() bool { return rdb.Exists(ctx, keys.Worker(w.ID)).Val() == 0 })
+	// A new connection, as Envoy opens for a request it still routes here, is served.
+	for range 3 {
+		code, out := restJSON(t, "POST", "http://"+w.DataAddr+"/v2/models/iris/infer", []byte(irisSetosa))
+		if code != 200 {
+			t.Fatalf("inference on a new connection while still routed: %d %v", code, out)
+		}
+		http.DefaultClient.CloseIdleConnections()
+	}
+	select {
+	case err := <-w.exited:
+		t.Fatalf("the worker exited (%v) while a gateway still routed iris to it", err)
+	default:
+	}
+	// The gateways stop routing here: the worker closes and exits.
+	must(t, residency.WriteRouted(ctx, rdb, keys, "cp-1", map[string][]string{w.ID: nil}, nil, time.Minute))
+	select {
+	case err := <-w.exited:
+		w.exited <- err
+		if err != nil {
+			t.Fatalf("exit after the drain: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("still running 10s after the gateways stopped routing to it")
 	}
 }
 

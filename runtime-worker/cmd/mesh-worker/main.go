@@ -147,8 +147,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		"capacity", capacity.String(), "runtime", backend.Runtime(), "runtime_version", runtimeVersion)
 
 	g, gctx := errgroup.WithContext(ctx)
-	servePort(g, gctx, dataLn, inferGRPC, dataSrv)
-	servePort(g, gctx, mgmtLn, mgmtGRPC, mgmtSrv)
+	// The ports keep accepting connections after shutdown starts, until the mesh no longer
+	// routes here: Envoy may open a new connection for a request it still sends.
+	serving, stopServing := context.WithCancel(context.WithoutCancel(gctx))
+	defer stopServing()
+	servePort(g, serving, dataLn, inferGRPC, dataSrv)
+	servePort(g, serving, mgmtLn, mgmtGRPC, mgmtSrv)
 	if tritonBackend != nil {
 		g.Go(func() error {
 			return tritonBackend.Watch(gctx, cfg.TritonPoll, models.Touch, func() {
@@ -172,6 +176,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		// the gateway sends no request to a closed port, then let requests in flight finish.
 		models.AwaitUnrouted(sctx)
 		log.InfoContext(sctx, "the mesh no longer routes here; closing the listeners")
+		stopServing()
 		err := errors.Join(dataSrv.Shutdown(sctx), mgmtSrv.Shutdown(sctx))
 		stopGRPC(sctx, inferGRPC)
 		stopGRPC(sctx, mgmtGRPC)
