@@ -104,8 +104,17 @@ func (m Memory) GPUTotal() int64 {
 // Total is the memory of every dimension together.
 func (m Memory) Total() int64 { return m.Host + m.GPUTotal() }
 
-// Footprint is how much m takes wherever it is placed: its host memory and its GPU memory.
-func (m Memory) Footprint() Footprint { return Footprint{Host: m.Host, GPU: m.GPUTotal()} }
+// Footprint is how much m takes wherever it is placed: its host memory, and the most it
+// holds on one GPU. A model spread over several GPUs (a config of its own asking for it) is
+// placed by its largest share; the rest is counted on its devices after the load. Summing
+// the shares would ask one device for the memory of all and could never be placed again.
+func (m Memory) Footprint() Footprint {
+	f := Footprint{Host: m.Host}
+	for _, b := range m.GPU {
+		f.GPU = max(f.GPU, b)
+	}
+	return f
+}
 
 // Dimensions names m's dimensions, "host" then "gpu0", "gpu1"..., with their bytes, for
 // metrics and logs.

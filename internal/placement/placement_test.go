@@ -198,6 +198,9 @@ func TestMemoryArithmetic(t *testing.T) {
 	if got, want := a.String(), "host=10 gpu0=5 gpu1=7"; got != want {
 		t.Errorf("String = %q, want %q", got, want)
 	}
+	if got, want := (Memory{Host: 3, GPU: []int64{14, 0, 9}}).Footprint(), (Footprint{Host: 3, GPU: 14}); got != want {
+		t.Errorf("Footprint = %+v, want %+v: the largest share of one GPU, not the sum", got, want)
+	}
 	if got, want := (Footprint{Host: 2, GPU: 8}).On(1), (Memory{Host: 2, GPU: []int64{0, 8}}); !cmp.Equal(got, want) {
 		t.Errorf("On(1) = %v, want %v", got, want)
 	}

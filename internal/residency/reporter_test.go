@@ -154,3 +154,17 @@ func TestLeaseExpiresWithoutHeartbeat(t *testing.T) {
 		t.Fatalf("%d keys of a dead worker outlived its lease", n)
 	}
 }
+
+// TestParseWorkerOfAnOlderVersion: during a rolling upgrade a worker of the previous version
+// wrote its memory as totals; they read as host memory, and this version writes totals too.
+func TestParseWorkerOfAnOlderVersion(t *testing.T) {
+	old := ParseWorker(map[string]string{"id": "w", "capacity_bytes": "1000", "used_bytes": "250"})
+	if !cmp.Equal(old.Capacity, placement.HostMemory(1000)) || !cmp.Equal(old.Used, placement.HostMemory(250)) {
+		t.Fatalf("old record read as capacity %s, used %s", old.Capacity, old.Used)
+	}
+	w := Worker{ID: "w", Capacity: placement.Memory{Host: 10, GPU: []int64{100, 100}}, Used: placement.Memory{GPU: []int64{0, 40}}}
+	f := w.fields(0)
+	if f["capacity_bytes"] != int64(210) || f["used_bytes"] != int64(40) {
+		t.Fatalf("totals written %v and %v, want 210 and 40", f["capacity_bytes"], f["used_bytes"])
+	}
+}

@@ -68,6 +68,9 @@ func (w Worker) fields(heartbeatMs int64) map[string]any {
 	return map[string]any{
 		"id": w.ID, "data_addr": w.DataAddr, "grpc_addr": w.GRPCAddr, "mgmt_addr": w.MgmtAddr, "runtime": w.Runtime,
 		"capacity": string(capacity), "used": string(used), "labels": string(labels),
+		// Totals, as workers wrote them before memory had dimensions, for readers of that age
+		// during a rolling upgrade.
+		"capacity_bytes": w.Capacity.Total(), "used_bytes": w.Used.Total(),
 		"started_unix_ms": w.StartedUnixMs, "heartbeat_unix_ms": heartbeatMs,
 	}
 }
@@ -83,10 +86,17 @@ func (w Worker) GRPC() string {
 // ParseWorker reads a lease hash as HGETALL returns it.
 func ParseWorker(h map[string]string) Worker {
 	w := Worker{ID: h["id"], DataAddr: h["data_addr"], GRPCAddr: h["grpc_addr"], MgmtAddr: h["mgmt_addr"], Runtime: h["runtime"]}
-	// Missing or malformed memory reads as none: such a worker gets no loads until its next
-	// write.
-	_ = json.Unmarshal([]byte(h["capacity"]), &w.Capacity)
-	_ = json.Unmarshal([]byte(h["used"]), &w.Used)
+	// A worker of an older version wrote totals only: they read as host memory. Missing or
+	// malformed memory reads as none: such a worker gets no loads until its next write.
+	for _, f := range []struct {
+		json, total string
+		into        *placement.Memory
+	}{{"capacity", "capacity_bytes", &w.Capacity}, {"used", "used_bytes", &w.Used}} {
+		if err := json.Unmarshal([]byte(h[f.json]), f.into); err != nil {
+			n, _ := strconv.ParseInt(h[f.total], 10, 64)
+			*f.into = placement.HostMemory(n)
+		}
+	}
 	w.StartedUnixMs, _ = strconv.ParseInt(h["started_unix_ms"], 10, 64)
 	_ = json.Unmarshal([]byte(h["labels"]), &w.Labels) // missing labels read as none
 	return w

@@ -422,10 +422,12 @@ type choice struct {
 	mem placement.Memory
 }
 
-// choices lists where f may go: on each GPU device when it uses GPU memory and the worker
-// has GPUs, else in host memory.
+// choices lists where f may go: on a worker with GPUs, on each device, even when f was
+// learned without GPU memory (measured on a worker without GPUs, the model would take one
+// here: the runtime is told the device, so it does not spread over all of them); else in
+// host memory.
 func (a *Agent) choices(f placement.Footprint) []choice {
-	if f.GPU == 0 || len(a.cfg.Capacity.GPU) == 0 {
+	if len(a.cfg.Capacity.GPU) == 0 {
 		return []choice{{gpu: -1, mem: f.On(-1)}}
 	}
 	out := make([]choice, len(a.cfg.Capacity.GPU))

@@ -666,13 +666,15 @@ func TestGPUDevicesAreBudgetedOneByOne(t *testing.T) {
 	if diff := cmp.Diff([]placement.ModelVersion{{Name: "a", Version: "1"}}, res.Evicted); diff != "" || res.Replica.GPU != 0 {
 		t.Fatalf("c on GPU %d, evicted (-want +got):\n%s", res.Replica.GPU, diff)
 	}
-	// A model that measured host memory only (a CPU instance) is no GPU's concern: it is
-	// loaded with no device, beside full GPUs, and evicts nothing.
+	// A model that measured host memory only (a CPU instance) reserves no GPU memory: it is
+	// loaded beside full GPUs and evicts nothing. The runtime is still told a device (of two
+	// equally free ones, the first), in case the model takes GPU memory here.
 	cpu := fx.spec("d", 0)
 	cpu.Learned = placement.Footprint{Host: 4000}
 	fx.backend.measured["d"] = placement.HostMemory(4000)
-	if res := load(cpu); res.Replica.GPU != -1 || len(res.Evicted) != 0 || gpuOf("d") != -1 {
-		t.Fatalf("host-only d: GPU %d (runtime told %d), evicted %v; want no GPU and no eviction", res.Replica.GPU, gpuOf("d"), res.Evicted)
+	if res := load(cpu); res.Replica.GPU != 0 || len(res.Evicted) != 0 || gpuOf("d") != 0 || res.Replica.Memory.GPUTotal() != 0 {
+		t.Fatalf("host-only d: GPU %d (runtime told %d) holding %s, evicted %v; want GPU 0, host memory only, no eviction",
+			res.Replica.GPU, gpuOf("d"), res.Replica.Memory, res.Evicted)
 	}
 	// e is reserved on a GPU first (2000, estimated): both are full, so c, used before b,
 	// goes. The runtime then reports e on GPU 1 (its own config chose the device) and holding

@@ -62,6 +62,7 @@ func TestPinToGPU(t *testing.T) {
 		{"no final newline", strings.TrimSuffix(plain, "\n"), 0,
 			plain + "# placed by mesh-worker on the GPU where it reserved the model's memory\ninstance_group [ { kind: KIND_GPU, count: 1, gpus: [ 0 ] } ]\n"},
 		{"the author's instance groups win", plain + "instance_group [{ kind: KIND_CPU }]\n", 0, ""},
+		{"an ensemble has no instances", "name: \"pipeline\"\nplatform: \"ensemble\"\n", 1, ""},
 		{"a commented-out instance_group does not count", plain + "# instance_group [{ kind: KIND_CPU }]\n", 0,
 			plain + "# instance_group [{ kind: KIND_CPU }]\n# placed by mesh-worker on the GPU where it reserved the model's memory\ninstance_group [ { kind: KIND_GPU, count: 1, gpus: [ 0 ] } ]\n"},
 	}

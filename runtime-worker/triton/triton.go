@@ -339,14 +339,15 @@ func install(src, dst, version string, gpu int) error {
 // an instance group of kind KIND_GPU on that device to its config.pbtxt. A config with an
 // instance_group of its own is left alone: its author chose the placement (a CPU instance, or
 // several GPUs), and the memory Triton measures after the load is counted where it landed.
-// gpu < 0 leaves the config unchanged.
+// So is an ensemble, which has no instances (Triton refuses an instance_group on one); its
+// steps are models of their own. gpu < 0 leaves the config unchanged.
 func pinToGPU(config []byte, gpu int) []byte {
 	if gpu < 0 {
 		return config
 	}
 	for _, line := range strings.Split(string(config), "\n") {
 		code, _, _ := strings.Cut(line, "#") // text-format comments run to the end of the line
-		if strings.Contains(code, "instance_group") {
+		if strings.Contains(code, "instance_group") || strings.Contains(code, "platform") && strings.Contains(code, `"ensemble"`) {
 			return config
 		}
 	}
