@@ -20,9 +20,9 @@ type Request struct {
 	// Model and Version are x-model-id and x-model-version; Version may be empty.
 	Model   string
 	Version string
-	// Header looks up any request header by lower-case name ("" when absent); the
-	// registry's traffic rules match on it. May be nil.
-	Header func(string) string
+	// Header looks up any request header by lower-case name; the registry's traffic rules
+	// match on it. May be nil.
+	Header registry.Lookup
 	// GRPC marks a gRPC request: it goes to a worker's gRPC address, which for Triton is
 	// another port than REST.
 	GRPC bool
@@ -146,7 +146,7 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 	if version == "" {
 		header := req.Header
 		if header == nil {
-			header = func(string) string { return "" }
+			header = registry.MapLookup(nil)
 		}
 		version = pickWeighted(model.Routes(req.Path, header), rnd)
 	}

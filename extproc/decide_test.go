@@ -166,7 +166,7 @@ func TestDecide(t *testing.T) {
 		{name: "weighted split picks v2 from 90", snap: snapshot(t, withWorker(w1, map[string]string{"iris:1": "ready", "iris:2": "ready"})),
 			req: Request{Model: "iris"}, rnd: fixed(90), want: want{Kind: Route, Outcome: "routed_ready", Model: mv("iris", "2"), Endpoint: w1.DataAddr}},
 		{name: "header rule sends canaries to v2", snap: snapshot(t, withWorker(w1, map[string]string{"iris:2": "ready"})),
-			req: Request{Model: "iris", Header: func(k string) string { return map[string]string{"x-canary": "yes"}[k] }}, rnd: fixed(0),
+			req: Request{Model: "iris", Header: registry.MapLookup(map[string]string{"x-canary": "yes"})}, rnd: fixed(0),
 			want: want{Kind: Route, Outcome: "routed_ready", Model: mv("iris", "2"), Endpoint: w1.DataAddr}},
 		{name: "explicit version beats the split", snap: snapshot(t, withWorker(w1, map[string]string{"iris:2": "ready"})),
 			req: Request{Model: "iris", Version: "2"}, rnd: fixed(0), want: want{Kind: Route, Outcome: "routed_ready", Model: mv("iris", "2"), Endpoint: w1.DataAddr}},
@@ -301,7 +301,7 @@ models:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			req := Request{Path: tt.path, Model: "cancer", Header: func(k string) string { return tt.headers[k] }}
+			req := Request{Path: tt.path, Model: "cancer", Header: registry.MapLookup(tt.headers)}
 			got := summary(Decide(snap, req, fixed(0)))
 			want := want{Kind: Load, Model: mv("cancer", tt.want), Candidates: []string{"w1"}}
 			if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b error) bool { return a == b })); diff != "" {

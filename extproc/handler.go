@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/modelmesh/mesh/internal/registry"
 )
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -125,7 +127,7 @@ func requestOf(h *extprocv3.HttpHeaders) (Request, bool) {
 		Path:    path,
 		Model:   headers[HeaderModel],
 		Version: headers[HeaderVersion],
-		Header:  func(k string) string { return headers[k] },
+		Header:  registry.MapLookup(headers),
 		GRPC:    grpc,
 	}
 	return req, grpc
@@ -147,7 +149,10 @@ func traceContext(ctx context.Context, req Request) context.Context {
 	if trace.SpanContextFromContext(fromEnvoy).IsValid() {
 		return fromEnvoy
 	}
-	return tc.Extract(ctx, readCarrier(req.Header))
+	return tc.Extract(ctx, readCarrier(func(k string) string {
+		v, _ := req.Header(k)
+		return v
+	}))
 }
 
 // readCarrier reads trace context fields from a lookup function. The W3C propagator only

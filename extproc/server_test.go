@@ -359,7 +359,7 @@ func TestRequestOfJoinsRepeatedHeaders(t *testing.T) {
 		{Key: "content-type", RawValue: []byte("application/grpc+proto")},
 	}}}
 	req, grpc := requestOf(h)
-	if got := req.Header("x-user"); got != "alice,beta-7" {
+	if got, _ := req.Header("x-user"); got != "alice,beta-7" {
 		t.Errorf("repeated x-user read as %q, want the values joined as Envoy's matchers see them", got)
 	}
 	if req.Path != "/v2/models/iris/infer" || !grpc {

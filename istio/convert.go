@@ -10,6 +10,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 
@@ -372,7 +373,9 @@ func (c *converter) rule(v *verdict, m registry.Model, at string, h *networkingv
 			w = 100 // a single destination takes all traffic, whatever its weight
 		}
 		if i := slices.IndexFunc(r.Split, func(x registry.Weighted) bool { return x.Version == version }); i >= 0 {
-			r.Split[i].Weight += w // two destinations of one version are one share
+			// Two destinations of one version are one share; a sum past uint32 is kept at its
+			// maximum, which validation then rejects with the others' total.
+			r.Split[i].Weight = uint32(min(uint64(r.Split[i].Weight)+uint64(w), math.MaxUint32))
 			continue
 		}
 		r.Split = append(r.Split, registry.Weighted{Version: version, Weight: w})

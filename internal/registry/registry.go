@@ -244,7 +244,7 @@ func (m Model) Version(v string) (Version, bool) {
 // Routes gives the weighted split that applies to a request with the given path (without
 // its query) and headers: the first rule that Matches it, else the default version at full
 // weight.
-func (m Model) Routes(path string, header func(string) string) []Weighted {
+func (m Model) Routes(path string, header Lookup) []Weighted {
 	for _, rule := range m.Traffic {
 		if rule.Matches(path, header) {
 			return rule.Split

@@ -46,14 +46,13 @@ func TestParse(t *testing.T) {
 	if !ok || digits.DefaultVersion != "10" {
 		t.Fatalf("digits default version %q, want the newest, 10", digits.DefaultVersion)
 	}
-	header := func(h map[string]string) func(string) string { return func(k string) string { return h[k] } }
-	if diff := cmp.Diff([]Weighted{{"10", 1}}, digits.Routes("/v2/models/digits/infer", header(map[string]string{"x-canary": "yes"}))); diff != "" {
+	if diff := cmp.Diff([]Weighted{{"10", 1}}, digits.Routes("/v2/models/digits/infer", MapLookup(map[string]string{"x-canary": "yes"}))); diff != "" {
 		t.Fatalf("canary header rule: %s", diff)
 	}
-	if diff := cmp.Diff([]Weighted{{"2", 90}, {"10", 10}}, digits.Routes("/v2/models/digits/infer", header(nil))); diff != "" {
+	if diff := cmp.Diff([]Weighted{{"2", 90}, {"10", 10}}, digits.Routes("/v2/models/digits/infer", MapLookup(nil))); diff != "" {
 		t.Fatalf("default rule: %s", diff)
 	}
-	if diff := cmp.Diff([]Weighted{{"1", 100}}, iris.Routes("/", header(nil))); diff != "" {
+	if diff := cmp.Diff([]Weighted{{"1", 100}}, iris.Routes("/", MapLookup(nil))); diff != "" {
 		t.Fatalf("no rules: %s", diff)
 	}
 	if diff := cmp.Diff([]string{"10", "2"}, digits.ServedVersions()); diff != "" {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"regexp"
 	"regexp/syntax"
 	"slices"
@@ -19,15 +20,27 @@ const maxRegexProgram = 100
 // maxRetries bounds Retries.Attempts.
 const maxRetries = 10
 
+// Lookup finds a request header by lower-case name, and tells whether it was sent at all: an
+// empty value is not a missing header, to Envoy's matchers or to the mesh's.
+type Lookup func(name string) (value string, ok bool)
+
+// MapLookup looks headers up in a map keyed by lower-case name.
+func MapLookup(h map[string]string) Lookup {
+	return func(name string) (string, bool) {
+		v, ok := h[name]
+		return v, ok
+	}
+}
+
 // Matches reports whether a request matches the rule the way the gateway's routes for it
-// do: every Match header has exactly its value and, when When is not empty, at least one
-// condition holds. path is the request path without its query string; header looks a
-// request header up by lower-case name and gives "" when it is absent. A condition's
-// header StringMatch never holds for an empty value, as Envoy's never holds for a missing
-// header. Safe for concurrent use; regexes are compiled on each call.
-func (r Rule) Matches(path string, header func(string) string) bool {
-	for k, v := range r.Match {
-		if header(k) != v {
+// do: every Match header is present with exactly its value and, when When is not empty, at
+// least one condition holds. path is the request path without its query string. A header
+// that is missing matches nothing; one that is present and empty is matched as "" (a regex
+// such as ".*" holds), as in Envoy. Safe for concurrent use; regexes are compiled on each
+// call.
+func (r Rule) Matches(path string, header Lookup) bool {
+	for k, want := range r.Match {
+		if v, ok := header(k); !ok || v != want {
 			return false
 		}
 	}
@@ -42,12 +55,12 @@ func (r Rule) Matches(path string, header func(string) string) bool {
 	return false
 }
 
-func (c Condition) matches(path string, header func(string) string) bool {
+func (c Condition) matches(path string, header Lookup) bool {
 	if c.URI != nil && !c.URI.matches(path) {
 		return false
 	}
 	for name, sm := range c.Headers {
-		if v := header(name); v == "" || !sm.matches(v) {
+		if v, ok := header(name); !ok || !sm.matches(v) {
 			return false
 		}
 	}
@@ -85,6 +98,9 @@ func (r Rule) problems(versions map[string]bool) []error {
 	}
 	if len(r.Split) > 0 && total == 0 {
 		fail("weights add up to 0")
+	}
+	if total > math.MaxUint32 {
+		fail("weights add up to %d, more than the %d Envoy accepts in one route", total, uint32(math.MaxUint32))
 	}
 	for _, h := range slices.Sorted(maps.Keys(r.Match)) {
 		if err := headerName(h, true); err != nil {

@@ -78,6 +78,9 @@ func TestParseRejectsRules(t *testing.T) {
 		{"names the source", rule("        source: VirtualService ns/vs http[2]\n        timeout: 0s\n"),
 			`model "m": traffic rule 0 (VirtualService ns/vs http[2]): timeout: 0s is below 1ms`},
 		{"names the rule", rule("        timeout: soon\n"), `model "m": traffic rule 0: timeout: time: invalid duration`},
+		{"weights past Envoy's limit", "models:\n  - name: m\n    versions: [{version: \"1\", storageUri: \"file:///m/1\"}, {version: \"2\", storageUri: \"file:///m/2\"}]\n" +
+			"    traffic:\n      - split: [{version: \"1\", weight: 4294967295}, {version: \"2\", weight: 1}]\n",
+			"weights add up to 4294967296, more than the 4294967295 Envoy accepts"},
 		{"two patterns", rule("        when: [{headers: {x-a: {exact: a, prefix: b}}}]\n"), `when[0]: header "x-a": set exactly one of exact, prefix and regex`},
 		{"no pattern", rule("        when: [{uri: {}}]\n"), "when[0]: uri: set exactly one"},
 		{"bad regex", rule("        when: [{headers: {x-a: {regex: \"(\"}}}]\n"), `regex "(": error parsing regexp: missing closing )`},
@@ -139,6 +142,9 @@ func TestRuleMatches(t *testing.T) {
 		{"header regex on part of the value", when(Condition{Headers: map[string]StringMatch{"x-a": {Regex: "b+"}}}), infer, map[string]string{"x-a": "abba"}, false},
 		{"alternation is anchored as a whole", when(Condition{Headers: map[string]StringMatch{"x-a": {Regex: "a|b"}}}), infer, map[string]string{"x-a": "ab"}, false},
 		{"missing header never matches", when(Condition{Headers: map[string]StringMatch{"x-a": {Regex: ".*"}}}), infer, nil, false},
+		{"an empty header is present: .* holds, as in Envoy", when(Condition{Headers: map[string]StringMatch{"x-a": {Regex: ".*"}}}), infer, map[string]string{"x-a": ""}, true},
+		{"exact empty value needs the header", Rule{Match: map[string]string{"x-a": ""}}, infer, nil, false},
+		{"exact empty value", Rule{Match: map[string]string{"x-a": ""}}, infer, map[string]string{"x-a": ""}, true},
 		{"uri exact", when(Condition{URI: &StringMatch{Exact: infer}}), infer, nil, true},
 		{"uri exact differs", when(Condition{URI: &StringMatch{Exact: infer}}), infer + "/x", nil, false},
 		{"uri prefix", when(Condition{URI: &StringMatch{Prefix: "/v2/models/"}}), infer, nil, true},
@@ -155,7 +161,7 @@ func TestRuleMatches(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if got := tt.rule.Matches(tt.path, func(k string) string { return tt.headers[k] }); got != tt.want {
+			if got := tt.rule.Matches(tt.path, MapLookup(tt.headers)); got != tt.want {
 				t.Fatalf("Matches(%q, %v) = %v, want %v", tt.path, tt.headers, got, tt.want)
 			}
 		})
@@ -185,7 +191,7 @@ func TestRoutesTakesTheFirstMatchingRule(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if diff := cmp.Diff(tt.want, fraud.Routes(tt.path, func(k string) string { return tt.headers[k] })); diff != "" {
+			if diff := cmp.Diff(tt.want, fraud.Routes(tt.path, MapLookup(tt.headers))); diff != "" {
 				t.Fatal(diff)
 			}
 		})
