@@ -2,9 +2,11 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,7 +50,16 @@ type Controller struct {
 	xds     *xds.Server
 	log     *slog.Logger
 	metrics *metrics
+	// workers holds the ids of the workers this control plane has routed sets for, for the
+	// renewal, which runs beside the reconcile loop.
+	workers atomic.Pointer[[]string]
+	// ready is set once a configuration was pushed.
+	ready atomic.Bool
 }
+
+// Ready reports whether the controller has pushed a configuration: until then a gateway
+// connecting here would get none (the traffic rules or the residency may not be known yet).
+func (c *Controller) Ready() bool { return c.ready.Load() }
 
 // New returns a controller pushing through srv.
 func New(cfg Config, rdb redis.UniversalClient, keys residency.Keys, srv *xds.Server, log *slog.Logger, reg prometheus.Registerer) *Controller {
@@ -78,6 +89,15 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.renewRouted(ctx) })
+	// Watched from the start, so that no edit made while the traffic rules load is missed;
+	// its events wait in the channel for the loop.
+	g.Go(func() error {
+		return WatchRegistry(ctx, c.cfg.RegistryPath, c.log, func(r *registry.Registry) { send(event{registry: r}) }, func(err error) {
+			c.metrics.registryRejected.Inc()
+			c.log.ErrorContext(ctx, "registry file rejected; the last good registry stays in force", "error", err)
+		})
+	})
 	if t := c.cfg.Traffic; t != nil {
 		// Nothing is published or pushed before the traffic rules are known, so that a
 		// restart does not briefly put the file's rules back in force.
@@ -95,12 +115,6 @@ func (c *Controller) Run(ctx context.Context) error {
 			return g.Wait()
 		}
 	}
-	g.Go(func() error {
-		return WatchRegistry(ctx, c.cfg.RegistryPath, c.log, func(r *registry.Registry) { send(event{registry: r}) }, func(err error) {
-			c.metrics.registryRejected.Inc()
-			c.log.ErrorContext(ctx, "registry file rejected; the last good registry stays in force", "error", err)
-		})
-	})
 	g.Go(func() error {
 		return residency.NewReader(c.rdb, c.keys, c.log).Watch(ctx, c.cfg.Watch, func(s residency.Snapshot) { send(event{snapshot: &s}) })
 	})
@@ -130,7 +144,6 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 		c.log.InfoContext(ctx, "registry published", "models", len(reg.Models), "digest", published)
 	}
 	publish(false)
-	c.renew(ctx, routed)
 	for {
 		var e event
 		select {
@@ -138,7 +151,6 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 			return nil
 		case <-republish.C:
 			publish(true)
-			c.renew(ctx, routed)
 			continue
 		case e = <-events:
 		}
@@ -167,13 +179,23 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 			c.log.ErrorContext(ctx, "translate state", "error", err)
 			continue
 		}
-		if err := c.xds.Push(ctx, res); err != nil {
+		// The routed sets lead the push for replicas it adds (a gateway that acknowledges
+		// early routes to them before the others do) and lag it for replicas it removes:
+		// before the push they hold both, after it what every gateway acknowledged. A push
+		// some gateway did not acknowledge leaves both in place.
+		next := routedOf(reg, *snap)
+		routed = c.writeRouted(ctx, unionRouted(routed, next), routed)
+		err = c.xds.Push(ctx, res)
+		if err == nil || errors.Is(err, xds.ErrNotAcknowledged) {
+			c.ready.Store(true) // served, even if some gateway was slow or refused it
+		}
+		if err != nil {
 			if ctx.Err() == nil {
-				c.log.ErrorContext(ctx, "push configuration", "error", err)
+				c.log.ErrorContext(ctx, "push configuration; the routed sets keep the replicas of both configurations", "error", err)
 			}
 			continue
 		}
-		routed = c.writeRouted(ctx, routedOf(reg, *snap), routed)
+		routed = c.writeRouted(ctx, next, routed)
 	}
 }
 
@@ -205,30 +227,60 @@ func (c *Controller) writeRouted(ctx context.Context, now, last map[string][]str
 	if len(changed) == 0 && len(gone) == 0 {
 		return last
 	}
-	if err := residency.WriteRouted(ctx, c.rdb, c.keys, c.cfg.ID, changed, gone, c.lease()+forgetControlPlanes); err != nil {
+	if err := residency.WriteRouted(ctx, c.rdb, c.keys, c.cfg.ID, changed, gone, c.keep()); err != nil {
 		c.log.WarnContext(ctx, "record routed replicas; draining workers will wait", "error", err)
 		return last
 	}
+	workers := make([]string, 0, len(now))
+	for id := range now {
+		workers = append(workers, id)
+	}
+	c.workers.Store(&workers)
 	return now
 }
 
-// forgetControlPlanes is how long the routed sets of a control plane that stopped renewing
-// are kept; while no control plane is live, workers still honour them.
-const forgetControlPlanes = 10 * time.Minute
+// keepAfterSilence is how long the routed sets of a control plane that stopped renewing
+// them still count: it may be serving gateways while it cannot reach Redis.
+const keepAfterSilence = 2 * time.Minute
 
-// lease is how long this control plane counts as live after a renewal: three resyncs.
-func (c *Controller) lease() time.Duration { return 3 * c.cfg.Watch.Resync }
+// keep is how long this control plane's routed sets count after a renewal: three resyncs,
+// then keepAfterSilence.
+func (c *Controller) keep() time.Duration { return 3*c.cfg.Watch.Resync + keepAfterSilence }
 
-// renew keeps this control plane live in Redis, and its routed sets of the workers in
-// routed with it.
-func (c *Controller) renew(ctx context.Context, routed map[string][]string) {
-	workers := make([]string, 0, len(routed))
-	for id := range routed {
-		workers = append(workers, id)
+// renewRouted renews this control plane's routed sets every resync until ctx ends, beside
+// the reconcile loop, so that slow pushes never let them lapse.
+func (c *Controller) renewRouted(ctx context.Context) error {
+	tick := time.NewTicker(c.cfg.Watch.Resync)
+	defer tick.Stop()
+	for {
+		var workers []string
+		if w := c.workers.Load(); w != nil {
+			workers = *w
+		}
+		if err := residency.RenewControlPlane(ctx, c.rdb, c.keys, c.cfg.ID, workers, c.keep()); err != nil && ctx.Err() == nil {
+			c.log.WarnContext(ctx, "renew the control plane's routed sets; they lapse after "+c.keep().String(), "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
 	}
-	if err := residency.RenewControlPlane(ctx, c.rdb, c.keys, c.cfg.ID, workers, c.lease(), forgetControlPlanes); err != nil {
-		c.log.WarnContext(ctx, "renew the control plane's lease; draining workers may wait for its old routes", "error", err)
+}
+
+// unionRouted is, per worker, the model versions of a and of b, sorted.
+func unionRouted(a, b map[string][]string) map[string][]string {
+	out := make(map[string][]string, len(a)+len(b))
+	for _, m := range []map[string][]string{a, b} {
+		for id, models := range m {
+			out[id] = append(out[id], models...)
+		}
 	}
+	for id, models := range out {
+		slices.Sort(models)
+		out[id] = slices.Compact(models)
+	}
+	return out
 }
 
 // routedOf lists, per live worker, the registered model versions it holds ready: exactly

@@ -124,6 +124,10 @@ func TestControllerPublishesTheRegistryInForce(t *testing.T) {
 		}
 	}
 	canary := []registry.Rule{{Source: "test", Split: []registry.Weighted{{Version: "1", Weight: 90}, {Version: "2", Weight: 10}}}}
+	time.Sleep(300 * time.Millisecond) // three resyncs
+	if c.Ready() {
+		t.Fatal("ready before the traffic rules were known: a gateway connecting now would get no configuration")
+	}
 	traffic.changes <- canary
 	withCanary, err := file.WithTraffic(map[string][]registry.Rule{"iris": canary})
 	if err != nil {
@@ -147,6 +151,11 @@ func TestControllerPublishesTheRegistryInForce(t *testing.T) {
 	}
 	if iris, _ := reg.Model("iris"); len(iris.Traffic) != 1 || iris.Traffic[0].Split[1].Weight != 10 {
 		t.Fatalf("published iris traffic %+v", iris.Traffic)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !c.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("not ready 10s after the rules were known")
+		}
 	}
 
 	// The rules change.

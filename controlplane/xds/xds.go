@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -65,12 +66,18 @@ func (s *Server) Register(ctx context.Context, gs *grpc.Server) {
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
 }
 
+// ErrNotAcknowledged: Push served the whole configuration, but some Envoy did not acknowledge
+// a phase within AckTimeout (it was slow, or rejected it): what that Envoy routes is not
+// known.
+var ErrNotAcknowledged = errors.New("not every envoy acknowledged the configuration")
+
 // Push makes next the served configuration, in three phases so that no route ever names a
 // cluster an Envoy does not have: (1) clusters and endpoints of next added to the current
 // ones, routes unchanged; (2) routes of next; (3) clusters and endpoints only of next. Each
 // of the first two phases waits (up to AckTimeout) for every connected Envoy to acknowledge
-// it. Resource versions are content hashes, so pushing an unchanged configuration, or the
-// same one from a restarted control plane, sends Envoy nothing.
+// it; one that is not acknowledged in time is gone on from, and Push then returns
+// ErrNotAcknowledged. Resource versions are content hashes, so pushing an unchanged
+// configuration, or the same one from a restarted control plane, sends Envoy nothing.
 func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 	start := time.Now()
 	prev := s.current
@@ -91,6 +98,7 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 		{"remove clusters", next, nil},
 	}
 	last := versions(translate.Resources{})
+	acked := true
 	for _, p := range phases {
 		v := versions(p.res)
 		if err := s.set(ctx, p.res, v); err != nil {
@@ -111,6 +119,7 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 			}
 			s.log.DebugContext(ctx, "phase acknowledged", "phase", p.name, "type", shortType(typ), "wait_ms", time.Since(waited).Milliseconds(), "error", err)
 			if err != nil {
+				acked = false
 				s.metrics.ackTimeouts.Inc()
 				s.log.WarnContext(ctx, "envoy did not acknowledge in time; going on", "phase", p.name, "type", typ, "version", v[typ], "error", err)
 			}
@@ -123,6 +132,9 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 		"clusters", len(next.Clusters), "routes_version", last[resourcev3.RouteType])
 	for typ, n := range map[string]int{"listener": len(next.Listeners), "route": len(next.Routes), "cluster": len(next.Clusters), "endpoint": len(next.Endpoints)} {
 		s.metrics.resources.WithLabelValues(typ).Set(float64(n))
+	}
+	if !acked {
+		return ErrNotAcknowledged
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -256,8 +257,8 @@ func TestNACKIsCounted(t *testing.T) {
 	go func() { defer close(done); envoy.run(t, ctx, addr) }()
 	defer func() { cancel(); <-done }()
 	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
-	if err := s.Push(ctx, resources(t, nil)); err != nil {
-		t.Fatal(err)
+	if err := s.Push(ctx, resources(t, nil)); !errors.Is(err, ErrNotAcknowledged) {
+		t.Fatalf("push that an Envoy rejected: %v, want ErrNotAcknowledged", err)
 	}
 	if got := counterValue(t, s.metrics.nacks.WithLabelValues("cluster")); got < 1 {
 		t.Fatalf("%v cluster NACKs counted", got)

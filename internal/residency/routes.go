@@ -26,11 +26,11 @@ func NewRoutes(rdb redis.UniversalClient, keys Keys, id string) *Routes {
 	return &Routes{rdb: rdb, keys: keys, worker: id, Poll: 25 * time.Millisecond}
 }
 
-// WaitUnrouted blocks until m is in no live control plane's routed set for the worker, or
-// ctx ends. The sets of a control plane whose lease ended are ignored (its gateways have
-// moved to another one), unless no control plane is live: then every set counts, since the
-// gateways keep the last configuration they were given. Redis errors are retried until ctx
-// ends: unknown is not the same as unrouted.
+// WaitUnrouted blocks until m is in no control plane's routed set for the worker, or ctx
+// ends. A control plane's sets count until its keep time ends (RenewControlPlane): one that
+// stopped renewing may still be serving gateways that cannot reach Redis, or whose
+// configuration it can no longer change, so its last word stands for that long. Redis errors
+// are retried until ctx ends: unknown is not the same as unrouted.
 func (r *Routes) WaitUnrouted(ctx context.Context, m placement.ModelVersion) error {
 	tick := time.NewTicker(r.Poll)
 	defer tick.Stop()
@@ -53,24 +53,13 @@ func (r *Routes) WaitUnrouted(ctx context.Context, m placement.ModelVersion) err
 }
 
 func (r *Routes) routed(ctx context.Context, m placement.ModelVersion) (bool, error) {
-	cps, err := r.rdb.ZRangeWithScores(ctx, r.keys.ControlPlanes(), 0, -1).Result()
+	live, err := r.rdb.ZRangeByScore(ctx, r.keys.ControlPlanes(), &redis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(time.Now().UnixMilli(), 10), Max: "+inf"}).Result()
 	if err != nil {
 		return false, err
 	}
-	now := float64(time.Now().UnixMilli())
-	var live []string
-	for _, cp := range cps {
-		if cp.Score > now {
-			live = append(live, cp.Member.(string))
-		}
-	}
 	if len(live) == 0 {
-		for _, cp := range cps {
-			live = append(live, cp.Member.(string))
-		}
-	}
-	if len(live) == 0 {
-		return false, nil // no control plane ever ran: nothing routes anywhere
+		return false, nil // no control plane whose word stands: nothing routes anywhere
 	}
 	cmds := make([]*redis.BoolCmd, len(live))
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -91,8 +80,8 @@ func (r *Routes) routed(ctx context.Context, m placement.ModelVersion) (bool, er
 }
 
 // WriteRouted replaces control plane cp's routed sets of the given workers (worker id to
-// model versions), each expiring after ttl unless renewed (RenewControlPlane), and deletes
-// its sets of the workers in gone. Each set is replaced atomically.
+// model versions), each expiring after ttl unless renewed (RenewControlPlane; give the same
+// keep time), and deletes its sets of the workers in gone. Each set is replaced atomically.
 func WriteRouted(ctx context.Context, rdb redis.UniversalClient, keys Keys, cp string, routed map[string][]string, gone []string, ttl time.Duration) error {
 	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		for _, id := range gone {
@@ -117,16 +106,16 @@ func WriteRouted(ctx context.Context, rdb redis.UniversalClient, keys Keys, cp s
 	return nil
 }
 
-// RenewControlPlane records that control plane cp is alive for lease from now, keeps its
-// routed sets of the given workers for forget more, and forgets control planes whose lease
-// ended more than forget ago (their sets expire on their own).
-func RenewControlPlane(ctx context.Context, rdb redis.UniversalClient, keys Keys, cp string, workers []string, lease, forget time.Duration) error {
+// RenewControlPlane makes control plane cp's routed sets of the given workers count for keep
+// from now, and forgets the control planes whose keep time ended (their sets expire on their
+// own).
+func RenewControlPlane(ctx context.Context, rdb redis.UniversalClient, keys Keys, cp string, workers []string, keep time.Duration) error {
 	now := time.Now()
 	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZAdd(ctx, keys.ControlPlanes(), redis.Z{Score: float64(now.Add(lease).UnixMilli()), Member: cp})
-		p.ZRemRangeByScore(ctx, keys.ControlPlanes(), "-inf", "("+strconv.FormatInt(now.Add(-forget).UnixMilli(), 10))
+		p.ZAdd(ctx, keys.ControlPlanes(), redis.Z{Score: float64(now.Add(keep).UnixMilli()), Member: cp})
+		p.ZRemRangeByScore(ctx, keys.ControlPlanes(), "-inf", strconv.FormatInt(now.UnixMilli(), 10))
 		for _, id := range workers {
-			p.PExpire(ctx, keys.Routed(id, cp), lease+forget)
+			p.PExpire(ctx, keys.Routed(id, cp), keep)
 		}
 		return nil
 	})

@@ -41,9 +41,9 @@ func TestWaitUnroutedAsksEveryLiveControlPlane(t *testing.T) {
 		t.Helper()
 		must(WriteRouted(ctx, rdb, keys, cp, map[string][]string{"w1": models}, nil, time.Minute))
 	}
-	renew := func(cp string, lease time.Duration) {
+	renew := func(cp string, keep time.Duration) {
 		t.Helper()
-		must(RenewControlPlane(ctx, rdb, keys, cp, []string{"w1"}, lease, time.Hour))
+		must(RenewControlPlane(ctx, rdb, keys, cp, []string{"w1"}, keep))
 	}
 
 	if !unrouted() {
@@ -67,28 +67,26 @@ func TestWaitUnroutedAsksEveryLiveControlPlane(t *testing.T) {
 		t.Fatal("still routed after both control planes' gateways stopped")
 	}
 
-	// A control plane whose lease ended is ignored: its gateways reconnected elsewhere.
+	// A control plane that stopped renewing still counts until its keep time ends: its
+	// gateways may keep routing by its last word.
 	write("cp-b", "iris:1")
-	renew("cp-b", time.Millisecond)
-	time.Sleep(10 * time.Millisecond)
-	if !unrouted() {
-		t.Fatal("a dead control plane's routed set held the drain")
-	}
-	// With no live control plane at all, every set counts: the gateways keep the last
-	// configuration they were given.
-	renew("cp-a", time.Millisecond)
-	time.Sleep(10 * time.Millisecond)
+	renew("cp-b", 300*time.Millisecond)
 	if unrouted() {
-		t.Fatal("unrouted with every control plane gone, though cp-b's last word routes iris here")
+		t.Fatal("a control plane's routed set was dropped before its keep time ended")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if !unrouted() {
+		t.Fatal("a control plane whose keep time ended still held the drain")
 	}
 
-	// Sets of a control plane are renewed with it and expire without it.
-	if ttl := rdb.PTTL(ctx, keys.Routed("w1", "cp-b")).Val(); ttl <= 0 || ttl > time.Hour+time.Minute {
-		t.Fatalf("routed set ttl %v, want renewed to the lease plus the forget time", ttl)
+	// Sets are renewed with their control plane and expire without it.
+	renew("cp-a", time.Hour)
+	if ttl := rdb.PTTL(ctx, keys.Routed("w1", "cp-a")).Val(); ttl <= time.Hour-time.Minute || ttl > time.Hour {
+		t.Fatalf("routed set ttl %v, want renewed to the keep time", ttl)
 	}
-	// Control planes gone for longer than the forget time leave the set of control planes.
-	must(RenewControlPlane(ctx, rdb, keys, "cp-c", nil, time.Minute, time.Millisecond))
-	if got := rdb.ZRange(ctx, keys.ControlPlanes(), 0, -1).Val(); len(got) != 1 || got[0] != "cp-c" {
-		t.Fatalf("control planes %v, want only cp-c after the others were forgotten", got)
+	// Control planes whose keep time ended leave the set of control planes.
+	must(RenewControlPlane(ctx, rdb, keys, "cp-c", nil, time.Minute))
+	if got := rdb.ZRange(ctx, keys.ControlPlanes(), 0, -1).Val(); len(got) != 2 || got[0] != "cp-c" || got[1] != "cp-a" {
+		t.Fatalf("control planes %v, want cp-c and cp-a, cp-b forgotten", got)
 	}
 }

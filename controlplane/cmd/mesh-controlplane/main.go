@@ -71,7 +71,7 @@ type Config struct {
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ID, "id", "", "this replica's id among the control planes sharing a Redis (default: host name and xDS port)")
 	fs.StringVar(&c.XDSListen, "xds-listen", ":18000", "ADS gRPC address the gateway Envoy connects to")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", ":18001", "address of /metrics and /healthz")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", ":18001", "address of /metrics, /healthz, /readyz and /status/virtualservices")
 	fs.StringVar(&c.RegistryPath, "registry", "", "model registry YAML file (required; watched for changes)")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address (required)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
@@ -229,6 +229,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	// Ready once a configuration was pushed: before that (the Kubernetes API or Redis not
+	// reached yet) a gateway connecting here would get none.
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ctrl.Ready() {
+			http.Error(w, "no configuration pushed yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	if traffic != nil {
 		mux.Handle("/status/virtualservices", traffic)
 	}
