@@ -102,7 +102,9 @@ func TestMeshWorkerKilled(t *testing.T) {
 // does) keeps serving until the mesh routes its models elsewhere; clients sending all along
 // see not one failure.
 func TestMeshWorkerStoppedLosesNoRequest(t *testing.T) {
-	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}})
+	// The default drain grace (the harness sets 0 for speed elsewhere): Envoy's worker threads
+	// apply an acknowledged configuration a moment after its main thread.
+	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}, WorkerArgs: []string{"--drain-grace", "1s"}})
 	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}

@@ -316,7 +316,7 @@ func TestShutdownServesUntilUnrouted(t *testing.T) {
 	ctx := context.Background()
 	keys := residency.Keys{Prefix: "e2e"}
 	// A control plane whose gateways route iris to this worker.
-	must(t, residency.RenewControlPlane(ctx, rdb, keys, "cp-1", []string{w.ID}, time.Minute, time.Minute))
+	must(t, residency.RenewControlPlane(ctx, rdb, keys, "cp-1", []string{w.ID}, time.Minute))
 	must(t, residency.WriteRouted(ctx, rdb, keys, "cp-1", map[string][]string{w.ID: {"iris:1"}}, nil, time.Minute))
 
 	w.cmd.Process.Signal(syscall.SIGTERM)
