@@ -58,7 +58,12 @@ func (s *Server) onRequestHeaders(ctx context.Context, stream extprocv3.External
 	ctx, span := s.tracer.Start(traceContext(ctx, req), "extproc.decide", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("mesh.model", req.Model)))
 	defer span.End()
+	extended := false
 	extend := func() error {
+		if extended {
+			return nil // Envoy takes one override of a message's timeout
+		}
+		extended = true
 		return stream.Send(extendResponse(s.overrideTimeout()))
 	}
 	a, err := s.Handle(ctx, req, extend)

@@ -109,8 +109,10 @@ type fakeLoader struct {
 	fail    map[string]error // by worker id
 	mu      sync.Mutex
 	calls   []string // "worker/model:version"
-	// confirms counts Loads of models already resident.
-	confirms int
+	// confirms counts Loads of models already resident; each takes confirmDelay (a
+	// replica that drains is waited out).
+	confirms     int
+	confirmDelay time.Duration
 }
 
 // Load records a load in calls, unless the worker already holds the model ready: then, as
@@ -120,7 +122,12 @@ func (l *fakeLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 		l.mu.Lock()
 		l.confirms++
 		l.mu.Unlock()
-		return nil
+		select {
+		case <-time.After(l.confirmDelay):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	l.mu.Lock()
 	l.calls = append(l.calls, w.ID+"/"+t.Model.String())

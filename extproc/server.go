@@ -12,6 +12,7 @@ package extproc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -44,6 +45,10 @@ type Config struct {
 	// LockPoll is how often a replica waiting on another's lock checks whether it is gone
 	// (default 100ms); readiness itself arrives with residency snapshots.
 	LockPoll time.Duration
+	// ExtendAfter is how long the confirmation of a ready replica may take before Envoy is
+	// asked for more time (default 100ms): the worker's answer is at once for a resident
+	// model, but waits out a drain and a reload when the replica is going away.
+	ExtendAfter time.Duration
 	// Rand returns a uniform number in [0, n); default math/rand/v2.Uint64N.
 	Rand func(n uint64) uint64
 	// TracerProvider makes the spans of decisions and cold waits; default a no-op one.
@@ -58,6 +63,7 @@ func (c Config) withDefaults() Config {
 	}
 	def(&c.LoadDeadline, 60*time.Second)
 	def(&c.MaxMessageTimeout, 120*time.Second)
+	def(&c.ExtendAfter, 100*time.Millisecond)
 	def(&c.RetryAfter, time.Second)
 	def(&c.LockTTL, 10*time.Second)
 	def(&c.LockPoll, 100*time.Millisecond)
@@ -125,9 +131,10 @@ type Answer struct {
 }
 
 // Handle decides one request and, when its model must be loaded, holds it until the load
-// finished, the load deadline passed or ctx ended. extend is called once, before the first
-// wait, so the caller can ask Envoy for more time; an error from it ends the handling.
-// Errors are *Error values (or ctx's error).
+// finished, the load deadline passed or ctx ended. extend is called before any wait that may
+// outlast Envoy's message timeout, so the caller can ask Envoy for more time (it may be
+// called twice; the caller sends one extension); an error from it ends the handling. Errors
+// are *Error values (or ctx's error).
 func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (Answer, error) {
 	d, err := Decide(s.view.Snapshot(), req, s.cfg.Rand)
 	if err != nil {
@@ -140,8 +147,12 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 		// The snapshot may be a few events behind: the replica may be draining or gone. A
 		// Load on its worker confirms it (it returns at once for a resident model), marks it
 		// used so it is not evicted while this request travels, and waits out a drain.
-		if err := s.loader.Load(ctx, d.Worker, d.Target); err == nil {
+		err := s.confirm(ctx, d, extend)
+		if err == nil {
 			return Answer{Outcome: d.Outcome, Endpoint: d.Endpoint, Model: d.Model}, nil
+		}
+		if errors.Is(err, errExtend) {
+			return Answer{}, err
 		}
 		d.Kind = Load
 	}
@@ -150,6 +161,29 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 		return Answer{}, err
 	}
 	return Answer{Outcome: "cold_loaded", Endpoint: req.Endpoint(w), Model: d.Model}, nil
+}
+
+// errExtend wraps a failure to ask Envoy for more time: the stream is gone.
+var errExtend = errors.New("extend envoy's message timeout")
+
+// confirm asks the worker of a ready replica to confirm it. When the answer takes longer than
+// Config.ExtendAfter (a draining replica is waited out and loaded again), Envoy is asked for
+// more time first, so that it does not give up on the request at its message timeout.
+func (s *Server) confirm(ctx context.Context, d Decision, extend func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- s.loader.Load(ctx, d.Worker, d.Target) }()
+	timer := time.NewTimer(s.cfg.ExtendAfter)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer.C:
+	}
+	if err := extend(); err != nil {
+		<-done
+		return fmt.Errorf("%w: %w", errExtend, err)
+	}
+	return <-done
 }
 
 // hold joins (or starts) the flight for d's model version and waits for it, as the span

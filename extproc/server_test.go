@@ -139,6 +139,9 @@ func TestHotModelIsRoutedWithoutLoad(t *testing.T) {
 	h["x-model-version"] = "1"
 	ex, err := r.send(t.Context(), h)
 	checkAnswer(t, routedTo("10.0.0.2:8000", "1"), ex, err) // the emptier worker
+	if ex.extended != 0 {
+		t.Errorf("a hot request confirmed at once asked Envoy for more time (%s)", ex.extended)
+	}
 	h["x-model-version"] = "2"
 	ex, err = r.send(t.Context(), h)
 	checkAnswer(t, routedTo("10.0.0.1:8000", "2"), ex, err)
@@ -147,6 +150,24 @@ func TestHotModelIsRoutedWithoutLoad(t *testing.T) {
 	}
 	if loader.confirms != 2 {
 		t.Fatalf("%d residency confirmations, want one per request", loader.confirms)
+	}
+}
+
+// TestSlowConfirmationAsksForMoreTime: when the worker of a ready replica takes long to
+// confirm it (it waits out a drain and loads the model again), Envoy is asked for more time
+// before its message timeout, once, and the request is routed.
+func TestSlowConfirmationAsksForMoreTime(t *testing.T) {
+	m := newMesh(t, mustRegistry(t, testRegistry))
+	w1 := m.addWorker(worker("w1", 1, ort, 1000, 0), map[string]string{"iris:1": "ready"})
+	loader := &fakeLoader{workers: map[string]*fakeWorker{"w1": w1}, confirmDelay: 400 * time.Millisecond}
+	r := m.startReplica(Config{LoadDeadline: 10 * time.Second, ExtendAfter: 50 * time.Millisecond}, loader)
+	r.waitFor(t, workersLive(1))
+	h := rest("iris")
+	h["x-model-version"] = "1"
+	ex, err := r.send(t.Context(), h)
+	checkAnswer(t, routedTo("10.0.0.1:8000", "1"), ex, err)
+	if ex.extended != 15*time.Second {
+		t.Fatalf("override_message_timeout %s, want the load deadline + 5s asked before the slow confirmation ended", ex.extended)
 	}
 }
 
