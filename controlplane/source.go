@@ -27,9 +27,9 @@ func LoadRegistry(path string) (*registry.Registry, error) {
 	return r, nil
 }
 
-// WatchRegistry calls onValid with the registry each time the file at path changes and
-// validates, and onInvalid with the reason when it does not (the caller keeps the last good
-// one). It watches the file's directory, so editors that replace the file and Kubernetes
+// WatchRegistry calls onValid with the registry once the file at path is watched (so that
+// no edit since the caller read it is missed) and each time it changes and validates, and
+// onInvalid with the reason when it does not (the caller keeps the last good one). It watches the file's directory, so editors that replace the file and Kubernetes
 // ConfigMap symlink swaps are both seen. Returns nil when ctx ends.
 func WatchRegistry(ctx context.Context, path string, log *slog.Logger, onValid func(*registry.Registry), onInvalid func(error)) error {
 	relevant := func(p string) bool {

@@ -41,16 +41,15 @@ func WatchDir(ctx context.Context, dir string, log *slog.Logger, update func(Obj
 	if err != nil {
 		return err
 	}
-	objs, last := readDir(dir)
-	update(objs)
 	relevant := func(path string) bool {
 		name := filepath.Base(path)
 		return path == dir || filepath.Dir(path) == dir && (yamlFile(name) || name == "..data")
 	}
+	first, last := true, ""
 	return fswatch.Watch(ctx, []string{filepath.Dir(dir), dir}, relevant, log, func() {
 		objs, digest := readDir(dir)
-		if digest != last {
-			last = digest
+		if first || digest != last {
+			first, last = false, digest
 			update(objs)
 		}
 	})

@@ -18,9 +18,10 @@ import (
 // touch a file several times.
 const Settle = 100 * time.Millisecond
 
-// Watch calls changed, from the calling goroutine, each time an entry of one of dirs for
-// which relevant(path) holds was created, written, renamed or removed, once Settle has
-// passed without another such event. Before each call the directories are watched again,
+// Watch calls changed, from the calling goroutine, once as soon as dirs are watched (so that
+// the caller reads its files with no change missed since), then each time an entry of one of
+// dirs for which relevant(path) holds was created, written, renamed or removed, once Settle
+// has passed without another such event. Before each call the directories are watched again,
 // so one that was removed and created anew (a new inode) is followed; one that is missing
 // at the start is an error. Returns nil when ctx ends.
 func Watch(ctx context.Context, dirs []string, relevant func(path string) bool, log *slog.Logger, changed func()) error {
@@ -34,6 +35,7 @@ func Watch(ctx context.Context, dirs []string, relevant func(path string) bool, 
 			return fmt.Errorf("watch %s: %w", d, err)
 		}
 	}
+	changed()
 	var pending <-chan time.Time
 	for {
 		select {

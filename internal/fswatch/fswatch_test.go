@@ -27,7 +27,6 @@ func TestWatchSeesReplacementsAndIgnoresTheRest(t *testing.T) {
 	go func() {
 		done <- Watch(ctx, []string{parent, dir}, relevant, slog.New(slog.NewTextHandler(io.Discard, nil)), func() { changed <- struct{}{} })
 	}()
-	time.Sleep(50 * time.Millisecond) // the watches are in place
 	write := func(path string) {
 		t.Helper()
 		if err := os.WriteFile(path+".tmp", []byte("x"), 0o644); err != nil {
@@ -50,6 +49,7 @@ func TestWatchSeesReplacementsAndIgnoresTheRest(t *testing.T) {
 			}
 		}
 	}
+	expect("the watches in place", true)
 	write(filepath.Join(dir, "a.yaml"))
 	expect("a file renamed over", true)
 	write(filepath.Join(dir, "notes.txt"))
