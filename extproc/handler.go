@@ -55,7 +55,10 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 func (s *Server) onRequestHeaders(ctx context.Context, stream extprocv3.ExternalProcessor_ProcessServer, h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {
 	start := time.Now()
 	req, grpc := requestOf(h)
-	ctx, span := s.tracer.Start(traceContext(ctx, req), "extproc.decide", trace.WithSpanKind(trace.SpanKindServer),
+	if s.tracing {
+		ctx = traceContext(ctx, req)
+	}
+	ctx, span := s.tracer.Start(ctx, "extproc.decide", trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("mesh.model", req.Model)))
 	defer span.End()
 	extended := false

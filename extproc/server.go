@@ -89,6 +89,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	tracer  trace.Tracer
+	// tracing is false with the no-op provider: no trace context is read then.
+	tracing bool
 
 	mu      sync.Mutex
 	flights map[placement.ModelVersion]*flight
@@ -118,6 +120,7 @@ func New(cfg Config, view *View, loader Loader, locks *Locks, log *slog.Logger, 
 	return &Server{
 		cfg: cfg, view: view, loader: loader, locks: locks, log: log, metrics: metrics,
 		tracer:  cfg.TracerProvider.Tracer("github.com/modelmesh/mesh/extproc"),
+		tracing: !isNoop(cfg.TracerProvider),
 		flights: map[placement.ModelVersion]*flight{},
 	}
 }
@@ -449,4 +452,10 @@ func (s *Server) Close() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+}
+
+// isNoop reports whether tp is OpenTelemetry's no-op provider, whose spans record nothing.
+func isNoop(tp trace.TracerProvider) bool {
+	_, ok := tp.(noop.TracerProvider)
+	return ok
 }
