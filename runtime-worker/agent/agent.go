@@ -808,8 +808,9 @@ func (a *Agent) closeAndWait(ctx context.Context, r *replica) {
 	}
 }
 
-// Close cancels running loads, finishes drains, and unloads every model. Loads and requests
-// after Close fail with ErrClosed or ErrNotFound.
+// Close cancels running loads, finishes drains, and unloads every model; once ctx ends it
+// stops waiting for requests in flight. Loads and requests after Close fail with ErrClosed
+// or ErrNotFound.
 func (a *Agent) Close(ctx context.Context) {
 	a.mu.Lock()
 	if a.closed {
@@ -819,7 +820,14 @@ func (a *Agent) Close(ctx context.Context) {
 	a.closed = true
 	a.mu.Unlock()
 	close(a.quit)
-	a.loads.Wait()
+	// Loads end at once (quit cancels them); a drain waits for its requests, which ctx bounds.
+	finished := make(chan struct{})
+	go func() { a.loads.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		a.log.WarnContext(ctx, "shutdown: drains still waiting for requests in flight; unloading anyway", "error", ctx.Err())
+	}
 	a.mu.Lock()
 	rest := make([]*replica, 0, len(a.replicas))
 	for _, r := range a.replicas {
