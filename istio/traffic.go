@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"maps"
 	"net/http"
 	"reflect"
 	"slices"
@@ -51,7 +52,10 @@ type Traffic struct {
 	appliedVersion uint64
 	applied        *registry.Registry
 	report         Report
-	reported       chan struct{} // a new report waits for Run; capacity 1
+	// lastGood holds, per VirtualService ("namespace/name"), the rules its last accepted
+	// version gave each of its models.
+	lastGood map[string]map[string][]registry.Rule
+	reported chan struct{} // a new report waits for Run; capacity 1
 }
 
 // NewTraffic returns a Traffic fed by watch, which must call update with the full set of
@@ -93,13 +97,75 @@ func (t *Traffic) Apply(file *registry.Registry) *registry.Registry {
 		return t.applied
 	}
 	res := Convert(t.objects.VirtualServices, t.objects.DestinationRules, file)
+	kept := t.keepLastGood(&res, file)
 	t.appliedFile, t.appliedVersion, t.applied = file, t.version, Overlay(file, res)
-	t.report = Report{Objects: res.Statuses, Problems: t.objects.Problems}
+	t.report = Report{Objects: res.Statuses, Problems: append(slices.Clone(t.objects.Problems), kept...)}
 	select {
 	case t.reported <- struct{}{}:
 	default: // Run has one waiting already and reads the newest
 	}
 	return t.applied
+}
+
+// keepLastGood keeps in force, as the registry file does, the last accepted rules of a
+// VirtualService whose new version is rejected, and of one that is missing while some input
+// could not be read (it may be in the file that does not parse), unless another object now
+// routes the model or the rules no longer fit the registry. It records the accepted ones, and
+// returns a Problem for each missing object whose rules it kept.
+func (t *Traffic) keepLastGood(res *Result, file *registry.Registry) []Problem {
+	good := map[string]map[string][]registry.Rule{}
+	present := map[string]bool{}
+	keep := func(key string, rules map[string][]registry.Rule) bool {
+		kept := false
+		for m, r := range rules {
+			if _, taken := res.Rules[m]; taken {
+				continue
+			}
+			if _, err := file.WithTraffic(map[string][]registry.Rule{m: r}); err != nil {
+				continue // a version it routes to is gone from the registry
+			}
+			if res.Rules == nil {
+				res.Rules = map[string][]registry.Rule{}
+			}
+			res.Rules[m], kept = r, true
+		}
+		if kept {
+			good[key] = rules
+		}
+		return kept
+	}
+	for i := range res.Statuses {
+		st := &res.Statuses[i]
+		if st.Kind != KindVirtualService {
+			continue
+		}
+		key := st.Namespace + "/" + st.Name
+		present[key] = true
+		if st.State == Accepted {
+			rules := map[string][]registry.Rule{}
+			for _, m := range st.Models {
+				if r, ok := res.Rules[m]; ok {
+					rules[m] = r
+				}
+			}
+			good[key] = rules
+			continue
+		}
+		if prev, ok := t.lastGood[key]; ok && keep(key, prev) {
+			st.Warnings = append(st.Warnings, "the rules of its last accepted version stay in force")
+		}
+	}
+	var kept []Problem
+	if len(t.objects.Problems) > 0 {
+		for _, key := range slices.Sorted(maps.Keys(t.lastGood)) {
+			if !present[key] && keep(key, t.lastGood[key]) {
+				kept = append(kept, Problem{File: KindVirtualService + " " + key,
+					Error: "not read (an input could not be read); the rules of its last accepted version stay in force"})
+			}
+		}
+	}
+	t.lastGood = good
+	return kept
 }
 
 // Report returns the verdicts of the last Apply.

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/modelmesh/mesh/internal/registry"
 )
 
 // statusLog is a StatusWriter that records what it is given and fails its first writes of
@@ -195,4 +199,49 @@ func TestTraffic(t *testing.T) {
 	eventually(t, "the removals logged", func() bool {
 		return logs.count("istio object removed") == 3 && logs.count("istio file problem gone") == 1
 	})
+}
+
+// TestTrafficKeepsTheLastAcceptedRules: as with the registry file, a VirtualService edited
+// into something the mesh rejects, or missing while its file does not parse, leaves its last
+// accepted rules in force; deleted for good, it takes them away.
+func TestTrafficKeepsTheLastAcceptedRules(t *testing.T) {
+	t.Parallel()
+	tr := NewTraffic(nil, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	file := testReg(t)
+	set := func(o Objects) *registry.Registry {
+		tr.mu.Lock()
+		tr.objects = o
+		tr.version++
+		tr.mu.Unlock()
+		return tr.Apply(file)
+	}
+	irisVersion := func(reg *registry.Registry) string {
+		iris, _ := reg.Model("iris")
+		return iris.Traffic[0].Split[0].Version
+	}
+	if v := irisVersion(set(decodeObjects(t, irisDR+"---\n"+irisVS))); v != "2" {
+		t.Fatalf("accepted: iris to %q, want 2", v)
+	}
+
+	rewritten := strings.Replace(irisVS, "http: [{route:", "http: [{rewrite: {uri: /x}, route:", 1)
+	if v := irisVersion(set(decodeObjects(t, irisDR+"---\n"+rewritten))); v != "2" {
+		t.Fatalf("edited into a rejected version: iris to %q, want the last accepted rules (2)", v)
+	}
+	st := tr.Report().Objects[1]
+	if st.State != Rejected || !slices.Contains(st.Warnings, "the rules of its last accepted version stay in force") {
+		t.Fatalf("status %+v, want rejected and saying the last accepted rules stay", st)
+	}
+
+	unreadable := decodeObjects(t, irisDR)
+	unreadable.Problems = []Problem{{File: "/etc/istio/iris.yaml", Error: "document 1: no"}}
+	if v := irisVersion(set(unreadable)); v != "2" {
+		t.Fatalf("missing while a file does not parse: iris to %q, want the last accepted rules (2)", v)
+	}
+	if rep := tr.Report(); len(rep.Problems) != 2 || !strings.Contains(rep.Problems[1].Error, "stay in force") {
+		t.Fatalf("problems %+v, want the unreadable file and the kept VirtualService", rep.Problems)
+	}
+
+	if v := irisVersion(set(decodeObjects(t, irisDR))); v != "1" {
+		t.Fatalf("deleted, every file read: iris to %q, want the registry file's rules (1)", v)
+	}
 }
