@@ -50,6 +50,18 @@ spec:
 	return vs
 }
 
+// digitsRewriteVS is a VirtualService the mesh rejects: it rewrites the path, which the
+// gateway cannot honour.
+const digitsRewriteVS = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: digits-rewrite, namespace: models}
+spec:
+  hosts: [digits]
+  http:
+    - rewrite: {uri: /v2/models/iris/infer}
+      route: [{destination: {host: digits}}]
+`
+
 // writeAtomically replaces path the way editors and kubectl-synced volumes do.
 func writeAtomically(t testing.TB, path, content string) {
 	t.Helper()
@@ -110,15 +122,7 @@ func TestIstioVirtualServicesFromFiles(t *testing.T) {
 	// An invalid VirtualService (a rewrite the mesh cannot honour) is rejected alone, with a
 	// reason the user can read; the valid one keeps working, and digits, which the invalid one
 	// names, keeps its registry routing.
-	must(t, os.WriteFile(filepath.Join(dir, "digits.yaml"), []byte(`apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: digits-rewrite, namespace: models}
-spec:
-  hosts: [digits]
-  http:
-    - rewrite: {uri: /v2/models/iris/infer}
-      route: [{destination: {host: digits}}]
-`), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "digits.yaml"), []byte(digitsRewriteVS), 0o644))
 	eventually(t, 10*time.Second, "the invalid VirtualService reported rejected", func() bool {
 		code, body := get(t, "http://"+m.CPMetrics+"/status/virtualservices")
 		return code == 200 && strings.Contains(body, "digits-rewrite") && strings.Contains(body, "rewrite") &&

@@ -39,36 +39,7 @@ func observabilityRegistry(t *testing.T) string {
 
 // Istio objects for the control plane's --istio-dir: breast-cancer split 80/20 with a tester
 // pinned to the canary, and a VirtualService the mesh rejects.
-const observabilityIstio = `apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: breast-cancer, namespace: models}
-spec:
-  host: breast-cancer
-  subsets:
-    - {name: stable, labels: {version: "1"}}
-    - {name: canary, labels: {version: "2"}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: breast-cancer, namespace: models}
-spec:
-  hosts: [breast-cancer]
-  http:
-    - match: [{headers: {x-tester: {exact: alice}}}]
-      route: [{destination: {host: breast-cancer, subset: canary}}]
-    - route:
-        - {destination: {host: breast-cancer, subset: stable}, weight: 80}
-        - {destination: {host: breast-cancer, subset: canary}, weight: 20}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: digits-rewrite, namespace: models}
-spec:
-  hosts: [digits]
-  http:
-    - rewrite: {uri: /v2/models/iris/infer}
-      route: [{destination: {host: digits}}]
-`
+var observabilityIstio = bcDestinationRule + "---\n" + bcVirtualService(80, 20, 0) + "---\n" + digitsRewriteVS
 
 // prometheus is a running Prometheus server.
 type prometheus struct{ addr string }
