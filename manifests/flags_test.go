@@ -452,8 +452,8 @@ func TestComponentsAgree(t *testing.T) {
 				t.Error("the gateway's grace period must outlast its preStop sleep")
 			}
 
-			// Workers: advertised addresses are the ones they listen on, at the pod IP, on
-			// ports their headless Service declares as TCP; termination outlasts shutdown.
+			// Workers: advertised at the pod IP, on the ports they (and Triton) listen on, which
+			// their headless Service declares as TCP; termination outlasts shutdown.
 			for _, in := range workers {
 				svc := named[*corev1.Service](t, objs, in.workload)
 				d := named[*appsv1.Deployment](t, objs, in.workload)
@@ -463,20 +463,22 @@ func TestComponentsAgree(t *testing.T) {
 						tcpPorts[p.Port] = true
 					}
 				}
-				advertised := map[string]string{"advertise-management-addr": "management-listen"}
-				if in.values["runtime"] == "triton" {
-					advertised = map[string]string{"advertise-management-addr": "management-listen", "triton-http": "", "triton-grpc": ""}
-				} else {
-					advertised["advertise-addr"] = "listen"
+				if in.values["advertise-host"] != fieldSamples["status.podIP"] {
+					t.Errorf("%s: --advertise-host %q is not the pod IP", in.where(), in.values["advertise-host"])
 				}
-				for adv, listen := range advertised {
-					host, port := portOf(t, in.where(), in.values[adv])
-					if host != fieldSamples["status.podIP"] {
-						t.Errorf("%s: --%s %s is not at the pod IP", in.where(), adv, in.values[adv])
+				ports := []int32{listenPort(in, "management-listen")}
+				if in.values["runtime"] == "triton" {
+					for _, flag := range []string{"triton-http", "triton-grpc"} {
+						host, port := portOf(t, in.where(), in.values[flag])
+						if host != "" {
+							t.Errorf("%s: --%s %s names a host; Triton runs beside the worker, advertised at --advertise-host", in.where(), flag, in.values[flag])
+						}
+						ports = append(ports, port)
 					}
-					if listen != "" && port != listenPort(in, listen) {
-						t.Errorf("%s: --%s port %d, --%s port %d", in.where(), adv, port, listen, listenPort(in, listen))
-					}
+				} else {
+					ports = append(ports, listenPort(in, "listen"))
+				}
+				for _, port := range ports {
 					if !podHasPort(d.Spec.Template.Spec, "", port) || !tcpPorts[port] {
 						t.Errorf("%s: advertised port %d must be a container port and a TCP port of Service %s", in.where(), port, svc.Name)
 					}

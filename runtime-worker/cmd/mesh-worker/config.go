@@ -23,6 +23,7 @@ type Config struct {
 	WorkerID         string
 	Listen           string
 	ManagementAddr   string
+	AdvertiseHost    string
 	AdvertiseAddr    string
 	AdvertiseMgmt    string
 	ModelRoots       string
@@ -63,8 +64,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.WorkerID, "worker-id", host, "worker id in Redis (default: host name)")
 	fs.StringVar(&c.Listen, "listen", ":8000", "inference address: KServe v2 REST and gRPC on one port")
 	fs.StringVar(&c.ManagementAddr, "management-listen", ":8010", "management address: meshv1 gRPC, /metrics, /healthz")
-	fs.StringVar(&c.AdvertiseAddr, "advertise-addr", "", "inference address others reach this worker at (default: --listen on 127.0.0.1)")
-	fs.StringVar(&c.AdvertiseMgmt, "advertise-management-addr", "", "management address others reach this worker at (default: --management-listen on 127.0.0.1)")
+	fs.StringVar(&c.AdvertiseHost, "advertise-host", "127.0.0.1", "host or IP (IPv4 or IPv6, e.g. the pod's) others reach this worker at, with the ports of --listen, --management-listen and, for Triton, --triton-grpc and --triton-http when those give no host")
+	fs.StringVar(&c.AdvertiseAddr, "advertise-addr", "", "inference address others reach this worker at, host:port (default: --advertise-host with --listen's port)")
+	fs.StringVar(&c.AdvertiseMgmt, "advertise-management-addr", "", "management address others reach this worker at, host:port (default: --advertise-host with --management-listen's port)")
 	fs.StringVar(&c.ModelRoots, "model-roots", "", "comma-separated directories model files may be read from (required)")
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for fetched model files (default: a temporary directory)")
 	c.Capacity = 1 << 30
@@ -82,8 +84,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 2*time.Second, "interval of full state writes to Redis; the lease lasts three")
 	fs.StringVar(&c.Runtime, "runtime", "onnxruntime", "model runtime: onnxruntime (embedded) or triton (a Triton server beside the worker)")
 	fs.StringVar(&c.ORTLibrary, "ort-library", "", "onnxruntime: path of libonnxruntime.so")
-	fs.StringVar(&c.TritonGRPC, "triton-grpc", "", "triton: Triton's gRPC address, as the gateway reaches it")
-	fs.StringVar(&c.TritonHTTP, "triton-http", "", "triton: Triton's HTTP address, as the gateway reaches it")
+	fs.StringVar(&c.TritonGRPC, "triton-grpc", "", "triton: Triton's gRPC address, as the gateway reaches it; \":8001\" means Triton beside the worker (dialled on loopback, advertised on --advertise-host)")
+	fs.StringVar(&c.TritonHTTP, "triton-http", "", "triton: Triton's HTTP address, as the gateway reaches it; \":8000\" means beside the worker, as for --triton-grpc")
 	fs.StringVar(&c.TritonRepository, "triton-repository", "", "triton: Triton's --model-repository directory, owned by the worker")
 	fs.StringVar(&c.TritonMetrics, "triton-metrics", "", "triton: Triton's metrics URL; when set, each GPU's budget is its memory less --capacity-reserve (instead of --gpu-capacity), or, on a server without GPUs, the host budget is host memory less the reserve (instead of --capacity)")
 	fs.Var(&c.CapacityReserve, "capacity-reserve", "with --triton-metrics: memory kept back from models on each device (CUDA contexts, Triton, stubs)")

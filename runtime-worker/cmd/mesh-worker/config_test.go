@@ -110,3 +110,21 @@ func TestGPUCapacity(t *testing.T) {
 		}
 	}
 }
+
+func TestAdvertised(t *testing.T) {
+	tests := []struct {
+		configured, host, addr, want string
+	}{
+		{"10.0.0.9:9000", "10.0.0.2", "[::]:8000", "10.0.0.9:9000"}, // given whole, taken as is
+		{"", "10.0.0.2", "[::]:8000", "10.0.0.2:8000"},              // a wildcard listener
+		{"", "10.0.0.2", "0.0.0.0:8010", "10.0.0.2:8010"},
+		{"", "fd00::5", ":8001", "[fd00::5]:8001"},           // Triton beside the worker, IPv6 pod
+		{"", "10.0.0.2", "127.0.0.1:8000", "127.0.0.1:8000"}, // a specific address stays
+		{"", "fd00::5", "10.0.0.3:8001", "10.0.0.3:8001"},
+	}
+	for _, tt := range tests {
+		if got := advertised(tt.configured, tt.host, tt.addr); got != tt.want {
+			t.Errorf("advertised(%q, %q, %q) = %q, want %q", tt.configured, tt.host, tt.addr, got, tt.want)
+		}
+	}
+}

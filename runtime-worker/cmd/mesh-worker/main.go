@@ -68,7 +68,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	runtimeVersion := ""
 	switch cfg.Runtime {
 	case "triton":
-		tritonBackend, err = triton.New(triton.Config{Repository: cfg.TritonRepository, GRPCAddr: cfg.TritonGRPC}, log)
+		tritonBackend, err = triton.New(triton.Config{Repository: cfg.TritonRepository, GRPCAddr: advertised("", "127.0.0.1", cfg.TritonGRPC)}, log)
 		if err != nil {
 			return err
 		}
@@ -136,12 +136,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	labels, _ := parseLabels(cfg.Labels) // validated
 	self := residency.Worker{
 		ID: cfg.WorkerID, Runtime: backend.Runtime(), Capacity: capacity, Labels: labels,
-		DataAddr: advertised(cfg.AdvertiseAddr, dataLn.Addr()), MgmtAddr: advertised(cfg.AdvertiseMgmt, mgmtLn.Addr()),
+		DataAddr:      advertised(cfg.AdvertiseAddr, cfg.AdvertiseHost, dataLn.Addr().String()),
+		MgmtAddr:      advertised(cfg.AdvertiseMgmt, cfg.AdvertiseHost, mgmtLn.Addr().String()),
 		StartedUnixMs: time.Now().UnixMilli(),
 	}
 	if tritonBackend != nil {
 		// The gateway sends inference straight to Triton's ports, not through the worker.
-		self.DataAddr, self.GRPCAddr = cfg.TritonHTTP, cfg.TritonGRPC
+		self.DataAddr, self.GRPCAddr = advertised("", cfg.AdvertiseHost, cfg.TritonHTTP), advertised("", cfg.AdvertiseHost, cfg.TritonGRPC)
 	}
 	log.InfoContext(ctx, "worker started", "inference_addr", self.DataAddr, "grpc_addr", self.GRPC(), "management_addr", mgmtLn.Addr().String(),
 		"capacity", capacity.String(), "runtime", backend.Runtime(), "runtime_version", runtimeVersion)
@@ -229,13 +230,20 @@ func stopGRPC(ctx context.Context, gs *grpc.Server) {
 	}
 }
 
-// advertised is the configured address, else the listener's port on the loopback address.
-func advertised(configured string, addr net.Addr) string {
+// advertised is the configured address, else addr with its host, when it names none or a
+// wildcard, replaced by host. JoinHostPort brackets an IPv6 host.
+func advertised(configured, host, addr string) string {
 	if configured != "" {
 		return configured
 	}
-	_, port, _ := net.SplitHostPort(addr.String())
-	return net.JoinHostPort("127.0.0.1", port)
+	h, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(h); h == "" || ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort(host, port)
+	}
+	return addr
 }
 
 func stateOf(self residency.Worker, models *agent.Agent) residency.State {
