@@ -63,8 +63,11 @@ bin/mesh-extproc --listen "127.0.0.1:$extproc_port" --metrics-listen "127.0.0.1:
 pids+=($!)
 
 sed "s#\${MODELS}#$root/testdata/models#g" manifests/local/registry.yaml >"$state/registry.yaml"
+# VirtualService and DestinationRule files dropped here drive the models' traffic (docs/istio.md).
+mkdir -p "$state/istio"
 bin/mesh-controlplane --xds-listen "127.0.0.1:$xds_port" --metrics-listen "127.0.0.1:$cp_metrics_port" \
-	--registry "$state/registry.yaml" --redis-addr "$redis_addr" --gateway-address 127.0.0.1 --gateway-port "$gateway_port" \
+	--registry "$state/registry.yaml" --istio-dir "$state/istio" \
+	--redis-addr "$redis_addr" --gateway-address 127.0.0.1 --gateway-port "$gateway_port" \
 	--extproc-addr "127.0.0.1:$extproc_port" --wasm-path "$root/bin/modelid.wasm" --log-format text 2>"$state/controlplane.log" &
 pids+=($!)
 
