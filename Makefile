@@ -71,6 +71,9 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test ./wasm -run '^$$' -fuzz FuzzParsePath -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./wasm -run '^$$' -fuzz FuzzFirstMessage -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./internal/registry -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./istio -run '^$$' -fuzz FuzzDecode -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./wasm -run '^$$' -fuzz FuzzParseConfig -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./wasm/internal/proxywasm -run '^$$' -fuzz FuzzDecodeMap -fuzztime $${FUZZTIME:-30s}
 
 .PHONY: bench-worker
 bench-worker: setup models build ## worker latency and throughput against ONNX Runtime in-process

@@ -364,3 +364,20 @@ func TestParseConfig(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseConfig: any plugin configuration is accepted within its limits or refused with
+// an error; none panics.
+func FuzzParseConfig(f *testing.F) {
+	for _, seed := range []string{"", "{}", `{"max_models": 5}`, `{"read_grpc_body": false, "max_grpc_message_bytes": 100}`, `{"max_models": -1}`, `[1]`} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := parseConfig(data)
+		if err != nil {
+			return
+		}
+		if c.MaxModels < 0 || c.MaxModels > limitMaxModels || c.MaxGRPCMessageBytes < 1 || c.MaxGRPCMessageBytes > limitMaxGRPCMessageBytes {
+			t.Fatalf("accepted %q as %+v, outside the limits", data, c)
+		}
+	})
+}
