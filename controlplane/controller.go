@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -42,17 +43,20 @@ type Traffic interface {
 	Apply(reg *registry.Registry) *registry.Registry
 }
 
+// pusher serves configurations to the gateways; *xds.Server is the implementation.
+type pusher interface {
+	Push(ctx context.Context, res translate.Resources) error
+}
+
 // Controller reconciles state into configuration. Run owns all its goroutines.
 type Controller struct {
 	cfg     Config
 	rdb     redis.UniversalClient
 	keys    residency.Keys
-	xds     *xds.Server
+	xds     pusher
 	log     *slog.Logger
 	metrics *metrics
-	// workers holds the ids of the workers this control plane has routed sets for, for the
-	// renewal, which runs beside the reconcile loop.
-	workers atomic.Pointer[[]string]
+	routed  *routedSets
 	// ready is set once a configuration was pushed.
 	ready atomic.Bool
 }
@@ -63,7 +67,11 @@ func (c *Controller) Ready() bool { return c.ready.Load() }
 
 // New returns a controller pushing through srv.
 func New(cfg Config, rdb redis.UniversalClient, keys residency.Keys, srv *xds.Server, log *slog.Logger, reg prometheus.Registerer) *Controller {
-	return &Controller{cfg: cfg, rdb: rdb, keys: keys, xds: srv, log: log, metrics: newMetrics(reg)}
+	routed := &routedSets{rdb: rdb, keys: keys, id: cfg.ID, log: log,
+		// Three resyncs, then keepAfterSilence; a replica that stops counts three resyncs,
+		// time for its gateways to reconnect to another and take its configuration.
+		keep: 3*cfg.Watch.Resync + keepAfterSilence, retire: 3 * cfg.Watch.Resync}
+	return &Controller{cfg: cfg, rdb: rdb, keys: keys, xds: srv, log: log, metrics: newMetrics(reg), routed: routed}
 }
 
 // event is one input of the reconcile loop: a new registry or a new residency snapshot;
@@ -89,7 +97,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return c.renewRouted(ctx) })
+	g.Go(func() error { return c.routed.renew(ctx, c.cfg.Watch.Resync) })
 	// Watched from the start, so that no edit made while the traffic rules load is missed;
 	// its events wait in the channel for the loop.
 	g.Go(func() error {
@@ -126,7 +134,6 @@ func (c *Controller) Run(ctx context.Context) error {
 func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <-chan event) error {
 	reg := c.inForce(file)
 	var snap *residency.Snapshot
-	var routed map[string][]string
 	published := ""
 	republish := time.NewTicker(c.cfg.Watch.Resync)
 	defer republish.Stop()
@@ -179,24 +186,28 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 			c.log.ErrorContext(ctx, "translate state", "error", err)
 			continue
 		}
-		// The routed sets lead the push for replicas it adds (a gateway that acknowledges
-		// early routes to them before the others do) and lag it for replicas it removes:
-		// before the push they hold both, after it what every gateway acknowledged. A push
-		// some gateway did not acknowledge leaves both in place.
-		next := routedOf(reg, *snap)
-		routed = c.writeRouted(ctx, unionRouted(routed, next), routed)
-		err = c.xds.Push(ctx, res)
+		c.routed.load(ctx, slices.Collect(maps.Keys(snap.Workers)))
+		err = c.pushRouted(ctx, res, routedOf(reg, *snap))
 		if err == nil || errors.Is(err, xds.ErrNotAcknowledged) {
 			c.ready.Store(true) // served, even if some gateway was slow or refused it
 		}
-		if err != nil {
-			if ctx.Err() == nil {
-				c.log.ErrorContext(ctx, "push configuration; the routed sets keep the replicas of both configurations", "error", err)
-			}
-			continue
+		if err != nil && ctx.Err() == nil {
+			c.log.ErrorContext(ctx, "push configuration; the routed sets keep the replicas of both configurations", "error", err)
 		}
-		routed = c.writeRouted(ctx, next, routed)
 	}
+}
+
+// pushRouted pushes res with the routed sets around it. They lead the push for replicas it
+// adds (a gateway that acknowledges early routes to them before the others do) and lag it
+// for replicas it removes: before the push they hold both, after it next, what every gateway
+// acknowledged. A push some gateway did not acknowledge leaves both in place.
+func (c *Controller) pushRouted(ctx context.Context, res translate.Resources, next map[string][]string) error {
+	c.routed.record(ctx, unionRouted(c.routed.current(), next))
+	if err := c.xds.Push(ctx, res); err != nil {
+		return err
+	}
+	c.routed.record(ctx, next)
+	return nil
 }
 
 // inForce is the registry that is translated and published: the file's, with c.cfg.Traffic's
@@ -208,80 +219,9 @@ func (c *Controller) inForce(file *registry.Registry) *registry.Registry {
 	return c.cfg.Traffic.Apply(file)
 }
 
-// writeRouted records, per worker, the model versions the acknowledged configuration routes
-// to it, so that a draining worker knows when it may unload (drain before unload). Only the
-// sets that changed since last are written; it returns what is now recorded.
-func (c *Controller) writeRouted(ctx context.Context, now, last map[string][]string) map[string][]string {
-	changed := map[string][]string{}
-	for id, models := range now {
-		if !slices.Equal(models, last[id]) {
-			changed[id] = models
-		}
-	}
-	var gone []string
-	for id := range last {
-		if _, ok := now[id]; !ok {
-			gone = append(gone, id)
-		}
-	}
-	if len(changed) == 0 && len(gone) == 0 {
-		return last
-	}
-	if err := residency.WriteRouted(ctx, c.rdb, c.keys, c.cfg.ID, changed, gone, c.keep()); err != nil {
-		c.log.WarnContext(ctx, "record routed replicas; draining workers will wait", "error", err)
-		return last
-	}
-	workers := make([]string, 0, len(now))
-	for id := range now {
-		workers = append(workers, id)
-	}
-	c.workers.Store(&workers)
-	return now
-}
-
 // keepAfterSilence is how long the routed sets of a control plane that stopped renewing
 // them still count: it may be serving gateways while it cannot reach Redis.
 const keepAfterSilence = 2 * time.Minute
-
-// keep is how long this control plane's routed sets count after a renewal: three resyncs,
-// then keepAfterSilence.
-func (c *Controller) keep() time.Duration { return 3*c.cfg.Watch.Resync + keepAfterSilence }
-
-// renewRouted renews this control plane's routed sets every resync until ctx ends, beside
-// the reconcile loop, so that slow pushes never let them lapse.
-func (c *Controller) renewRouted(ctx context.Context) error {
-	tick := time.NewTicker(c.cfg.Watch.Resync)
-	defer tick.Stop()
-	for {
-		var workers []string
-		if w := c.workers.Load(); w != nil {
-			workers = *w
-		}
-		if err := residency.RenewControlPlane(ctx, c.rdb, c.keys, c.cfg.ID, workers, c.keep()); err != nil && ctx.Err() == nil {
-			c.log.WarnContext(ctx, "renew the control plane's routed sets; they lapse after "+c.keep().String(), "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
-	}
-}
-
-// unionRouted is, per worker, the model versions of a and of b, sorted.
-func unionRouted(a, b map[string][]string) map[string][]string {
-	out := make(map[string][]string, len(a)+len(b))
-	for _, m := range []map[string][]string{a, b} {
-		for id, models := range m {
-			out[id] = append(out[id], models...)
-		}
-	}
-	for id, models := range out {
-		slices.Sort(models)
-		out[id] = slices.Compact(models)
-	}
-	return out
-}
 
 // routedOf lists, per live worker, the registered model versions it holds ready: exactly
 // the replicas the translated configuration routes to.

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/modelmesh/mesh/controlplane/translate"
@@ -189,5 +191,88 @@ func TestControllerPublishesTheRegistryInForce(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("never published: the new file with the canary")
 		}
+	}
+}
+
+// fakePusher answers pushes with err, after running during (which looks at Redis while the
+// push is under way).
+type fakePusher struct {
+	err    error
+	during func()
+}
+
+func (f *fakePusher) Push(context.Context, translate.Resources) error {
+	if f.during != nil {
+		f.during()
+	}
+	return f.err
+}
+
+// TestRoutedSetsAroundAPush: the routed sets hold the replicas of the old and the new
+// configuration while a push is under way, keep both when some gateway did not acknowledge
+// it, hold the new ones once every gateway did, and come back after Redis lost them.
+func TestRoutedSetsAroundAPush(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	keys := residency.Keys{Prefix: "test"}
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c := New(Config{ID: "cp-1", Watch: residency.WatchConfig{Resync: time.Second}}, rdb, keys, nil, log, nil)
+	sets := func() map[string][]string {
+		t.Helper()
+		got, err := residency.ReadRouted(ctx, rdb, keys, "cp-1", []string{"w1", "w2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	check := func(what string, want map[string][]string) {
+		t.Helper()
+		if diff := cmp.Diff(want, sets()); diff != "" {
+			t.Fatalf("%s: routed sets (-want +got):\n%s", what, diff)
+		}
+	}
+
+	c.xds = &fakePusher{}
+	if err := c.pushRouted(ctx, translate.Resources{}, map[string][]string{"w1": {"iris:1"}, "w2": {"digits:1"}}); err != nil {
+		t.Fatal(err)
+	}
+	check("after the first push", map[string][]string{"w1": {"iris:1"}, "w2": {"digits:1"}})
+
+	// iris moves from version 1 to 2 on w1, and w2 leaves; a gateway rejects the push.
+	next := map[string][]string{"w1": {"iris:2"}}
+	both := map[string][]string{"w1": {"iris:1", "iris:2"}}
+	c.xds = &fakePusher{err: xds.ErrNotAcknowledged, during: func() { check("during the push", both) }}
+	if err := c.pushRouted(ctx, translate.Resources{}, next); !errors.Is(err, xds.ErrNotAcknowledged) {
+		t.Fatalf("push: %v", err)
+	}
+	check("after a push not acknowledged", both)
+
+	c.xds = &fakePusher{during: func() { check("during the push again", both) }}
+	if err := c.pushRouted(ctx, translate.Resources{}, next); err != nil {
+		t.Fatal(err)
+	}
+	check("after every gateway acknowledged", next)
+
+	// Redis restarts empty: the next renewal writes the sets back.
+	srv.Stop()
+	srv.Start()
+	c.routed.write(ctx, time.Minute)
+	check("after Redis lost them and a renewal ran", next)
+
+	// A control plane that stops makes its sets count only a few resyncs more (its gateways
+	// reconnect to another replica), not the minutes a silent one keeps them.
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.routed.renew(rctx, time.Second) }()
+	time.Sleep(50 * time.Millisecond)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	until := time.UnixMilli(int64(rdb.ZScore(ctx, keys.ControlPlanes(), "cp-1").Val()))
+	if left := time.Until(until); left <= 0 || left > 3*time.Second {
+		t.Fatalf("a stopped control plane's sets count %v more, want at most three resyncs (3s)", left)
 	}
 }

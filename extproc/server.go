@@ -139,6 +139,9 @@ type Answer struct {
 // called twice; the caller sends one extension); an error from it ends the handling. Errors
 // are *Error values (or ctx's error).
 func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (Answer, error) {
+	// One deadline for the whole request: the extension asks Envoy for Config.LoadDeadline
+	// (and a margin) from when it is sent, which is never before now.
+	deadline := time.Now().Add(s.cfg.LoadDeadline)
 	d, err := Decide(s.view.Snapshot(), req, s.cfg.Rand)
 	if err != nil {
 		return Answer{}, err
@@ -150,7 +153,7 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 		// The snapshot may be a few events behind: the replica may be draining or gone. A
 		// Load on its worker confirms it (it returns at once for a resident model), marks it
 		// used so it is not evicted while this request travels, and waits out a drain.
-		err := s.confirm(ctx, d, extend)
+		err := s.confirm(ctx, d, extend, deadline)
 		if err == nil {
 			return Answer{Outcome: d.Outcome, Endpoint: d.Endpoint, Model: d.Model}, nil
 		}
@@ -159,7 +162,7 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 		}
 		d.Kind = Load
 	}
-	w, err := s.hold(ctx, d, extend)
+	w, err := s.hold(ctx, d, extend, deadline)
 	if err != nil {
 		return Answer{}, err
 	}
@@ -172,7 +175,9 @@ var errExtend = errors.New("extend envoy's message timeout")
 // confirm asks the worker of a ready replica to confirm it. When the answer takes longer than
 // Config.ExtendAfter (a draining replica is waited out and loaded again), Envoy is asked for
 // more time first, so that it does not give up on the request at its message timeout.
-func (s *Server) confirm(ctx context.Context, d Decision, extend func() error) error {
+func (s *Server) confirm(ctx context.Context, d Decision, extend func() error, deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.loader.Load(ctx, d.Worker, d.Target) }()
 	timer := time.NewTimer(s.cfg.ExtendAfter)
@@ -191,8 +196,7 @@ func (s *Server) confirm(ctx context.Context, d Decision, extend func() error) e
 
 // hold joins (or starts) the flight for d's model version and waits for it, as the span
 // extproc.cold_wait; a flight it starts runs in that span, so the Load is its child.
-func (s *Server) hold(ctx context.Context, d Decision, extend func() error) (_ residency.Worker, err error) {
-	deadline := time.Now().Add(s.cfg.LoadDeadline)
+func (s *Server) hold(ctx context.Context, d Decision, extend func() error, deadline time.Time) (_ residency.Worker, err error) {
 	m := d.Model
 	ctx, span := s.tracer.Start(ctx, "extproc.cold_wait", trace.WithAttributes(
 		attribute.String("mesh.model", m.Name), attribute.String("mesh.version", m.Version)))

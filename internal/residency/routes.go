@@ -3,6 +3,7 @@ package residency
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -123,4 +124,26 @@ func RenewControlPlane(ctx context.Context, rdb redis.UniversalClient, keys Keys
 		return fmt.Errorf("renew control plane %s: %w", cp, err)
 	}
 	return nil
+}
+
+// ReadRouted reads control plane cp's routed sets of the given workers.
+func ReadRouted(ctx context.Context, rdb redis.UniversalClient, keys Keys, cp string, workers []string) (map[string][]string, error) {
+	cmds := make([]*redis.StringSliceCmd, len(workers))
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range workers {
+			cmds[i] = p.SMembers(ctx, keys.Routed(id, cp))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read routed sets: %w", err)
+	}
+	out := make(map[string][]string, len(workers))
+	for i, id := range workers {
+		if models := cmds[i].Val(); len(models) > 0 {
+			slices.Sort(models)
+			out[id] = models
+		}
+	}
+	return out, nil
 }

@@ -836,6 +836,15 @@ func (a *Agent) Close(ctx context.Context) {
 	a.mu.Unlock()
 	for _, r := range rest {
 		a.closeAndWait(ctx, r)
+		a.mu.Lock()
+		busy := r.inFlight
+		a.mu.Unlock()
+		if busy > 0 {
+			// Out of time with requests still running on it: releasing the runtime's model
+			// under them could crash the process, which is about to exit anyway.
+			a.log.WarnContext(ctx, "shutdown: left loaded, requests still in flight", "model", r.model.String(), "in_flight", busy)
+			continue
+		}
 		a.unload(ctx, r, "shutdown")
 	}
 }

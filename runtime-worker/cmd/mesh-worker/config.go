@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -64,7 +65,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.WorkerID, "worker-id", host, "worker id in Redis (default: host name)")
 	fs.StringVar(&c.Listen, "listen", ":8000", "inference address: KServe v2 REST and gRPC on one port")
 	fs.StringVar(&c.ManagementAddr, "management-listen", ":8010", "management address: meshv1 gRPC, /metrics, /healthz")
-	fs.StringVar(&c.AdvertiseHost, "advertise-host", "127.0.0.1", "host or IP (IPv4 or IPv6, e.g. the pod's) others reach this worker at, with the ports of --listen, --management-listen and, for Triton, --triton-grpc and --triton-http when those give no host")
+	fs.StringVar(&c.AdvertiseHost, "advertise-host", "127.0.0.1", "IP address (IPv4 or IPv6, no brackets; e.g. the pod's) others reach this worker at: the gateways' endpoints must be IPs. Joined with the ports of --listen, --management-listen and, for Triton, --triton-grpc and --triton-http when those give no host")
 	fs.StringVar(&c.AdvertiseAddr, "advertise-addr", "", "inference address others reach this worker at, host:port (default: --advertise-host with --listen's port)")
 	fs.StringVar(&c.AdvertiseMgmt, "advertise-management-addr", "", "management address others reach this worker at, host:port (default: --advertise-host with --management-listen's port)")
 	fs.StringVar(&c.ModelRoots, "model-roots", "", "comma-separated directories model files may be read from (required)")
@@ -139,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Capacity <= 0 {
 		errs = append(errs, errors.New("--capacity must be positive"))
+	}
+	if net.ParseIP(c.AdvertiseHost) == nil {
+		errs = append(errs, fmt.Errorf("--advertise-host %q: an IP address (IPv4 or IPv6, no brackets), as Envoy's endpoints need", c.AdvertiseHost))
 	}
 	if c.LoadConcurrency < 1 {
 		errs = append(errs, errors.New("--load-concurrency must be at least 1"))

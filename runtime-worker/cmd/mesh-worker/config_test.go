@@ -103,6 +103,8 @@ func TestGPUCapacity(t *testing.T) {
 		{append(triton, "--gpu-capacity", "0,1GiB"), "must be positive"},
 		{append(triton, "--gpu-capacity", "1GiB", "--triton-metrics", "http://h:3/metrics"), "give one"},
 		{[]string{"--ort-library", "/l.so", "--gpu-capacity", "1GiB"}, "need --runtime triton"},
+		{[]string{"--ort-library", "/l.so", "--advertise-host", "worker-0.workers"}, "an IP address"},
+		{[]string{"--ort-library", "/l.so", "--advertise-host", "[fd00::5]"}, "no brackets"},
 	}
 	for _, tt := range bad {
 		if _, err := parse(tt.args...); err == nil || !strings.Contains(err.Error(), tt.want) {

@@ -179,6 +179,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		log.InfoContext(sctx, "the mesh no longer routes here; closing the listeners")
 		stopServing()
 		err := errors.Join(dataSrv.Shutdown(sctx), mgmtSrv.Shutdown(sctx))
+		if errors.Is(err, context.DeadlineExceeded) {
+			// Out of --shutdown-timeout with requests still running: they are cut, which is
+			// logged, not a failure of the worker.
+			log.WarnContext(sctx, "shutdown timeout: cutting the requests still in flight", "timeout", cfg.ShutdownTimeout.String())
+			err = nil
+		}
 		stopGRPC(sctx, inferGRPC)
 		stopGRPC(sctx, mgmtGRPC)
 		models.Close(sctx)
