@@ -97,6 +97,15 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	if s, ok := c.cfg.Traffic.(interface{ Seed(*registry.Registry) }); ok {
+		// The rules in force when this replica (or another) last published: the last
+		// accepted versions of VirtualServices rejected since stay in force here too.
+		if raw, err := c.rdb.Get(ctx, c.keys.Registry()).Bytes(); err == nil {
+			if published, err := registry.Decode(raw); err == nil {
+				s.Seed(published)
+			}
+		}
+	}
 	g.Go(func() error { return c.routed.renew(ctx, c.cfg.Watch.Resync) })
 	// Watched from the start, so that no edit made while the traffic rules load is missed;
 	// its events wait in the channel for the loop.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -105,6 +106,34 @@ func (t *Traffic) Apply(file *registry.Registry) *registry.Registry {
 	default: // Run has one waiting already and reads the newest
 	}
 	return t.applied
+}
+
+// Seed takes the last accepted rules of each VirtualService from a registry the mesh
+// published (by any replica, in an earlier run): its rules name their VirtualService in
+// Source. A replica that starts, or restarts, then keeps in force what the others keep,
+// instead of falling back to the file's rules for objects rejected meanwhile. It has no
+// effect once rules were accepted here.
+func (t *Traffic) Seed(published *registry.Registry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.lastGood != nil || published == nil {
+		return
+	}
+	good := map[string]map[string][]registry.Rule{}
+	for _, m := range published.Models {
+		for _, r := range m.Traffic {
+			rest, ok := strings.CutPrefix(r.Source, KindVirtualService+" ")
+			key, _, _ := strings.Cut(rest, " ")
+			if !ok || key == "" {
+				continue
+			}
+			if good[key] == nil {
+				good[key] = map[string][]registry.Rule{}
+			}
+			good[key][m.Name] = append(good[key][m.Name], r)
+		}
+	}
+	t.lastGood = good
 }
 
 // keepLastGood keeps in force, as the registry file does, the last accepted rules of a

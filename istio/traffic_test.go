@@ -245,3 +245,27 @@ func TestTrafficKeepsTheLastAcceptedRules(t *testing.T) {
 		t.Fatalf("deleted, every file read: iris to %q, want the registry file's rules (1)", v)
 	}
 }
+
+// TestTrafficSeededFromThePublishedRegistry: a replica that starts while a VirtualService is
+// rejected keeps the rules its last accepted version gave, as published to Redis by the
+// replica that saw it accepted.
+func TestTrafficSeededFromThePublishedRegistry(t *testing.T) {
+	t.Parallel()
+	file := testReg(t)
+	first := NewTraffic(nil, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	first.objects, first.version = decodeObjects(t, irisDR+"---\n"+irisVS), 1
+	published := first.Apply(file) // what the first replica published
+
+	second := NewTraffic(nil, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	second.Seed(published)
+	rewritten := strings.Replace(irisVS, "http: [{route:", "http: [{rewrite: {uri: /x}, route:", 1)
+	second.objects, second.version = decodeObjects(t, irisDR+"---\n"+rewritten), 1
+	if iris, _ := second.Apply(file).Model("iris"); iris.Traffic[0].Split[0].Version != "2" {
+		t.Fatalf("a new replica applies iris to %q, want the last accepted rules (2) the other replica published", iris.Traffic[0].Split[0].Version)
+	}
+	unseeded := NewTraffic(nil, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	unseeded.objects, unseeded.version = decodeObjects(t, irisDR+"---\n"+rewritten), 1
+	if iris, _ := unseeded.Apply(file).Model("iris"); iris.Traffic[0].Split[0].Version != "1" {
+		t.Fatal("without a seed, the rejected object's model should take the file's rules (the check above would prove nothing)")
+	}
+}
