@@ -118,8 +118,8 @@ func decodeMap(b []byte) ([][2]string, error) {
 	for i := range pairs {
 		for j := range 2 {
 			size := uint64(binary.LittleEndian.Uint32(sizes[8*i+4*j:]))
-			if size+1 > uint64(len(data)) {
-				return nil, errBadMap
+			if size+1 > uint64(len(data)) || data[size] != 0 {
+				return nil, errBadMap // each key and value ends with a NUL byte
 			}
 			pairs[i][j] = string(data[:size])
 			data = data[size+1:]
