@@ -163,7 +163,7 @@ func New(cfg Config, backend Backend, store Fetcher, router Router, log *slog.Lo
 		cfg.LoadConcurrency = 1
 	}
 	if metrics == nil {
-		metrics = NewMetrics(nil)
+		metrics = NewMetrics(nil, 0)
 	}
 	for _, d := range cfg.Capacity.Dimensions() {
 		metrics.capacity.WithLabelValues(d.Name).Set(float64(d.Bytes))

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,10 +25,14 @@ type Metrics struct {
 	drainTimeouts prometheus.Counter
 	// reg is where watch registers the gauges read from an agent at each scrape; nil: none.
 	reg prometheus.Registerer
+	// maxModels bounds the distinct model label values of mesh_worker_model_replicas.
+	maxModels int
 }
 
 // NewMetrics creates the metrics and registers them with reg when it is not nil.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// The model label of per-model gauges takes at most maxModels distinct values; more models
+// are counted as "_other".
+func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 	m := &Metrics{
 		capacity: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mesh_worker_capacity_bytes",
 			Help: "Memory budget of the worker in bytes, by dimension: host, gpu0, gpu1..."}, []string{"dimension"}),
@@ -63,7 +69,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.capacity, m.used, m.models, m.loads, m.loadDuration, m.unloads, m.evictions, m.evictedAge, m.drainWait, m.drainTimeouts)
 	}
-	m.reg = reg
+	m.reg, m.maxModels = reg, maxModels
 	return m
 }
 
@@ -75,6 +81,52 @@ func (m *Metrics) watch(a *Agent) {
 	}
 	m.reg.MustRegister(lruCollector{agent: a, desc: prometheus.NewDesc("mesh_worker_lru_age_seconds",
 		"Time since the least recently used ready, unpinned model (the next eviction victim) was used; absent when there is none.", nil, nil)})
+	m.reg.MustRegister(replicaCollector{agent: a, maxModels: m.maxModels, desc: prometheus.NewDesc("mesh_worker_model_replicas",
+		"Replicas on this worker by model, version and state (1 each): where a model is resident. Models beyond --metrics-max-models are summed as model _other, version _other.",
+		[]string{"model", "version", "state"}, nil)})
+}
+
+// replicaCollector reports mesh_worker_model_replicas from a's replicas at each scrape, so
+// that a model gone leaves no stale series behind.
+type replicaCollector struct {
+	agent     *Agent
+	maxModels int
+	desc      *prometheus.Desc
+}
+
+func (c replicaCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c replicaCollector) Collect(ch chan<- prometheus.Metric) {
+	replicas, _ := c.agent.Snapshot()
+	for labels, n := range replicaSeries(replicas, c.maxModels) {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), labels[0], labels[1], labels[2])
+	}
+}
+
+// replicaSeries counts replicas by (model, version, state); beyond maxModels distinct models
+// (the first in name order are kept, so the choice is stable between scrapes) the rest are
+// counted under model and version "_other".
+func replicaSeries(replicas []Replica, maxModels int) map[[3]string]int {
+	names := map[string]bool{}
+	for _, r := range replicas {
+		names[r.Model.Name] = true
+	}
+	kept := map[string]bool{}
+	for _, n := range slices.Sorted(maps.Keys(names)) {
+		if len(kept) >= maxModels {
+			break
+		}
+		kept[n] = true
+	}
+	out := map[[3]string]int{}
+	for _, r := range replicas {
+		key := [3]string{r.Model.Name, r.Model.Version, r.State.String()}
+		if !kept[r.Model.Name] {
+			key[0], key[1] = "_other", "_other"
+		}
+		out[key]++
+	}
+	return out
 }
 
 // lruCollector reports mesh_worker_lru_age_seconds, computed at each scrape: a gauge set at

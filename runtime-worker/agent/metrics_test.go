@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modelmesh/mesh/internal/placement"
@@ -48,7 +49,7 @@ func TestLRUAgeGaugeAgesBetweenScrapes(t *testing.T) {
 	t.Parallel()
 	fx := newFixture(t, 10000)
 	reg := prometheus.NewRegistry()
-	NewMetrics(reg).watch(fx.agent)
+	NewMetrics(reg, 10).watch(fx.agent)
 	scrape := func() (float64, bool) {
 		t.Helper()
 		families, err := reg.Gather()
@@ -88,5 +89,22 @@ func TestLRUAgeGaugeAgesBetweenScrapes(t *testing.T) {
 	fx.infer(t, "a")
 	if v, _ := scrape(); v < 15 || v > 15.1 {
 		t.Fatalf("lru age %v once a was used, want b's 15", v)
+	}
+}
+
+func TestReplicaSeries(t *testing.T) {
+	t.Parallel()
+	rep := func(name, version string, s placement.State) Replica {
+		return Replica{Model: placement.ModelVersion{Name: name, Version: version}, State: s}
+	}
+	replicas := []Replica{rep("iris", "1", placement.StateReady), rep("iris", "2", placement.StateLoading),
+		rep("digits", "1", placement.StateReady), rep("zeta", "3", placement.StateDraining), rep("yak", "1", placement.StateReady)}
+	got := replicaSeries(replicas, 2)
+	want := map[[3]string]int{
+		{"digits", "1", "ready"}: 1, {"iris", "1", "ready"}: 1, {"iris", "2", "loading"}: 1,
+		{"_other", "_other", "ready"}: 1, {"_other", "_other", "draining"}: 1, // yak and zeta, beyond the first two names
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("series (-want +got):\n%s", diff)
 	}
 }

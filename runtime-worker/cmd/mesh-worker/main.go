@@ -113,7 +113,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Capacity: capacity, LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
 		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout, MinIdle: cfg.MinIdle,
 		TracerProvider: tr.Provider(),
-	}, backend, store, router, log, agent.NewMetrics(reg))
+	}, backend, store, router, log, agent.NewMetrics(reg, cfg.MaxModelLabels))
 
 	lns, err := cli.Listen([]string{"inference", "management"}, []string{cfg.Listen, cfg.ManagementAddr})
 	if err != nil {
