@@ -1,11 +1,18 @@
 package extproc
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/modelmesh/mesh/internal/placement"
 )
 
-// Metrics are the server's Prometheus metrics. Labels are bounded: outcomes and results
-// only, never model names.
+// otherModels is the model label of models beyond the bound on distinct model labels.
+const otherModels = "_other"
+
+// Metrics are the server's Prometheus metrics. Labels are bounded: outcomes and results, and
+// model names up to a configured number of distinct ones (then "_other").
 type Metrics struct {
 	decisions       *prometheus.CounterVec
 	decisionSeconds *prometheus.HistogramVec
@@ -17,14 +24,24 @@ type Metrics struct {
 	lockWaits       prometheus.Counter
 	snapshotTime    prometheus.Gauge
 	warmLoads       *prometheus.CounterVec
+	coldStarts      *prometheus.CounterVec
+
+	mu        sync.Mutex
+	seen      map[string]bool
+	maxModels int
 }
 
 // Outcomes are the values of the outcome label.
 var Outcomes = []string{"routed_ready", "server_level", "cold_loaded", "not_found", "no_worker", "load_failed", "deadline", "queue_full", "canceled"}
 
-// NewMetrics registers the metrics on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics registers the metrics on reg; the model label takes at most maxModels distinct
+// values.
+func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 	m := &Metrics{
+		seen: map[string]bool{}, maxModels: maxModels,
+		coldStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_extproc_cold_starts_total", Help: "Loads this replica made (or confirmed) for requests that found no ready replica, by model and result (ok, error); models beyond --metrics-max-models count as _other.",
+		}, []string{"model", "result"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mesh_extproc_decisions_total", Help: "Requests answered, by outcome.",
 		}, []string{"outcome"}),
@@ -58,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mesh_extproc_snapshot_timestamp_seconds", Help: "Unix time of the last residency snapshot read from Redis.",
 		}),
 	}
-	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.held, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads)
+	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.held, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads, m.coldStarts)
 	// Every label value exists from the start, at zero, so that rates and alerts over them
 	// have data before the first event.
 	for _, o := range Outcomes {
@@ -72,4 +89,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.loads.WithLabelValues(r)
 	}
 	return m
+}
+
+// model is the label of a model name: itself among the first maxModels seen, else _other.
+func (m *Metrics) model(name string) string {
+	if placement.ValidateID(name) != nil {
+		return otherModels
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.seen[name] {
+		if len(m.seen) >= m.maxModels {
+			return otherModels
+		}
+		m.seen[name] = true
+	}
+	return name
 }

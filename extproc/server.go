@@ -289,6 +289,11 @@ func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
 			err = errorf(ErrLoadFailed, "load of model %s stopped: ext_proc is shutting down", d.Model)
 		}
 	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	s.metrics.coldStarts.WithLabelValues(s.metrics.model(d.Model.Name), result).Inc()
 	s.mu.Lock()
 	f.finished, f.worker, f.err = true, w, err
 	if err != nil && s.flights[d.Model] == f {

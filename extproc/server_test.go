@@ -117,6 +117,9 @@ func TestConcurrentColdRequestsShareOneLoad(t *testing.T) {
 	if got := count(r.srv.metrics.coalesced); got < 1 {
 		t.Errorf("coalesced requests %v, want some", got)
 	}
+	if got := count(r.srv.metrics.coldStarts.WithLabelValues("digits", "ok")); got != 1 {
+		t.Errorf("cold starts of digits %v, want 1 for %d requests", got, n)
+	}
 
 	// Once the worker reports it ready, the model is hot: routed with no Load and no hold.
 	r.waitFor(t, func(s *residency.Snapshot) bool { return len(s.Ready(mv("digits", "1"))) == 1 })
@@ -385,5 +388,13 @@ func TestRequestOfJoinsRepeatedHeaders(t *testing.T) {
 	}
 	if req.Path != "/v2/models/iris/infer" || !grpc {
 		t.Errorf("path %q, grpc %v", req.Path, grpc)
+	}
+}
+
+func TestModelLabelsAreBounded(t *testing.T) {
+	m := NewMetrics(prometheus.NewRegistry(), 2)
+	got := []string{m.model("iris"), m.model("digits"), m.model("fraud"), m.model("iris"), m.model("bad..id")}
+	if diff := cmp.Diff([]string{"iris", "digits", "_other", "iris", "_other"}, got); diff != "" {
+		t.Fatalf("labels (-want +got):\n%s", diff)
 	}
 }

@@ -24,6 +24,7 @@ type Config struct {
 	LoadDeadline      time.Duration
 	MaxMessageTimeout time.Duration
 	MaxWaiting        int
+	MaxModelLabels    int
 	RetryAfter        time.Duration
 	LockTTL           time.Duration
 	Resync            time.Duration
@@ -45,6 +46,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LoadDeadline, "load-deadline", 60*time.Second, "longest a request is held while its model loads; below --max-message-timeout")
 	fs.DurationVar(&c.MaxMessageTimeout, "max-message-timeout", 120*time.Second, "Envoy ext_proc max_message_timeout, the ceiling of the timeout override")
 	fs.IntVar(&c.MaxWaiting, "max-waiting", 1000, "requests held per model version; more get 429")
+	fs.IntVar(&c.MaxModelLabels, "metrics-max-models", 500, "distinct model label values in per-model metrics; more are counted as _other")
 	fs.DurationVar(&c.RetryAfter, "retry-after", time.Second, "Retry-After of 503 and 429 answers (rounded up to seconds)")
 	fs.DurationVar(&c.LockTTL, "lock-ttl", 10*time.Second, "life of the Redis load lock, renewed while loading")
 	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads from Redis")
@@ -69,6 +71,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--load-deadline and --max-message-timeout must be positive"))
 	} else if c.LoadDeadline >= c.MaxMessageTimeout {
 		errs = append(errs, fmt.Errorf("--load-deadline %s must stay below --max-message-timeout %s (Envoy's max_message_timeout)", c.LoadDeadline, c.MaxMessageTimeout))
+	}
+	if c.MaxModelLabels < 1 {
+		errs = append(errs, errors.New("--metrics-max-models must be positive"))
 	}
 	if c.MaxWaiting < 1 {
 		errs = append(errs, errors.New("--max-waiting must be at least 1"))
