@@ -5,7 +5,7 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics are the xDS server's Prometheus metrics.
 type Metrics struct {
 	pushDuration prometheus.Histogram
-	ackLatency   prometheus.Histogram
+	ackLatency   *prometheus.HistogramVec
 	ackTimeouts  prometheus.Counter
 	nacks        *prometheus.CounterVec
 	streams      prometheus.Gauge
@@ -17,8 +17,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		pushDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_controlplane_push_duration_seconds",
 			Help: "Time to push one configuration through all its phases, acknowledgements included.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
-		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_controlplane_push_ack_seconds",
-			Help: "Time from setting a phase until every connected Envoy acknowledged it.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mesh_controlplane_push_ack_seconds",
+			Help:    "Time from setting a phase (add_clusters, switch_routes) until every connected Envoy acknowledged it, by phase and resource type.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"phase", "type"}),
 		ackTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_controlplane_ack_timeouts_total",
 			Help: "Phases not acknowledged by every Envoy within the ack timeout."}),
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mesh_controlplane_nacks_total",

@@ -87,15 +87,15 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 		Endpoints: merge(prev.Endpoints, next.Endpoints),
 	}
 	phases := []struct {
-		name string
-		res  translate.Resources
-		wait []resourcev3.Type
+		name, metric string // as logged; as the phase label
+		res          translate.Resources
+		wait         []resourcev3.Type
 	}{
-		{"add clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
+		{"add clusters", "add_clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
 			[]resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType}},
-		{"switch routes", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: next.Routes},
+		{"switch routes", "switch_routes", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: next.Routes},
 			[]resourcev3.Type{resourcev3.RouteType, resourcev3.ListenerType}},
-		{"remove clusters", next, nil},
+		{"remove clusters", "remove_clusters", next, nil},
 	}
 	last := versions(translate.Resources{})
 	acked := true
@@ -110,7 +110,7 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 			}
 			wctx, cancel := context.WithTimeout(ctx, s.cfg.AckTimeout)
 			waited := time.Now()
-			err := s.acks.wait(wctx, typ, v[typ])
+			err := s.acks.wait(wctx, typ, v[typ], p.metric)
 			cancel()
 			if ctx.Err() != nil {
 				// Shutting down: pushing the next phase without its acknowledgement would
@@ -280,9 +280,9 @@ func (a *acks) closed(stream int64) {
 	a.bump()
 }
 
-// wait blocks until every stream subscribed to typ has acknowledged version, or ctx ends.
-// With no Envoy connected it returns at once.
-func (a *acks) wait(ctx context.Context, typ, version string) error {
+// wait blocks until every stream subscribed to typ has acknowledged version, or ctx ends,
+// and records how long that took for phase. With no Envoy connected it returns at once.
+func (a *acks) wait(ctx context.Context, typ, version, phase string) error {
 	start := time.Now()
 	for {
 		a.mu.Lock()
@@ -295,7 +295,7 @@ func (a *acks) wait(ctx context.Context, typ, version string) error {
 		changed := a.changed
 		a.mu.Unlock()
 		if done {
-			a.metrics.ackLatency.Observe(time.Since(start).Seconds())
+			a.metrics.ackLatency.WithLabelValues(phase, shortType(typ)).Observe(time.Since(start).Seconds())
 			return nil
 		}
 		select {
