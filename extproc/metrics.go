@@ -1,15 +1,10 @@
 package extproc
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/modellabel"
 )
-
-// otherModels is the model label of models beyond the bound on distinct model labels.
-const otherModels = "_other"
 
 // Metrics are the server's Prometheus metrics. Labels are bounded: outcomes and results, and
 // model names up to a configured number of distinct ones (then "_other").
@@ -25,10 +20,7 @@ type Metrics struct {
 	snapshotTime    prometheus.Gauge
 	warmLoads       *prometheus.CounterVec
 	coldStarts      *prometheus.CounterVec
-
-	mu        sync.Mutex
-	seen      map[string]bool
-	maxModels int
+	models          *modellabel.Set
 }
 
 // Outcomes are the values of the outcome label.
@@ -38,7 +30,7 @@ var Outcomes = []string{"routed_ready", "server_level", "cold_loaded", "not_foun
 // values.
 func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 	m := &Metrics{
-		seen: map[string]bool{}, maxModels: maxModels,
+		models: modellabel.New(maxModels),
 		coldStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mesh_extproc_cold_starts_total", Help: "Loads this replica made (or confirmed) for requests that found no ready replica, by model and result (ok, error); models beyond --metrics-max-models count as _other.",
 		}, []string{"model", "result"}),
@@ -89,20 +81,4 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		m.loads.WithLabelValues(r)
 	}
 	return m
-}
-
-// model is the label of a model name: itself among the first maxModels seen, else _other.
-func (m *Metrics) model(name string) string {
-	if placement.ValidateID(name) != nil {
-		return otherModels
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !m.seen[name] {
-		if len(m.seen) >= m.maxModels {
-			return otherModels
-		}
-		m.seen[name] = true
-	}
-	return name
 }

@@ -293,7 +293,7 @@ func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
 	if err != nil {
 		result = "error"
 	}
-	s.metrics.coldStarts.WithLabelValues(s.metrics.model(d.Model.Name), result).Inc()
+	s.metrics.coldStarts.WithLabelValues(s.metrics.models.Label(d.Model.Name), result).Inc()
 	s.mu.Lock()
 	f.finished, f.worker, f.err = true, w, err
 	if err != nil && s.flights[d.Model] == f {

@@ -390,11 +390,3 @@ func TestRequestOfJoinsRepeatedHeaders(t *testing.T) {
 		t.Errorf("path %q, grpc %v", req.Path, grpc)
 	}
 }
-
-func TestModelLabelsAreBounded(t *testing.T) {
-	m := NewMetrics(prometheus.NewRegistry(), 2)
-	got := []string{m.model("iris"), m.model("digits"), m.model("fraud"), m.model("iris"), m.model("bad..id")}
-	if diff := cmp.Diff([]string{"iris", "digits", "_other", "iris", "_other"}, got); diff != "" {
-		t.Fatalf("labels (-want +got):\n%s", diff)
-	}
-}

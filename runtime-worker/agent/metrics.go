@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/modelmesh/mesh/internal/modellabel"
 	"github.com/modelmesh/mesh/internal/placement"
 )
 
@@ -122,7 +123,7 @@ func replicaSeries(replicas []Replica, maxModels int) map[[3]string]int {
 	for _, r := range replicas {
 		key := [3]string{r.Model.Name, r.Model.Version, r.State.String()}
 		if !kept[r.Model.Name] {
-			key[0], key[1] = "_other", "_other"
+			key[0], key[1] = modellabel.Other, modellabel.Other
 		}
 		out[key]++
 	}

@@ -1,15 +1,11 @@
 package server
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/modelmesh/mesh/internal/modellabel"
 	"github.com/modelmesh/mesh/internal/placement"
 )
-
-// otherModels is the model label of requests beyond Metrics' bound on distinct models.
-const otherModels = "_other"
 
 // Metrics count inference per model. The model label takes at most maxModels distinct values
 // (requests for further models are counted under "_other"), so a stream of requests for
@@ -17,10 +13,7 @@ const otherModels = "_other"
 type Metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
-
-	mu        sync.Mutex
-	seen      map[string]bool
-	maxModels int
+	models   *modellabel.Set
 }
 
 // NewMetrics creates the metrics and registers them with reg when it is not nil.
@@ -31,8 +24,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mesh_worker_inference_duration_seconds",
 			Help:    "Time to answer an inference request, decoding and encoding included.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"model", "protocol"}),
-		seen:      make(map[string]bool),
-		maxModels: maxModels,
+		models: modellabel.New(maxModels),
 	}
 	if reg != nil {
 		reg.MustRegister(m.requests, m.latency)
@@ -41,24 +33,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 }
 
 func (m *Metrics) observe(model placement.ModelVersion, protocol, code string, seconds float64) {
-	label := m.label(model)
+	label := m.models.Label(model.Name)
 	m.requests.WithLabelValues(label, protocol, code).Inc()
 	m.latency.WithLabelValues(label, protocol).Observe(seconds)
-}
-
-func (m *Metrics) label(model placement.ModelVersion) string {
-	name := model.Name
-	if placement.ValidateID(name) != nil {
-		return otherModels
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.seen[name] {
-		return name
-	}
-	if len(m.seen) >= m.maxModels {
-		return otherModels
-	}
-	m.seen[name] = true
-	return name
 }
