@@ -266,7 +266,12 @@ func TestRoutedSetsAroundAPush(t *testing.T) {
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- c.routed.renew(rctx, time.Second) }()
-	time.Sleep(50 * time.Millisecond)
+	// Running: its first renewal makes the sets count minutes ahead.
+	for deadline := time.Now().Add(5 * time.Second); time.Until(time.UnixMilli(int64(rdb.ZScore(ctx, keys.ControlPlanes(), "cp-1").Val()))) < 2*time.Minute; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the renewal never ran")
+		}
+	}
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)

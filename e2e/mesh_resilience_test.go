@@ -126,7 +126,7 @@ func TestMeshWorkerStoppedLosesNoRequest(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond) // traffic on the hot path first
+	eventually(t, 10*time.Second, "traffic on the hot path first", func() bool { return sent.Load() >= 200 })
 	holder.stop(t)
 	// iris is served again from the other worker, loaded through the cold path.
 	eventually(t, 15*time.Second, "iris loaded on the other worker", func() bool {

@@ -169,10 +169,11 @@ func rss(b *testing.B, pid int) int64 {
 
 // withoutStatsMatcher removes stats_config.stats_matcher from a bootstrap, so that Envoy
 // creates every stat.
-func withoutStatsMatcher(boot string) string {
+func withoutStatsMatcher(tb testing.TB, boot string) string {
+	tb.Helper()
 	start := strings.Index(boot, "\n  stats_matcher:\n")
 	if start < 0 {
-		panic("the bootstrap has no stats_matcher")
+		tb.Fatal("the bootstrap has no stats_matcher")
 	}
 	end := start + len("\n  stats_matcher:\n")
 	for end < len(boot) && strings.HasPrefix(boot[end:], "    ") {
@@ -183,7 +184,7 @@ func withoutStatsMatcher(boot string) string {
 
 // secondGateway starts another control plane on m's registry and Redis, with a gateway
 // port of its own, and an Envoy it configures from the local bootstrap changed by edit.
-func (m *mesh) secondGateway(b *testing.B, edit func(string) string) *gateway {
+func (m *mesh) secondGateway(b *testing.B, edit func(testing.TB, string) string) *gateway {
 	b.Helper()
 	xdsAddr, metrics, gw, admin := freePort(b), freePort(b), freePort(b), freePort(b)
 	_, gwPort, _ := net.SplitHostPort(gw)
@@ -201,7 +202,7 @@ func (m *mesh) secondGateway(b *testing.B, edit func(string) string) *gateway {
 	startProcess(b, "second control plane", filepath.Join(*binDir, "mesh-controlplane"), args, httpOK("http://"+metrics+"/healthz"))
 	_, adminPort, _ := net.SplitHostPort(admin)
 	xdsHost, xdsPort, _ := net.SplitHostPort(xdsAddr)
-	boot := edit(render(b, "../manifests/local/envoy-bootstrap.yaml", map[string]string{
+	boot := edit(b, render(b, "../manifests/local/envoy-bootstrap.yaml", map[string]string{
 		"ADMIN_PORT": adminPort, "XDS_HOST": xdsHost, "XDS_PORT": xdsPort, "XDS_API": "GRPC", "NODE_ID": "gateway-second"}))
 	path := filepath.Join(b.TempDir(), "envoy.yaml")
 	must(b, os.WriteFile(path, []byte(boot), 0o644))

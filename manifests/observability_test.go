@@ -247,7 +247,7 @@ func TestTopLevel(t *testing.T) {
 func TestPromtool(t *testing.T) {
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
-		t.Skip("promtool is not installed (make setup); e2e/observability_test.go checks with it")
+		t.Fatal("promtool not found; run `make setup` (scripts/setup.sh installs Prometheus and promtool)")
 	}
 	rules, err := filepath.Abs(filepath.Join(observability, "rules"))
 	if err != nil {
