@@ -5,7 +5,9 @@
 #   - one with Triton Inference Server (requirements-triton.txt), linked as .venv-triton;
 #   - redis-server from Debian when it is not installed;
 #   - Prometheus (server and promtool) from Debian at a pinned version, for the test that
-#     proves the dashboards and alerts (docs/observability.md).
+#     proves the dashboards and alerts (docs/observability.md);
+#   - versitygw, a real S3 server for the storage tests, built once from its Go module at a
+#     pinned version under $MESH_CACHE and linked into the clone as .bin/versitygw.
 # Safe to run any number of times; a second run with nothing missing takes well under a second.
 set -euo pipefail
 
@@ -65,7 +67,32 @@ setup_prometheus() {
 	$sudo systemctl disable --now prometheus >/dev/null 2>&1 || $sudo service prometheus stop >/dev/null 2>&1 || true
 }
 
+# The S3 server the e2e tests load models from. Built with the Go tool chain into a temporary
+# GOBIN that is renamed into place only when the build succeeds, so an interrupted build
+# leaves nothing behind and the next run starts over.
+versitygw_version="v1.8.0"
+setup_versitygw() {
+	local dir="$cache/versitygw-$versitygw_version" link="$root/.bin/versitygw" tmp
+	if [[ ! -x "$dir/versitygw" ]]; then
+		log "building versitygw $versitygw_version into $dir (first run only)"
+		mkdir -p "$cache"
+		rm -rf "$dir"
+		tmp="$(mktemp -d "$cache/.versitygw-build.XXXXXX")"
+		chmod 755 "$tmp"
+		if ! GOBIN="$tmp" go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version"; then
+			rm -rf "$tmp"
+			return 1
+		fi
+		mv "$tmp" "$dir"
+	fi
+	if [[ "$(readlink "$link" 2>/dev/null)" != "$dir/versitygw" ]]; then
+		mkdir -p "$root/.bin"
+		ln -sfn "$dir/versitygw" "$link"
+	fi
+}
+
 setup_venv requirements.txt .venv
 setup_venv requirements-triton.txt .venv-triton
 setup_redis
 setup_prometheus
+setup_versitygw

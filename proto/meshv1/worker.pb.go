@@ -131,7 +131,9 @@ func (x *ModelRef) GetVersion() string {
 type LoadRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Model *ModelRef              `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
-	// Where the model files are, for example file:///models/iris/1/model.onnx.
+	// Where the model files are: a URI (file://, s3://, gs://, https://), for example
+	// s3://models/iris/1/model.onnx; or, when empty, the storage-config entry storage_key
+	// ("default" when empty too) and storage_path in its bucket (or storage_bucket).
 	StorageUri string `protobuf:"bytes,2,opt,name=storage_uri,json=storageUri,proto3" json:"storage_uri,omitempty"`
 	// Declared memory in bytes; 0 means unknown (measure at load). On a worker with GPUs it is
 	// GPU memory, on one without host memory.
@@ -140,10 +142,15 @@ type LoadRequest struct {
 	Pinned bool `protobuf:"varint,4,opt,name=pinned,proto3" json:"pinned,omitempty"`
 	// Memory this model was measured to use elsewhere in the mesh, host and GPU; used to
 	// reserve room before the load when no size is declared. Both 0 means never measured.
-	LearnedHostBytes int64 `protobuf:"varint,5,opt,name=learned_host_bytes,json=learnedHostBytes,proto3" json:"learned_host_bytes,omitempty"`
-	LearnedGpuBytes  int64 `protobuf:"varint,6,opt,name=learned_gpu_bytes,json=learnedGpuBytes,proto3" json:"learned_gpu_bytes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	LearnedHostBytes int64  `protobuf:"varint,5,opt,name=learned_host_bytes,json=learnedHostBytes,proto3" json:"learned_host_bytes,omitempty"`
+	LearnedGpuBytes  int64  `protobuf:"varint,6,opt,name=learned_gpu_bytes,json=learnedGpuBytes,proto3" json:"learned_gpu_bytes,omitempty"`
+	StorageKey       string `protobuf:"bytes,7,opt,name=storage_key,json=storageKey,proto3" json:"storage_key,omitempty"`
+	StorageBucket    string `protobuf:"bytes,8,opt,name=storage_bucket,json=storageBucket,proto3" json:"storage_bucket,omitempty"`
+	StoragePath      string `protobuf:"bytes,9,opt,name=storage_path,json=storagePath,proto3" json:"storage_path,omitempty"`
+	// Lower-case hex SHA-256 the files must have (docs/storage.md); empty: none declared.
+	Sha256        string `protobuf:"bytes,10,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LoadRequest) Reset() {
@@ -216,6 +223,34 @@ func (x *LoadRequest) GetLearnedGpuBytes() int64 {
 		return x.LearnedGpuBytes
 	}
 	return 0
+}
+
+func (x *LoadRequest) GetStorageKey() string {
+	if x != nil {
+		return x.StorageKey
+	}
+	return ""
+}
+
+func (x *LoadRequest) GetStorageBucket() string {
+	if x != nil {
+		return x.StorageBucket
+	}
+	return ""
+}
+
+func (x *LoadRequest) GetStoragePath() string {
+	if x != nil {
+		return x.StoragePath
+	}
+	return ""
+}
+
+func (x *LoadRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
 }
 
 type LoadResponse struct {
@@ -477,11 +512,13 @@ func (*ListRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Replicas      []*Replica             `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
-	Capacity      *Memory                `protobuf:"bytes,5,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	Used          *Memory                `protobuf:"bytes,6,opt,name=used,proto3" json:"used,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Replicas []*Replica             `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	Capacity *Memory                `protobuf:"bytes,5,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Used     *Memory                `protobuf:"bytes,6,opt,name=used,proto3" json:"used,omitempty"`
+	// The node-local disk tier of fetched model files.
+	DiskCache     *DiskCache `protobuf:"bytes,7,opt,name=disk_cache,json=diskCache,proto3" json:"disk_cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -544,6 +581,144 @@ func (x *ListResponse) GetUsed() *Memory {
 	return nil
 }
 
+func (x *ListResponse) GetDiskCache() *DiskCache {
+	if x != nil {
+		return x.DiskCache
+	}
+	return nil
+}
+
+type DiskCache struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CapacityBytes int64                  `protobuf:"varint,1,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
+	UsedBytes     int64                  `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	// Most recently used first.
+	Entries       []*DiskCacheEntry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskCache) Reset() {
+	*x = DiskCache{}
+	mi := &file_meshv1_worker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskCache) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskCache) ProtoMessage() {}
+
+func (x *DiskCache) ProtoReflect() protoreflect.Message {
+	mi := &file_meshv1_worker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskCache.ProtoReflect.Descriptor instead.
+func (*DiskCache) Descriptor() ([]byte, []int) {
+	return file_meshv1_worker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DiskCache) GetCapacityBytes() int64 {
+	if x != nil {
+		return x.CapacityBytes
+	}
+	return 0
+}
+
+func (x *DiskCache) GetUsedBytes() int64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *DiskCache) GetEntries() []*DiskCacheEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type DiskCacheEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where the files came from (no credentials).
+	Source         string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Bytes          int64  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	LastUsedUnixMs int64  `protobuf:"varint,3,opt,name=last_used_unix_ms,json=lastUsedUnixMs,proto3" json:"last_used_unix_ms,omitempty"`
+	// A load is reading the files now; not evicted until it ends.
+	InUse         bool `protobuf:"varint,4,opt,name=in_use,json=inUse,proto3" json:"in_use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskCacheEntry) Reset() {
+	*x = DiskCacheEntry{}
+	mi := &file_meshv1_worker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskCacheEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskCacheEntry) ProtoMessage() {}
+
+func (x *DiskCacheEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_meshv1_worker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskCacheEntry.ProtoReflect.Descriptor instead.
+func (*DiskCacheEntry) Descriptor() ([]byte, []int) {
+	return file_meshv1_worker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DiskCacheEntry) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *DiskCacheEntry) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *DiskCacheEntry) GetLastUsedUnixMs() int64 {
+	if x != nil {
+		return x.LastUsedUnixMs
+	}
+	return 0
+}
+
+func (x *DiskCacheEntry) GetInUse() bool {
+	if x != nil {
+		return x.InUse
+	}
+	return false
+}
+
 // Memory in each dimension a worker budgets.
 type Memory struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -556,7 +731,7 @@ type Memory struct {
 
 func (x *Memory) Reset() {
 	*x = Memory{}
-	mi := &file_meshv1_worker_proto_msgTypes[9]
+	mi := &file_meshv1_worker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +743,7 @@ func (x *Memory) String() string {
 func (*Memory) ProtoMessage() {}
 
 func (x *Memory) ProtoReflect() protoreflect.Message {
-	mi := &file_meshv1_worker_proto_msgTypes[9]
+	mi := &file_meshv1_worker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +756,7 @@ func (x *Memory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Memory.ProtoReflect.Descriptor instead.
 func (*Memory) Descriptor() ([]byte, []int) {
-	return file_meshv1_worker_proto_rawDescGZIP(), []int{9}
+	return file_meshv1_worker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Memory) GetHostBytes() int64 {
@@ -620,7 +795,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_meshv1_worker_proto_msgTypes[10]
+	mi := &file_meshv1_worker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +807,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_meshv1_worker_proto_msgTypes[10]
+	mi := &file_meshv1_worker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +820,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_meshv1_worker_proto_rawDescGZIP(), []int{10}
+	return file_meshv1_worker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Replica) GetModel() *ModelRef {
@@ -718,7 +893,7 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\x13meshv1/worker.proto\x12\amesh.v1\"8\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"\xec\x01\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"\xef\x02\n" +
 	"\vLoadRequest\x12'\n" +
 	"\x05model\x18\x01 \x01(\v2\x11.mesh.v1.ModelRefR\x05model\x12\x1f\n" +
 	"\vstorage_uri\x18\x02 \x01(\tR\n" +
@@ -726,7 +901,13 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\x12\x16\n" +
 	"\x06pinned\x18\x04 \x01(\bR\x06pinned\x12,\n" +
 	"\x12learned_host_bytes\x18\x05 \x01(\x03R\x10learnedHostBytes\x12*\n" +
-	"\x11learned_gpu_bytes\x18\x06 \x01(\x03R\x0flearnedGpuBytes\"\x7f\n" +
+	"\x11learned_gpu_bytes\x18\x06 \x01(\x03R\x0flearnedGpuBytes\x12\x1f\n" +
+	"\vstorage_key\x18\a \x01(\tR\n" +
+	"storageKey\x12%\n" +
+	"\x0estorage_bucket\x18\b \x01(\tR\rstorageBucket\x12!\n" +
+	"\fstorage_path\x18\t \x01(\tR\vstoragePath\x12\x16\n" +
+	"\x06sha256\x18\n" +
+	" \x01(\tR\x06sha256\"\x7f\n" +
 	"\fLoadResponse\x12*\n" +
 	"\areplica\x18\x01 \x01(\v2\x10.mesh.v1.ReplicaR\areplica\x12+\n" +
 	"\aevicted\x18\x02 \x03(\v2\x11.mesh.v1.ModelRefR\aevicted\x12\x16\n" +
@@ -737,12 +918,24 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\fDrainRequest\x12'\n" +
 	"\x05model\x18\x01 \x01(\v2\x11.mesh.v1.ModelRefR\x05model\"\x0f\n" +
 	"\rDrainResponse\"\r\n" +
-	"\vListRequest\"\xb7\x01\n" +
+	"\vListRequest\"\xea\x01\n" +
 	"\fListResponse\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12,\n" +
 	"\breplicas\x18\x04 \x03(\v2\x10.mesh.v1.ReplicaR\breplicas\x12+\n" +
 	"\bcapacity\x18\x05 \x01(\v2\x0f.mesh.v1.MemoryR\bcapacity\x12#\n" +
-	"\x04used\x18\x06 \x01(\v2\x0f.mesh.v1.MemoryR\x04usedJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04\"D\n" +
+	"\x04used\x18\x06 \x01(\v2\x0f.mesh.v1.MemoryR\x04used\x121\n" +
+	"\n" +
+	"disk_cache\x18\a \x01(\v2\x12.mesh.v1.DiskCacheR\tdiskCacheJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04\"\x84\x01\n" +
+	"\tDiskCache\x12%\n" +
+	"\x0ecapacity_bytes\x18\x01 \x01(\x03R\rcapacityBytes\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\x02 \x01(\x03R\tusedBytes\x121\n" +
+	"\aentries\x18\x03 \x03(\v2\x17.mesh.v1.DiskCacheEntryR\aentries\"\x80\x01\n" +
+	"\x0eDiskCacheEntry\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12)\n" +
+	"\x11last_used_unix_ms\x18\x03 \x01(\x03R\x0elastUsedUnixMs\x12\x15\n" +
+	"\x06in_use\x18\x04 \x01(\bR\x05inUse\"D\n" +
 	"\x06Memory\x12\x1d\n" +
 	"\n" +
 	"host_bytes\x18\x01 \x01(\x03R\thostBytes\x12\x1b\n" +
@@ -782,7 +975,7 @@ func file_meshv1_worker_proto_rawDescGZIP() []byte {
 }
 
 var file_meshv1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_meshv1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_meshv1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_meshv1_worker_proto_goTypes = []any{
 	(ReplicaState)(0),      // 0: mesh.v1.ReplicaState
 	(*ModelRef)(nil),       // 1: mesh.v1.ModelRef
@@ -794,34 +987,38 @@ var file_meshv1_worker_proto_goTypes = []any{
 	(*DrainResponse)(nil),  // 7: mesh.v1.DrainResponse
 	(*ListRequest)(nil),    // 8: mesh.v1.ListRequest
 	(*ListResponse)(nil),   // 9: mesh.v1.ListResponse
-	(*Memory)(nil),         // 10: mesh.v1.Memory
-	(*Replica)(nil),        // 11: mesh.v1.Replica
+	(*DiskCache)(nil),      // 10: mesh.v1.DiskCache
+	(*DiskCacheEntry)(nil), // 11: mesh.v1.DiskCacheEntry
+	(*Memory)(nil),         // 12: mesh.v1.Memory
+	(*Replica)(nil),        // 13: mesh.v1.Replica
 }
 var file_meshv1_worker_proto_depIdxs = []int32{
 	1,  // 0: mesh.v1.LoadRequest.model:type_name -> mesh.v1.ModelRef
-	11, // 1: mesh.v1.LoadResponse.replica:type_name -> mesh.v1.Replica
+	13, // 1: mesh.v1.LoadResponse.replica:type_name -> mesh.v1.Replica
 	1,  // 2: mesh.v1.LoadResponse.evicted:type_name -> mesh.v1.ModelRef
 	1,  // 3: mesh.v1.UnloadRequest.model:type_name -> mesh.v1.ModelRef
 	1,  // 4: mesh.v1.DrainRequest.model:type_name -> mesh.v1.ModelRef
-	11, // 5: mesh.v1.ListResponse.replicas:type_name -> mesh.v1.Replica
-	10, // 6: mesh.v1.ListResponse.capacity:type_name -> mesh.v1.Memory
-	10, // 7: mesh.v1.ListResponse.used:type_name -> mesh.v1.Memory
-	1,  // 8: mesh.v1.Replica.model:type_name -> mesh.v1.ModelRef
-	0,  // 9: mesh.v1.Replica.state:type_name -> mesh.v1.ReplicaState
-	10, // 10: mesh.v1.Replica.memory:type_name -> mesh.v1.Memory
-	2,  // 11: mesh.v1.WorkerService.Load:input_type -> mesh.v1.LoadRequest
-	4,  // 12: mesh.v1.WorkerService.Unload:input_type -> mesh.v1.UnloadRequest
-	6,  // 13: mesh.v1.WorkerService.Drain:input_type -> mesh.v1.DrainRequest
-	8,  // 14: mesh.v1.WorkerService.List:input_type -> mesh.v1.ListRequest
-	3,  // 15: mesh.v1.WorkerService.Load:output_type -> mesh.v1.LoadResponse
-	5,  // 16: mesh.v1.WorkerService.Unload:output_type -> mesh.v1.UnloadResponse
-	7,  // 17: mesh.v1.WorkerService.Drain:output_type -> mesh.v1.DrainResponse
-	9,  // 18: mesh.v1.WorkerService.List:output_type -> mesh.v1.ListResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 5: mesh.v1.ListResponse.replicas:type_name -> mesh.v1.Replica
+	12, // 6: mesh.v1.ListResponse.capacity:type_name -> mesh.v1.Memory
+	12, // 7: mesh.v1.ListResponse.used:type_name -> mesh.v1.Memory
+	10, // 8: mesh.v1.ListResponse.disk_cache:type_name -> mesh.v1.DiskCache
+	11, // 9: mesh.v1.DiskCache.entries:type_name -> mesh.v1.DiskCacheEntry
+	1,  // 10: mesh.v1.Replica.model:type_name -> mesh.v1.ModelRef
+	0,  // 11: mesh.v1.Replica.state:type_name -> mesh.v1.ReplicaState
+	12, // 12: mesh.v1.Replica.memory:type_name -> mesh.v1.Memory
+	2,  // 13: mesh.v1.WorkerService.Load:input_type -> mesh.v1.LoadRequest
+	4,  // 14: mesh.v1.WorkerService.Unload:input_type -> mesh.v1.UnloadRequest
+	6,  // 15: mesh.v1.WorkerService.Drain:input_type -> mesh.v1.DrainRequest
+	8,  // 16: mesh.v1.WorkerService.List:input_type -> mesh.v1.ListRequest
+	3,  // 17: mesh.v1.WorkerService.Load:output_type -> mesh.v1.LoadResponse
+	5,  // 18: mesh.v1.WorkerService.Unload:output_type -> mesh.v1.UnloadResponse
+	7,  // 19: mesh.v1.WorkerService.Drain:output_type -> mesh.v1.DrainResponse
+	9,  // 20: mesh.v1.WorkerService.List:output_type -> mesh.v1.ListResponse
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_meshv1_worker_proto_init() }
@@ -835,7 +1032,7 @@ func file_meshv1_worker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshv1_worker_proto_rawDesc), len(file_meshv1_worker_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

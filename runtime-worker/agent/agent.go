@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/runtime-worker/storage"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
 )
 
@@ -70,7 +71,8 @@ type Config struct {
 // Spec is what a load needs to know about a model.
 type Spec struct {
 	Model placement.ModelVersion
-	URI   string
+	// Storage says where the model's files are.
+	Storage storage.Location
 	// DeclaredBytes, when > 0, is counted as the model's size whatever is measured: GPU
 	// memory on a worker with GPUs, host memory on one without.
 	DeclaredBytes int64
@@ -296,9 +298,6 @@ func (a *Agent) runLoad(ctx context.Context, r *replica, spec Spec) {
 		a.used = a.used.Minus(r.mem)
 		a.updateGauges()
 		a.mu.Unlock()
-		if rerr := a.store.Remove(r.model); rerr != nil {
-			log.WarnContext(ctx, "remove cached model files", "error", rerr)
-		}
 		r.err = err
 		close(r.done)
 		close(r.gone)
@@ -314,18 +313,21 @@ func (a *Agent) runLoad(ctx context.Context, r *replica, spec Spec) {
 }
 
 func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
+	// The files are fetched before a load slot is taken: a download from a slow or hung
+	// store must not hold up loads whose files are at hand.
+	fctx, span := a.tracer.Start(ctx, "worker.fetch", trace.WithAttributes(attribute.String("mesh.storage", spec.Storage.String())))
+	fetched, err := a.store.Fetch(fctx, spec.Storage, spec.Model)
+	span.SetAttributes(attribute.Int64("mesh.file_bytes", fetched.Bytes), attribute.Bool("mesh.disk_cache_hit", fetched.Cached))
+	endSpan(span, err)
+	if err != nil {
+		return fmt.Errorf("load %s: %w", spec.Model, err)
+	}
+	defer fetched.Release() // the runtime has read (or copied) the files once Load returns
 	select {
 	case a.loadSem <- struct{}{}:
 		defer func() { <-a.loadSem }()
 	case <-ctx.Done():
 		return fmt.Errorf("load %s: waiting for a load slot: %w", spec.Model, ctx.Err())
-	}
-	fctx, span := a.tracer.Start(ctx, "worker.fetch", trace.WithAttributes(attribute.String("mesh.storage_uri", spec.URI)))
-	fetched, err := a.store.Fetch(fctx, spec.URI, spec.Model)
-	span.SetAttributes(attribute.Int64("mesh.file_bytes", fetched.Bytes))
-	endSpan(span, err)
-	if err != nil {
-		return fmt.Errorf("load %s: %w", spec.Model, err)
 	}
 	want, source := a.reservation(spec, fetched.Bytes)
 	evicted, err := a.tracedReserve(ctx, r, a.choices(want), string(source))
@@ -545,8 +547,8 @@ func (a *Agent) unload(ctx context.Context, r *replica, reason string) {
 	a.forget(ctx, r, reason)
 }
 
-// forget removes r from the agent and its files from the cache, once: a replica the
-// runtime lost may still be on its way through a drain.
+// forget removes r from the agent, once: a replica the runtime lost may still be on its
+// way through a drain. Its files stay in the disk tier for the next load.
 func (a *Agent) forget(ctx context.Context, r *replica, reason string) {
 	a.mu.Lock()
 	if a.replicas[r.model] != r {
@@ -557,9 +559,6 @@ func (a *Agent) forget(ctx context.Context, r *replica, reason string) {
 	a.used = a.used.Minus(r.mem)
 	a.updateGauges()
 	a.mu.Unlock()
-	if err := a.store.Remove(r.model); err != nil {
-		a.log.WarnContext(ctx, "remove cached model files", "model", r.model.String(), "error", err)
-	}
 	close(r.gone)
 	a.metrics.unloads.WithLabelValues(reason).Inc()
 	a.notify()

@@ -112,7 +112,7 @@ func newFixtureMemory(t *testing.T, capacity placement.Memory) *fixture {
 			t.Fatal(err)
 		}
 	}
-	store, err := storage.New([]string{root}, t.TempDir())
+	store, err := storage.New(storage.Options{Roots: []string{root}, CacheDir: t.TempDir(), DiskBytes: 1 << 30, MaxFiles: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,12 +127,12 @@ func newFixtureMemory(t *testing.T, capacity placement.Memory) *fixture {
 		*fx.clock = fx.clock.Add(time.Millisecond)
 		return *fx.clock
 	}
-	t.Cleanup(func() { fx.agent.Close(context.Background()) })
+	t.Cleanup(func() { fx.agent.Close(context.Background()); store.Close() })
 	return fx
 }
 
 func (fx *fixture) spec(name string, declared int64) Spec {
-	return Spec{Model: placement.ModelVersion{Name: name, Version: "1"}, URI: "file://" + filepath.Join(fx.root, name+".onnx"), DeclaredBytes: declared}
+	return Spec{Model: placement.ModelVersion{Name: name, Version: "1"}, Storage: storage.Location{URI: "file://" + filepath.Join(fx.root, name+".onnx")}, DeclaredBytes: declared}
 }
 
 func (fx *fixture) resident(t *testing.T) map[string]placement.State {
@@ -316,9 +316,9 @@ func TestFailedLoadLeavesNothing(t *testing.T) {
 		want error
 	}{
 		{"runtime rejects the model", fx.spec("b", 0), ErrLoadFailed},
-		{"file missing", Spec{Model: placement.ModelVersion{Name: "z", Version: "1"}, URI: "file://" + filepath.Join(fx.root, "z.onnx")}, storage.ErrNotFound},
-		{"traversal", Spec{Model: placement.ModelVersion{Name: "z", Version: "1"}, URI: "file://" + fx.root + "/../x.onnx"}, storage.ErrBadURI},
-		{"no version", Spec{Model: placement.ModelVersion{Name: "z"}, URI: "file://" + filepath.Join(fx.root, "c.onnx")}, placement.ErrInvalidID},
+		{"file missing", Spec{Model: placement.ModelVersion{Name: "z", Version: "1"}, Storage: storage.Location{URI: "file://" + filepath.Join(fx.root, "z.onnx")}}, storage.ErrNotFound},
+		{"traversal", Spec{Model: placement.ModelVersion{Name: "z", Version: "1"}, Storage: storage.Location{URI: "file://" + fx.root + "/../x.onnx"}}, storage.ErrBadURI},
+		{"no version", Spec{Model: placement.ModelVersion{Name: "z"}, Storage: storage.Location{URI: "file://" + filepath.Join(fx.root, "c.onnx")}}, placement.ErrInvalidID},
 	}
 	for _, tt := range tests {
 		if _, err := fx.agent.Load(ctx, tt.spec); !errors.Is(err, tt.want) {

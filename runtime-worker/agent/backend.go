@@ -40,8 +40,8 @@ type Loaded struct {
 	Memory placement.Memory
 }
 
-// Fetcher brings model files to local disk; *storage.Store is the implementation.
+// Fetcher brings model files to local disk and keeps them there until the Fetched is
+// released; *storage.Store is the implementation.
 type Fetcher interface {
-	Fetch(ctx context.Context, uri string, m placement.ModelVersion) (storage.Fetched, error)
-	Remove(m placement.ModelVersion) error
+	Fetch(ctx context.Context, loc storage.Location, m placement.ModelVersion) (storage.Fetched, error)
 }

@@ -20,10 +20,21 @@ var errTooLarge = errors.New("request body too large")
 // statusOf is the one place where worker errors become wire statuses, for REST and gRPC.
 func statusOf(err error) (int, codes.Code) {
 	switch {
-	case errors.Is(err, tensor.ErrInvalid), errors.Is(err, placement.ErrInvalidID), errors.Is(err, storage.ErrBadURI):
+	case errors.Is(err, tensor.ErrInvalid), errors.Is(err, placement.ErrInvalidID), errors.Is(err, storage.ErrBadURI),
+		errors.Is(err, storage.ErrArchive):
 		return http.StatusBadRequest, codes.InvalidArgument
 	case errors.Is(err, agent.ErrNotFound), errors.Is(err, storage.ErrNotFound):
 		return http.StatusNotFound, codes.NotFound
+	case errors.Is(err, storage.ErrDenied):
+		return http.StatusForbidden, codes.PermissionDenied
+	case errors.Is(err, storage.ErrChecksum):
+		return http.StatusBadGateway, codes.DataLoss
+	case errors.Is(err, storage.ErrTLS):
+		return http.StatusBadGateway, codes.FailedPrecondition
+	case errors.Is(err, storage.ErrUnavailable):
+		return http.StatusBadGateway, codes.Unavailable
+	case errors.Is(err, storage.ErrDiskFull):
+		return http.StatusInsufficientStorage, codes.ResourceExhausted
 	case errors.Is(err, errTooLarge):
 		return http.StatusRequestEntityTooLarge, codes.ResourceExhausted
 	case errors.Is(err, agent.ErrNoCapacity):

@@ -9,6 +9,7 @@ import (
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/proto/meshv1"
 	"github.com/modelmesh/mesh/runtime-worker/agent"
+	"github.com/modelmesh/mesh/runtime-worker/storage"
 )
 
 // Agent is what the management API needs from the worker's agent.
@@ -20,24 +21,32 @@ type Agent interface {
 	Capacity() placement.Memory
 }
 
+// DiskTier reports the disk tier of fetched model files; *storage.Store is one.
+type DiskTier interface {
+	Usage() storage.Usage
+}
+
 // Management serves meshv1.WorkerService. It must listen only on the management port.
 type Management struct {
 	meshv1.UnimplementedWorkerServiceServer
 	agent    Agent
+	disk     DiskTier
 	workerID string
 }
 
 var _ meshv1.WorkerServiceServer = (*Management)(nil)
 
-// NewManagement returns the management API of worker workerID.
-func NewManagement(a Agent, workerID string) *Management {
-	return &Management{agent: a, workerID: workerID}
+// NewManagement returns the management API of worker workerID; disk may be nil.
+func NewManagement(a Agent, disk DiskTier, workerID string) *Management {
+	return &Management{agent: a, disk: disk, workerID: workerID}
 }
 
 // Load implements meshv1.
 func (s *Management) Load(ctx context.Context, r *meshv1.LoadRequest) (*meshv1.LoadResponse, error) {
 	res, err := s.agent.Load(ctx, agent.Spec{
-		Model: modelOf(r.GetModel()), URI: r.GetStorageUri(), DeclaredBytes: r.GetMemoryBytes(),
+		Model: modelOf(r.GetModel()), DeclaredBytes: r.GetMemoryBytes(),
+		Storage: storage.Location{URI: r.GetStorageUri(), Key: r.GetStorageKey(), Bucket: r.GetStorageBucket(),
+			Path: r.GetStoragePath(), SHA256: r.GetSha256()},
 		Learned: placement.Footprint{Host: r.GetLearnedHostBytes(), GPU: r.GetLearnedGpuBytes()}, Pinned: r.GetPinned(),
 	})
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
@@ -76,6 +85,14 @@ func (s *Management) List(context.Context, *meshv1.ListRequest) (*meshv1.ListRes
 	out := &meshv1.ListResponse{WorkerId: s.workerID, Capacity: memoryProto(s.agent.Capacity()), Used: memoryProto(used)}
 	for _, r := range replicas {
 		out.Replicas = append(out.Replicas, replicaProto(r))
+	}
+	if s.disk != nil {
+		u := s.disk.Usage()
+		out.DiskCache = &meshv1.DiskCache{CapacityBytes: u.Capacity, UsedBytes: u.Used}
+		for _, e := range u.Entries {
+			out.DiskCache.Entries = append(out.DiskCache.Entries, &meshv1.DiskCacheEntry{
+				Source: e.Source, Bytes: e.Bytes, LastUsedUnixMs: e.LastUsed.UnixMilli(), InUse: e.InUse})
+		}
 	}
 	return out, nil
 }

@@ -1,14 +1,12 @@
 package storage
 
 import (
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/modelmesh/mesh/internal/placement"
+	"time"
 )
 
 // tree makes a root with a model, a sibling directory outside it, and symlinks both ways.
@@ -32,9 +30,23 @@ func tree(t *testing.T) (root, outside string, s *Store) {
 	must(t, os.Symlink(filepath.Join(outside, "model.onnx"), filepath.Join(root, "escape.onnx")))
 	must(t, os.Symlink(outside, filepath.Join(root, "escape-dir")))
 	must(t, os.Symlink(filepath.Join(root, "iris", "1", "model.onnx"), filepath.Join(root, "inside-link.onnx")))
-	s, err := New([]string{root}, filepath.Join(base, "cache"))
-	must(t, err)
+	s = newStore(t, []string{root}, 1<<20)
 	return root, outside, s
+}
+
+// newStore is a Store over roots with a disk tier of diskBytes in a fresh directory.
+func newStore(t testing.TB, roots []string, diskBytes int64) *Store {
+	t.Helper()
+	s, err := New(Options{Roots: roots, CacheDir: filepath.Join(t.TempDir(), "tier"), DiskBytes: diskBytes, Backoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func (s *Store) resolveFile(uri string) (string, error) {
+	return s.remotes["file"].(*fileStore).resolve(uri)
 }
 
 func must(t *testing.T, err error) {
@@ -75,7 +87,7 @@ func TestResolve(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := s.Resolve(tt.give)
+			got, err := s.resolveFile(tt.give)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("Resolve(%q) error = %v, want %v", tt.give, err, tt.wantErr)
@@ -86,62 +98,6 @@ func TestResolve(t *testing.T) {
 				t.Fatalf("Resolve(%q) = %q, %v; want %q", tt.give, got, err, tt.want)
 			}
 		})
-	}
-}
-
-func TestFetchCopiesIntoCacheAndRemove(t *testing.T) {
-	t.Parallel()
-	root, _, s := tree(t)
-	m := placement.ModelVersion{Name: "iris", Version: "1"}
-	f, err := s.Fetch(context.Background(), "file://"+filepath.Join(root, "iris", "1", "model.onnx"), m)
-	must(t, err)
-	b, err := os.ReadFile(f.Path)
-	must(t, err)
-	if string(b) != "onnx bytes" || f.Bytes != int64(len(b)) {
-		t.Fatalf("cached %q (%d bytes)", b, f.Bytes)
-	}
-	if !strings.HasPrefix(f.Path, s.cacheDir) {
-		t.Fatalf("cached at %s, outside the cache %s", f.Path, s.cacheDir)
-	}
-	must(t, s.Remove(m))
-	if _, err := os.Stat(f.Path); !os.IsNotExist(err) {
-		t.Fatalf("cached file still there after Remove: %v", err)
-	}
-}
-
-func TestFetchCopiesADirectoryTree(t *testing.T) {
-	t.Parallel()
-	root, _, s := tree(t)
-	must(t, os.MkdirAll(filepath.Join(root, "tri", "1"), 0o755))
-	must(t, os.WriteFile(filepath.Join(root, "tri", "config.pbtxt"), []byte("backend: \"python\""), 0o644))
-	must(t, os.WriteFile(filepath.Join(root, "tri", "1", "model.py"), []byte("import numpy"), 0o644))
-	m := placement.ModelVersion{Name: "tri", Version: "1"}
-	f, err := s.Fetch(context.Background(), "file://"+filepath.Join(root, "tri"), m)
-	must(t, err)
-	b, err := os.ReadFile(filepath.Join(f.Path, "1", "model.py"))
-	must(t, err)
-	if string(b) != "import numpy" || f.Bytes != int64(len("backend: \"python\"")+len("import numpy")) {
-		t.Fatalf("copied %q, %d bytes", b, f.Bytes)
-	}
-	// A symlink inside a directory is refused, and nothing is left in the cache.
-	must(t, os.Symlink("/etc/passwd", filepath.Join(root, "tri", "1", "leak")))
-	m2 := placement.ModelVersion{Name: "tri", Version: "2"}
-	if _, err := s.Fetch(context.Background(), "file://"+filepath.Join(root, "tri"), m2); !errors.Is(err, ErrBadURI) {
-		t.Fatalf("tree with a symlink: %v", err)
-	}
-	if _, err := os.Stat(s.dir(m2)); !os.IsNotExist(err) {
-		t.Fatalf("a refused fetch left %s behind", s.dir(m2))
-	}
-}
-
-func TestFetchHonoursCancellation(t *testing.T) {
-	t.Parallel()
-	root, _, s := tree(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	_, err := s.Fetch(ctx, "file://"+filepath.Join(root, "iris", "1", "model.onnx"), placement.ModelVersion{Name: "iris", Version: "1"})
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("Fetch with a cancelled context = %v", err)
 	}
 }
 
@@ -156,13 +112,12 @@ func FuzzResolve(f *testing.F) {
 	must(os.MkdirAll(filepath.Join(root, "m"), 0o755))
 	must(os.WriteFile(filepath.Join(root, "m", "model.onnx"), []byte("x"), 0o644))
 	must(os.WriteFile(filepath.Join(base, "secret"), []byte("x"), 0o644))
-	s, err := New([]string{root}, filepath.Join(base, "cache"))
-	must(err)
+	s := newStore(f, []string{root}, 1<<20)
 	for _, seed := range []string{"file://" + root + "/m", "file://" + root + "/../secret", "file:///etc/passwd", "file://" + root + "/m/%2e%2e/%2e%2e/secret"} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, uri string) {
-		got, err := s.Resolve(uri)
+		got, err := s.resolveFile(uri)
 		if err != nil {
 			return
 		}
@@ -170,8 +125,8 @@ func FuzzResolve(f *testing.F) {
 		if err != nil {
 			t.Fatalf("Resolve(%q) = %q, which does not resolve: %v", uri, got, err)
 		}
-		if !strings.HasPrefix(real, s.roots[0]+string(filepath.Separator)) {
-			t.Fatalf("Resolve(%q) = %q, outside the root %s", uri, real, s.roots[0])
+		if root := s.remotes["file"].(*fileStore).roots[0]; !strings.HasPrefix(real, root+string(filepath.Separator)) {
+			t.Fatalf("Resolve(%q) = %q, outside the root %s", uri, real, root)
 		}
 	})
 }

@@ -27,8 +27,7 @@ type Config struct {
 	AdvertiseHost    string
 	AdvertiseAddr    string
 	AdvertiseMgmt    string
-	ModelRoots       string
-	CacheDir         string
+	Storage          storageConfig
 	Capacity         byteSize
 	GPUCapacity      byteSizes
 	LoadConcurrency  int
@@ -68,8 +67,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.AdvertiseHost, "advertise-host", "127.0.0.1", "IP address (IPv4 or IPv6, no brackets; e.g. the pod's) others reach this worker at: the gateways' endpoints must be IPs. Joined with the ports of --listen, --management-listen and, for Triton, --triton-grpc and --triton-http when those give no host")
 	fs.StringVar(&c.AdvertiseAddr, "advertise-addr", "", "inference address others reach this worker at, host:port (default: --advertise-host with --listen's port)")
 	fs.StringVar(&c.AdvertiseMgmt, "advertise-management-addr", "", "management address others reach this worker at, host:port (default: --advertise-host with --management-listen's port)")
-	fs.StringVar(&c.ModelRoots, "model-roots", "", "comma-separated directories model files may be read from (required)")
-	fs.StringVar(&c.CacheDir, "cache-dir", "", "directory for fetched model files (default: a temporary directory)")
+	c.Storage.RegisterFlags(fs)
 	c.Capacity = 1 << 30
 	fs.Var(&c.Capacity, "capacity", "host memory budget for models, bytes or with KiB/MiB/GiB suffix")
 	fs.Var(&c.GPUCapacity, "gpu-capacity", "triton: comma-separated GPU memory budgets for models, one per device in CUDA order (e.g. 22GiB,22GiB); empty: no GPUs, or from --triton-metrics")
@@ -108,8 +106,8 @@ func (c *Config) Validate() error {
 	if c.WorkerID == "" {
 		errs = append(errs, errors.New("--worker-id is empty"))
 	}
-	if c.ModelRoots == "" {
-		errs = append(errs, errors.New("--model-roots is required"))
+	if err := c.Storage.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	switch c.Runtime {
 	case "onnxruntime":

@@ -47,8 +47,8 @@ func TestEnvironmentSetsFlagsTheCommandLineLeaves(t *testing.T) {
 	if err := cli.ApplyEnv(fs, envPrefix); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Capacity != 3<<30 || cfg.LoadConcurrency != 7 || cfg.ModelRoots != "/from/flag" {
-		t.Fatalf("capacity %d, load concurrency %d, roots %q", cfg.Capacity, cfg.LoadConcurrency, cfg.ModelRoots)
+	if cfg.Capacity != 3<<30 || cfg.LoadConcurrency != 7 || cfg.Storage.ModelRoots != "/from/flag" {
+		t.Fatalf("capacity %d, load concurrency %d, roots %q", cfg.Capacity, cfg.LoadConcurrency, cfg.Storage.ModelRoots)
 	}
 }
 
@@ -67,12 +67,12 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	var cfg Config
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
-	fs.Parse([]string{"--load-concurrency", "0", "--log-format", "xml", "--labels", "novalue", "--otlp-endpoint", "collector"})
+	fs.Parse([]string{"--load-concurrency", "0", "--log-format", "xml", "--labels", "novalue", "--otlp-endpoint", "collector", "--disk-cache-size", "0", "--storage-retries", "-1"})
 	err := cfg.Validate()
 	if err == nil {
-		t.Fatal("Validate accepted a config without roots or runtime library")
+		t.Fatal("Validate accepted a config without a runtime library")
 	}
-	for _, want := range []string{"--model-roots", "--ort-library", "--load-concurrency", "--log-format", "--labels", "--otlp-endpoint"} {
+	for _, want := range []string{"--disk-cache-size", "--storage-retries", "--ort-library", "--load-concurrency", "--log-format", "--labels", "--otlp-endpoint"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,7 +48,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer tr.Close(context.WithoutCancel(ctx))
 
-	cacheDir := cfg.CacheDir
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cacheDir := cfg.Storage.CacheDir
 	if cacheDir == "" {
 		dir, err := os.MkdirTemp("", "mesh-worker-cache-")
 		if err != nil {
@@ -59,10 +59,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		defer os.RemoveAll(dir)
 		cacheDir = dir
 	}
-	store, err := storage.New(strings.Split(cfg.ModelRoots, ","), filepath.Clean(cacheDir))
+	store, err := cfg.Storage.open(cacheDir, log, storage.NewMetrics(reg))
 	if err != nil {
 		return err
 	}
+	defer store.Close()
 	var backend agent.Backend
 	var tritonBackend *triton.Backend
 	runtimeVersion := ""
@@ -95,8 +96,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		backend, runtimeVersion = ort, ort.Version()
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var rdb *redis.Client
 	var router agent.Router
 	if cfg.RedisAddr != "" {
@@ -127,7 +126,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	dataSrv := &http.Server{Handler: tr.HTTP(infer.REST()), ReadHeaderTimeout: 10 * time.Second}
 
 	mgmtGRPC := grpc.NewServer(tr.GRPCServer()...)
-	meshv1.RegisterWorkerServiceServer(mgmtGRPC, server.NewManagement(models, cfg.WorkerID))
+	meshv1.RegisterWorkerServiceServer(mgmtGRPC, server.NewManagement(models, store, cfg.WorkerID))
 	mgmtMux := http.NewServeMux()
 	mgmtMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mgmtMux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
