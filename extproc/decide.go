@@ -65,9 +65,10 @@ type Decision struct {
 
 // Target is a model version to make resident, with what the worker's Load needs.
 type Target struct {
-	Model      placement.ModelVersion
-	Runtime    string
-	StorageURI string
+	Model   placement.ModelVersion
+	Runtime string
+	// Files says where the worker fetches the model from.
+	Files registry.Files
 	// Declared is the registry's size (0: none); Learned the footprint measured at an
 	// earlier load anywhere in the mesh (zero: never measured).
 	Declared int64
@@ -167,7 +168,7 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 		}
 		return Decision{Kind: Route, Outcome: "server_level", Model: m, Endpoint: req.Endpoint(live[rnd(uint64(len(live)))])}, nil
 	}
-	t := Target{Model: m, Runtime: model.Runtime, StorageURI: v.StorageURI, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
+	t := Target{Model: m, Runtime: model.Runtime, Files: v.Files, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
 	if w, ok := ReadyWorker(snap, m); ok {
 		return Decision{Kind: Route, Outcome: "routed_ready", Model: m, Endpoint: req.Endpoint(w), Worker: w, Target: t}, nil
 	}

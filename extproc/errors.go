@@ -19,6 +19,10 @@ var (
 	ErrNoWorker = errors.New("no worker can serve the request")
 	// ErrLoadFailed: the worker's Load failed.
 	ErrLoadFailed = errors.New("load failed")
+	// ErrModelFiles: the worker could not fetch the model's files and no retry would help:
+	// the store has no such object or bucket, refused the credentials or the TLS
+	// handshake, or the files failed their checksum.
+	ErrModelFiles = errors.New("model files cannot be fetched")
 	// ErrDeadline: the model did not become ready within the load deadline.
 	ErrDeadline = errors.New("model not ready before the deadline")
 	// ErrQueueFull: too many requests already wait for the model version.

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -44,19 +45,30 @@ func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 	if err != nil {
 		return err
 	}
-	_, err = meshv1.NewWorkerServiceClient(conn).Load(ctx, &meshv1.LoadRequest{
+	req := &meshv1.LoadRequest{
 		Model:            &meshv1.ModelRef{Name: t.Model.Name, Version: t.Model.Version},
-		StorageUri:       t.StorageURI,
+		StorageUri:       t.Files.StorageURI,
+		Sha256:           t.Files.SHA256,
 		MemoryBytes:      t.Declared,
 		LearnedHostBytes: t.Learned.Host,
 		LearnedGpuBytes:  t.Learned.GPU,
 		Pinned:           t.Pinned,
-	})
+	}
+	if st := t.Files.Storage; st != nil {
+		req.StorageKey, req.StorageBucket, req.StoragePath = st.Key, st.Bucket, st.Path
+	}
+	_, err = meshv1.NewWorkerServiceClient(conn).Load(ctx, req)
 	if err == nil {
 		return nil
 	}
-	if status.Code(err) == codes.ResourceExhausted {
-		return fmt.Errorf("%w: worker %s: %s", ErrNoRoom, w.ID, status.Convert(err).Message())
+	st := status.Convert(err)
+	if st.Code() == codes.ResourceExhausted {
+		return fmt.Errorf("%w: worker %s: %s", ErrNoRoom, w.ID, st.Message())
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == meshv1.ErrorDomainStorage && meshv1.PermanentStorageReason(info.GetReason()) {
+			return fmt.Errorf("%w: worker %s: %s", ErrModelFiles, w.ID, st.Message())
+		}
 	}
 	return fmt.Errorf("worker %s: %s", w.ID, status.Convert(err).Message())
 }

@@ -52,7 +52,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 			Name: "mesh_extproc_held_requests", Help: "Requests held right now waiting for a load, every model version together.",
 		}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mesh_extproc_worker_loads_total", Help: "Load calls to workers, by result (ok, no_room, error).",
+			Name: "mesh_extproc_worker_loads_total", Help: "Load calls to workers, by result (ok, no_room, model_files, error).",
 		}, []string{"result"}),
 		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mesh_extproc_coalesced_requests_total", Help: "Cold requests that joined a load already under way in this replica.",

@@ -42,6 +42,10 @@ func statusOf(err error) wireStatus {
 		return wireStatus{typev3.StatusCode_TooManyRequests, codes.ResourceExhausted, "queue_full", true}
 	case errors.Is(err, ErrNoWorker), errors.Is(err, ErrNoState):
 		return wireStatus{typev3.StatusCode_ServiceUnavailable, codes.Unavailable, "no_worker", true}
+	case errors.Is(err, ErrModelFiles):
+		// The store or the files are wrong until someone fixes them: a gateway error that
+		// asks for no retry, FAILED_PRECONDITION to gRPC clients.
+		return wireStatus{typev3.StatusCode_BadGateway, codes.FailedPrecondition, "model_files", false}
 	case errors.Is(err, ErrDeadline):
 		return wireStatus{typev3.StatusCode_ServiceUnavailable, codes.Unavailable, "deadline", true}
 	default: // ErrLoadFailed and anything unforeseen

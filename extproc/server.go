@@ -413,6 +413,8 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 			return w, nil
 		case errors.Is(err, ErrNoRoom):
 			s.metrics.loads.WithLabelValues("no_room").Inc()
+		case errors.Is(err, ErrModelFiles):
+			s.metrics.loads.WithLabelValues("model_files").Inc()
 		default:
 			s.metrics.loads.WithLabelValues("error").Inc()
 		}
@@ -425,7 +427,11 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 	if ctx.Err() != nil {
 		return residency.Worker{}, ctx.Err()
 	}
-	return residency.Worker{}, errorf(ErrLoadFailed, "load model %s: %v", d.Model, lastErr)
+	kind := ErrLoadFailed
+	if errors.Is(lastErr, ErrModelFiles) {
+		kind = ErrModelFiles
+	}
+	return residency.Worker{}, errorf(kind, "load model %s: %v", d.Model, lastErr)
 }
 
 // keepAlive extends lock every third of its TTL until the returned stop is called; stop

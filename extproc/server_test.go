@@ -247,6 +247,13 @@ func TestLoadFailureIs503AndNoRoomTriesTheNextWorker(t *testing.T) {
 	if calls := loader.Calls(); len(calls) != 4 {
 		t.Fatalf("loads %v, want one more", calls)
 	}
+	// Files the store refuses for good: 502 without Retry-After, no other worker tried.
+	loader.fail = map[string]error{"b": fmt.Errorf("%w: worker b: storage access denied: s3://models/iris/2: AccessDenied", ErrModelFiles)}
+	ex, err = r.send(t.Context(), h)
+	checkAnswer(t, refused(typev3.StatusCode_BadGateway, "model_files", "load model iris:2: model files cannot be fetched: worker b: storage access denied: s3://models/iris/2: AccessDenied", ""), ex, err)
+	if calls := loader.Calls(); len(calls) != 5 {
+		t.Fatalf("loads %v, want one more", calls)
+	}
 }
 
 func TestDeadlineIs503(t *testing.T) {

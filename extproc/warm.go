@@ -33,7 +33,7 @@ func WarmPlan(snap *residency.Snapshot) []WarmLoad {
 				}
 			}
 			need := model.MinReplicas - len(holders)
-			t := Target{Model: m, Runtime: model.Runtime, StorageURI: v.StorageURI, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
+			t := Target{Model: m, Runtime: model.Runtime, Files: v.Files, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
 			for _, w := range Candidates(snap, t) {
 				if need <= 0 {
 					break

@@ -47,10 +47,52 @@ type Model struct {
 
 // Version is one version of a model.
 type Version struct {
-	Version    string `json:"version"`
-	StorageURI string `json:"storageUri"`
+	Version string `json:"version"`
+	Files
 	// MemoryBytes declared for the version; 0 means measure at load.
 	MemoryBytes int64 `json:"memoryBytes,omitempty"`
+}
+
+// Files says where a version's files are: a storageUri (file://, s3://, gs://, https://,
+// http://), or a storage-config entry and a path in its bucket, as ModelMesh's predictors
+// say it. The worker resolves both (docs/storage.md).
+type Files struct {
+	StorageURI string   `json:"storageUri,omitempty"`
+	Storage    *Storage `json:"storage,omitempty"`
+	// SHA256, when set, is the digest the files must have: of the file, of the archive, or
+	// of a prefix's manifest (docs/storage.md).
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// Storage is a path in the bucket of the workers' storage-config entry Key ("default" when
+// empty); Bucket overrides the entry's.
+type Storage struct {
+	Key    string `json:"key,omitempty"`
+	Bucket string `json:"bucket,omitempty"`
+	Path   string `json:"path"`
+}
+
+// storageSchemes are the URI schemes a worker reads.
+var storageSchemes = []string{"file", "s3", "gs", "https", "http"}
+
+func (f Files) validate() error {
+	switch {
+	case f.StorageURI != "" && f.Storage != nil:
+		return errors.New("storageUri and storage are exclusive: give one")
+	case f.StorageURI == "" && f.Storage == nil:
+		return errors.New("no storageUri or storage")
+	case f.Storage != nil && strings.TrimPrefix(f.Storage.Path, "/") == "":
+		return errors.New("storage: no path")
+	case f.SHA256 != "" && (len(f.SHA256) != 64 || strings.Trim(f.SHA256, "0123456789abcdef") != ""):
+		return fmt.Errorf("sha256 %q: want 64 lower-case hex digits", f.SHA256)
+	}
+	if f.StorageURI != "" {
+		scheme, rest, ok := strings.Cut(f.StorageURI, "://")
+		if !ok || !slices.Contains(storageSchemes, scheme) || rest == "" {
+			return fmt.Errorf("storageUri %q: want file://, s3://, gs://, https:// or http://", f.StorageURI)
+		}
+	}
+	return nil
 }
 
 // Rule routes the requests it matches to weighted versions, and may mirror a share of them.
@@ -200,8 +242,8 @@ func (m *Model) validate() error {
 			fail("version %q listed twice", v.Version)
 		}
 		versions[v.Version] = true
-		if !strings.HasPrefix(v.StorageURI, "file://") {
-			fail("version %q: storageUri %q: only file:// URIs are supported", v.Version, v.StorageURI)
+		if err := v.Files.validate(); err != nil {
+			fail("version %q: %v", v.Version, err)
 		}
 		if v.MemoryBytes < 0 {
 			fail("version %q: memoryBytes %d is negative", v.Version, v.MemoryBytes)

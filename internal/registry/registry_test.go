@@ -102,7 +102,12 @@ func TestParseRejects(t *testing.T) {
 		{"bad version", model("    versions: [{version: \"v 1\", storageUri: \"file:///m\"}]\n"), "version \"v 1\""},
 		{"twice", "models:\n  - name: m\n" + v1 + "  - name: m\n" + v1, "registered twice"},
 		{"duplicate version", model("    versions: [{version: \"1\", storageUri: \"file:///a\"}, {version: \"1\", storageUri: \"file:///b\"}]\n"), "listed twice"},
-		{"other scheme", model("    versions: [{version: \"1\", storageUri: \"s3://b/m\"}]\n"), "only file://"},
+		{"other scheme", model("    versions: [{version: \"1\", storageUri: \"ftp://b/m\"}]\n"), "want file://, s3://"},
+		{"no scheme", model("    versions: [{version: \"1\", storageUri: \"/m/1\"}]\n"), "want file://, s3://"},
+		{"no files", model("    versions: [{version: \"1\"}]\n"), "no storageUri or storage"},
+		{"uri and storage", model("    versions: [{version: \"1\", storageUri: \"s3://b/m\", storage: {path: m}}]\n"), "exclusive"},
+		{"storage without path", model("    versions: [{version: \"1\", storage: {key: k}}]\n"), "no path"},
+		{"bad sha256", model("    versions: [{version: \"1\", storageUri: \"s3://b/m\", sha256: ABC}]\n"), "64 lower-case hex"},
 		{"negative memory", model("    versions: [{version: \"1\", storageUri: \"file:///m\", memoryBytes: -1}]\n"), "negative"},
 		{"unknown default", model(v1 + "    defaultVersion: \"2\"\n"), "defaultVersion"},
 		{"split to unknown version", model(v1 + "    traffic: [{split: [{version: \"9\", weight: 1}]}]\n"), "not registered"},
@@ -127,5 +132,39 @@ func TestParseReportsEveryProblem(t *testing.T) {
 	_, err := Parse([]byte("models:\n  - name: a\n  - name: b\n    versions: [{version: \"1\", storageUri: \"ftp://x\"}]\n"))
 	if err == nil || !strings.Contains(err.Error(), `model "a": no versions`) || !strings.Contains(err.Error(), `model "b"`) {
 		t.Fatalf("error %v, want both models' problems", err)
+	}
+}
+
+func TestParseStorageForms(t *testing.T) {
+	t.Parallel()
+	sum := strings.Repeat("ab", 32)
+	r, err := Parse([]byte(`models:
+  - name: m
+    versions:
+      - {version: "1", storageUri: "s3://models/m/1/model.onnx", sha256: "` + sum + `"}
+      - {version: "2", storage: {key: localMinIO, path: m/2}}
+      - {version: "3", storage: {bucket: other, path: /m/3.tar.gz}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := r.Model("m")
+	want := []Files{
+		{StorageURI: "s3://models/m/1/model.onnx", SHA256: sum},
+		{Storage: &Storage{Key: "localMinIO", Path: "m/2"}},
+		{Storage: &Storage{Bucket: "other", Path: "/m/3.tar.gz"}},
+	}
+	for i, v := range m.Versions {
+		if diff := cmp.Diff(want[i], v.Files); diff != "" {
+			t.Errorf("version %s: %s", v.Version, diff)
+		}
+	}
+	// The published form carries them to ext_proc unchanged.
+	back, err := Decode(r.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(r, back); diff != "" {
+		t.Fatal(diff)
 	}
 }

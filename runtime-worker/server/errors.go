@@ -5,10 +5,12 @@ import (
 	"errors"
 	"net/http"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/proto/meshv1"
 	"github.com/modelmesh/mesh/runtime-worker/agent"
 	"github.com/modelmesh/mesh/runtime-worker/storage"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
@@ -51,7 +53,26 @@ func statusOf(err error) (int, codes.Code) {
 	return http.StatusInternalServerError, codes.Internal
 }
 
+// grpcError is err as a gRPC status; a failed fetch of model files also carries its reason
+// as an ErrorInfo of meshv1.ErrorDomainStorage, so ext_proc can tell a store that refused
+// for good from one that may answer next time.
 func grpcError(err error) error {
 	_, code := statusOf(err)
-	return status.Error(code, err.Error())
+	st := status.New(code, err.Error())
+	if reason := storage.Reason(err); isStorage(err) {
+		if withInfo, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: meshv1.ErrorDomainStorage}); derr == nil {
+			st = withInfo
+		}
+	}
+	return st.Err()
+}
+
+func isStorage(err error) bool {
+	for _, kind := range []error{storage.ErrBadURI, storage.ErrArchive, storage.ErrNotFound, storage.ErrDenied,
+		storage.ErrTLS, storage.ErrChecksum, storage.ErrDiskFull, storage.ErrUnavailable} {
+		if errors.Is(err, kind) {
+			return true
+		}
+	}
+	return false
 }
