@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // ErrArchive wraps every reason an archive is refused (path outside the target, a link, a
@@ -370,9 +371,8 @@ func refuse(name, why string) error {
 	return fmt.Errorf("%w: %q is %s", ErrArchive, name, why)
 }
 
-// archiveReader marks what goes wrong reading an archive's contents as ErrArchive. I/O errors
-// on the archive file itself (*fs.PathError) are the disk's fault, not the archive's, and pass
-// through unmarked, as does io.EOF.
+// archiveReader marks what goes wrong reading an archive's contents as ErrArchive; see
+// corrupt for what it leaves alone.
 type archiveReader struct{ r io.Reader }
 
 func (a archiveReader) Read(p []byte) (int, error) {
@@ -380,10 +380,15 @@ func (a archiveReader) Read(p []byte) (int, error) {
 	return n, corrupt(err)
 }
 
-// corrupt wraps a decoder's error with ErrArchive; see archiveReader for what it leaves alone.
+// corrupt wraps a decoder's error with ErrArchive. It leaves alone io.EOF and errors the OS
+// gave opening or reading the archive file (a *fs.PathError holding a syscall.Errno): those
+// are the disk's fault, not the archive's. A PathError without an Errno is the archive's: a
+// zip whose offsets make os.File.ReadAt refuse a negative offset.
 func corrupt(err error) error {
 	var pe *fs.PathError
-	if err == nil || err == io.EOF || errors.Is(err, ErrArchive) || errors.As(err, &pe) {
+	var errno syscall.Errno
+	if err == nil || err == io.EOF || errors.Is(err, ErrArchive) ||
+		(errors.As(err, &pe) && errors.As(pe.Err, &errno)) {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrArchive, err)
