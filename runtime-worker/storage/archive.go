@@ -115,9 +115,6 @@ func (x *extractor) tarGz(ctx context.Context, src string) error {
 	}
 	defer f.Close()
 	zr, err := gzip.NewReader(f)
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF // an empty file is no gzip stream
-	}
 	if err != nil {
 		return corrupt(err)
 	}
@@ -371,23 +368,27 @@ func refuse(name, why string) error {
 	return fmt.Errorf("%w: %q is %s", ErrArchive, name, why)
 }
 
-// archiveReader marks what goes wrong reading an archive's contents as ErrArchive; see
-// corrupt for what it leaves alone.
+// archiveReader marks what goes wrong reading an archive's contents as ErrArchive, but for
+// io.EOF, which ends a Read normally; see corrupt.
 type archiveReader struct{ r io.Reader }
 
 func (a archiveReader) Read(p []byte) (int, error) {
 	n, err := a.r.Read(p)
+	if err == io.EOF {
+		return n, err
+	}
 	return n, corrupt(err)
 }
 
-// corrupt wraps a decoder's error with ErrArchive. It leaves alone io.EOF and errors the OS
-// gave opening or reading the archive file (a *fs.PathError holding a syscall.Errno): those
-// are the disk's fault, not the archive's. A PathError without an Errno is the archive's: a
-// zip whose offsets make os.File.ReadAt refuse a negative offset.
+// corrupt wraps a decoder's error with ErrArchive; outside a Read, io.EOF too means the
+// archive ended early (an empty gzip file, a zip header past the end). It leaves alone errors
+// the OS gave opening or reading the archive file (a *fs.PathError holding a syscall.Errno):
+// those are the disk's fault, not the archive's. A PathError without an Errno is the
+// archive's: a zip whose offsets make os.File.ReadAt refuse a negative offset.
 func corrupt(err error) error {
 	var pe *fs.PathError
 	var errno syscall.Errno
-	if err == nil || err == io.EOF || errors.Is(err, ErrArchive) ||
+	if err == nil || errors.Is(err, ErrArchive) ||
 		(errors.As(err, &pe) && errors.As(pe.Err, &errno)) {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"compress/flate"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"errors"
 	"hash/crc32"
 	"io/fs"
@@ -475,6 +476,8 @@ func TestUnpackCorrupt(t *testing.T) {
 		{name: "zip header understates size", kind: "zip", give: zipLyingSize(t, make([]byte, 4<<20), 100), wantErr: ErrArchive},
 		{name: "zip header understates size past the cap", kind: "zip", give: zipLyingSize(t, make([]byte, 4<<20), 100), maxBytes: 200, wantErr: ErrArchive},
 		{name: "tar.gz given as zip", kind: "zip", give: tgz, wantErr: ErrArchive},
+		{name: "zip directory offset too far", kind: "zip", give: zipShiftDirectory(zipped, 40), wantErr: ErrArchive},
+		{name: "zip directory ends early", kind: "zip", give: zipDirectoryEndsEarly(t, zipped), wantErr: ErrArchive},
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind+"/"+tt.name, func(t *testing.T) {
@@ -492,6 +495,34 @@ func TestUnpackCorrupt(t *testing.T) {
 			s.assertContained(t)
 		})
 	}
+}
+
+// zipShiftDirectory moves the central directory offset recorded in the end record of a zip
+// with no comment; archive/zip then computes a negative offset for the first local header,
+// which os.File.ReadAt refuses with a *fs.PathError.
+func zipShiftDirectory(b []byte, by uint32) []byte {
+	b = slices.Clone(b)
+	off := b[len(b)-6 : len(b)-2]
+	binary.LittleEndian.PutUint32(off, binary.LittleEndian.Uint32(off)+by)
+	return b
+}
+
+// zipDirectoryEndsEarly makes the first central directory record's comment swallow the end
+// record and claims one record more, so archive/zip reads the next record at the very end of
+// the file and gets a bare io.EOF.
+func zipDirectoryEndsEarly(tb testing.TB, b []byte) []byte {
+	tb.Helper()
+	b = slices.Clone(b)
+	end := b[len(b)-22:]
+	records := binary.LittleEndian.Uint16(end[8:]) + 1
+	binary.LittleEndian.PutUint16(end[8:], records)
+	binary.LittleEndian.PutUint16(end[10:], records)
+	dir := bytes.Index(b, []byte("PK\x01\x02"))
+	if dir < 0 {
+		tb.Fatal("no central directory record")
+	}
+	binary.LittleEndian.PutUint16(b[dir+32:], 22) // comment length
+	return b
 }
 
 func flipByte(b []byte, i int) []byte {
@@ -638,6 +669,8 @@ func FuzzUnpack(f *testing.F) {
 	}
 	f.Add(tarGzBytes(f, []archiveEntry{{name: "b", typ: tar.TypeLink, link: "/etc/passwd"}}))
 	f.Add(zipBytes(f, []archiveEntry{{name: "bomb", body: strings.Repeat("\x00", 2<<20)}}))
+	f.Add(zipShiftDirectory(zipBytes(f, valid), 40))
+	f.Add(zipDirectoryEndsEarly(f, zipBytes(f, valid)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, kind := range kindsOr(nil) {
 			s := newUnpackSite(t)

@@ -65,10 +65,11 @@ func (t target) name() string {
 	return t.url.Redacted()
 }
 
-// id is the target's identity in the disk tier: the same object through another endpoint,
-// or with another declared digest, is another entry.
+// id is the target's identity in the disk tier: the same object through another endpoint
+// or another storage key (whose credentials may not reach it), or with another declared
+// digest, is another entry.
 func (t target) id() string {
-	sum := sha256.Sum256([]byte(strings.Join([]string{t.name(), t.cfg.EndpointURL, t.sha256}, "\x00")))
+	sum := sha256.Sum256([]byte(strings.Join([]string{t.name(), t.cfgKey, t.cfg.EndpointURL, t.sha256}, "\x00")))
 	return hex.EncodeToString(sum[:16])
 }
 
