@@ -67,7 +67,10 @@ test: lint unit e2e ## everything CI runs: lint, unit tests (race), end-to-end t
 .PHONY: fuzz
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	$(GO) test ./runtime-worker/server -run '^$$' -fuzz FuzzDecodeInferRequest -fuzztime $${FUZZTIME:-30s}
-	$(GO) test ./runtime-worker/storage -run '^$$' -fuzz FuzzResolve -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./runtime-worker/storage -run '^$$' -fuzz 'FuzzResolve$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./runtime-worker/storage -run '^$$' -fuzz FuzzResolveLocation -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./runtime-worker/storage -run '^$$' -fuzz FuzzParseConfigs -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./runtime-worker/storage -run '^$$' -fuzz FuzzUnpack -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./wasm -run '^$$' -fuzz FuzzParsePath -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./wasm -run '^$$' -fuzz FuzzFirstMessage -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./internal/registry -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s}

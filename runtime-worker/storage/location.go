@@ -175,6 +175,9 @@ func checkKey(key string) error {
 	if strings.ContainsAny(key, "\x00\\") {
 		return fmt.Errorf("NUL and backslash are not allowed")
 	}
+	if strings.HasPrefix(key, "/") {
+		return fmt.Errorf("empty path segments are not allowed")
+	}
 	for _, seg := range strings.Split(strings.TrimSuffix(key, "/"), "/") {
 		if seg == ".." || seg == "." {
 			return fmt.Errorf("%q segments are not allowed", seg)
