@@ -6,9 +6,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -278,6 +280,20 @@ func TestDiskTier(t *testing.T) {
 	}
 	if w.metric(t, "mesh_worker_disk_cache_hits_total") != 1 {
 		t.Fatal("b's reload was not a tier hit")
+	}
+	// meshctl shows the tier: its budget, and b in use by nobody, most recent first.
+	out, err := exec.Command(filepath.Join(*binDir, "meshctl"), "--worker", w.MgmtAddr, "disk").CombinedOutput()
+	must(t, err)
+	var disk struct {
+		CapacityBytes string `json:"capacityBytes"`
+		Entries       []struct {
+			Source string `json:"source"`
+			Bytes  string `json:"bytes"`
+		} `json:"entries"`
+	}
+	must(t, json.Unmarshal(out, &disk))
+	if disk.CapacityBytes != fmt.Sprint(6<<20+3*size+100) || len(disk.Entries) != 3 || disk.Entries[0].Source != "s3://models/b/model.onnx" || disk.Entries[0].Bytes != fmt.Sprint(size) {
+		t.Fatalf("meshctl disk: %s", out)
 	}
 
 	// A model larger than the whole tier is refused with the flag to change.

@@ -1,9 +1,12 @@
-// Command meshctl drives a worker's management API: load, unload, drain and list models.
+// Command meshctl drives a worker's management API: load, unload, drain and list models,
+// and show its disk tier of fetched model files.
 //
-//	meshctl [--worker ADDR] [--memory BYTES] [--pinned] load NAME VERSION URI
+//	meshctl [--worker ADDR] [--memory BYTES] [--pinned] [--sha256 HEX] load NAME VERSION URI
+//	meshctl [--worker ADDR] --storage-key KEY [--bucket B] load NAME VERSION PATH
 //	meshctl [--worker ADDR] unload NAME VERSION
 //	meshctl [--worker ADDR] drain NAME VERSION
 //	meshctl [--worker ADDR] list
+//	meshctl [--worker ADDR] disk
 package main
 
 import (
@@ -43,12 +46,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	timeout := fs.Duration("timeout", 5*time.Minute, "longest the call may take")
 	memory := fs.Int64("memory", 0, "load: declared memory in bytes (0: measure at load)")
 	pinned := fs.Bool("pinned", false, "load: never evict the model")
+	key := fs.String("storage-key", "", "load: the worker's storage-config entry; the last argument is then a path in its bucket")
+	bucket := fs.String("bucket", "", "load with --storage-key: a bucket other than the entry's")
+	sum := fs.String("sha256", "", "load: the digest the model's files must have")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
-		return errors.New("command missing: load, unload, drain or list")
+		return errors.New("command missing: load, unload, drain, list or disk")
 	}
 	cc, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -72,7 +78,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		resp, err = c.Load(ctx, &meshv1.LoadRequest{Model: m, StorageUri: rest[3], MemoryBytes: *memory, Pinned: *pinned})
+		req := &meshv1.LoadRequest{Model: m, StorageUri: rest[3], MemoryBytes: *memory, Pinned: *pinned, Sha256: *sum}
+		if *key != "" {
+			req.StorageUri, req.StorageKey, req.StorageBucket, req.StoragePath = "", *key, *bucket, rest[3]
+		}
+		resp, err = c.Load(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -96,8 +106,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if resp, err = c.List(ctx, &meshv1.ListRequest{}); err != nil {
 			return err
 		}
+	case "disk":
+		list, err := c.List(ctx, &meshv1.ListRequest{})
+		if err != nil {
+			return err
+		}
+		resp = list.GetDiskCache()
 	default:
-		return fmt.Errorf("unknown command %q: load, unload, drain or list", rest[0])
+		return fmt.Errorf("unknown command %q: load, unload, drain, list or disk", rest[0])
 	}
 	b, err := protojson.Marshal(resp)
 	if err != nil {
