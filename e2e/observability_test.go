@@ -331,7 +331,7 @@ func observabilityWorkload(t *testing.T, m *mesh) {
 		post("breast-cancer", wrongShape, nil, 400)
 		post("no-such-model", irisSetosa, nil, 404)
 	})
-	paced(6, time.Second, func() { post("broken", irisSetosa, nil, 503) })
+	paced(6, time.Second, func() { post("broken", irisSetosa, nil, 502) }) // its files are missing
 	// Six 100 MiB models through four slots, twice: loads, drains, evictions.
 	for range 2 {
 		for i := range 6 {

@@ -158,6 +158,14 @@ func TestModelsFromObjectStorage(t *testing.T) {
 			t.Errorf("no storage error counted with reason %s", reason)
 		}
 	}
+	iris, err := os.Stat(filepath.Join(*modelsDir, "iris", "1", "model.onnx"))
+	must(t, err)
+	if got := w.metric(t, `mesh_worker_storage_download_bytes_total{scheme="s3"}`); got < float64(iris.Size()) {
+		t.Errorf("%v bytes counted as downloaded from S3, want at least the %d of iris", got, iris.Size())
+	}
+	if w.metric(t, `mesh_worker_loads_total{result="storage"}`) == 0 {
+		t.Error("loads that failed in storage are not counted as such")
+	}
 	// Secrets stay out of logs and metrics.
 	for _, secret := range []string{plain.SecretKey, "not-the-secret"} {
 		if strings.Contains(w.logs.String(), secret) || strings.Contains(metrics, secret) {

@@ -201,7 +201,8 @@ func TestBadModelsAndBadInput(t *testing.T) {
 		{"missing file", "file://" + filepath.Join(root, "nothing.onnx"), codes.NotFound, "not found"},
 		{"traversal", "file://" + root + "/../../etc/passwd", codes.InvalidArgument, `".." not allowed`},
 		{"outside the roots", "file:///etc/passwd", codes.InvalidArgument, "outside the model roots"},
-		{"other scheme", "http://example.invalid/model.onnx", codes.InvalidArgument, "scheme"},
+		{"plain http without --allow-http", "http://example.invalid/model.onnx", codes.InvalidArgument, "plain http is refused"},
+		{"other scheme", "ftp://example.invalid/model.onnx", codes.InvalidArgument, "scheme"},
 	}
 	for _, tt := range loads {
 		t.Run("load/"+tt.name, func(t *testing.T) {

@@ -910,6 +910,8 @@ func loadResult(err error) string {
 	switch {
 	case errors.Is(err, ErrNoCapacity):
 		return "no_capacity"
+	case storage.Failed(err):
+		return "storage"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
 	case errors.Is(err, ErrLoadFailed):

@@ -42,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		models: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mesh_worker_models",
 			Help: "Model versions on the worker by state."}, []string{"state"}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mesh_worker_loads_total",
-			Help: "Model loads by result: ok, no_capacity, timeout, runtime_error, error."}, []string{"result"}),
+			Help: "Model loads by result: ok, no_capacity, storage (files could not be fetched), timeout, runtime_error, error."}, []string{"result"}),
 		loadDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_load_duration_seconds",
 			Help: "Time from the start of a load to ready or failure.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
 		unloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mesh_worker_unloads_total",
@@ -58,7 +58,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 	}
 	// Every result and reason exists from the start, at zero, so that rates and alerts over
 	// them have data before the first event.
-	for _, r := range []string{"ok", "no_capacity", "timeout", "runtime_error", "error"} {
+	for _, r := range []string{"ok", "no_capacity", "storage", "timeout", "runtime_error", "error"} {
 		m.loads.WithLabelValues(r)
 	}
 	for _, r := range []string{"unload", "drain", "evict", "shutdown", "runtime_lost"} {

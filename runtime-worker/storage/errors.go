@@ -62,6 +62,17 @@ func Reason(err error) string {
 	return "error"
 }
 
+// Failed reports whether err is one of the fetch failures above, as opposed to a runtime's
+// or the caller's error around it.
+func Failed(err error) bool {
+	for _, kind := range []error{ErrBadURI, ErrArchive, ErrNotFound, ErrDenied, ErrTLS, ErrUnavailable, ErrChecksum, ErrDiskFull} {
+		if errors.Is(err, kind) {
+			return true
+		}
+	}
+	return false
+}
+
 // permanent reports errors that the same request would meet again: they are not retried.
 func permanent(err error) bool {
 	return errors.Is(err, ErrBadURI) || errors.Is(err, ErrArchive) || errors.Is(err, ErrNotFound) ||

@@ -422,6 +422,7 @@ func (s *Store) copyObject(ctx context.Context, t target, rem remote, o object, 
 	defer idle.stop()
 	buf := make([]byte, 1<<20)
 	n, err := io.CopyBuffer(w, idle, buf)
+	s.opts.Metrics.downloadBytes.WithLabelValues(t.scheme).Add(float64(n)) // also what a failed try moved
 	if err == nil {
 		err = f.Close()
 	}
