@@ -24,7 +24,7 @@ type Metrics struct {
 }
 
 // Outcomes are the values of the outcome label.
-var Outcomes = []string{"routed_ready", "server_level", "cold_loaded", "not_found", "no_worker", "load_failed", "deadline", "queue_full", "canceled"}
+var Outcomes = []string{"routed_ready", "server_level", "cold_loaded", "not_found", "no_worker", "load_failed", "model_files", "deadline", "queue_full", "canceled"}
 
 // NewMetrics registers the metrics on reg; the model label takes at most maxModels distinct
 // values.
@@ -77,7 +77,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		m.coldWait.WithLabelValues(r)
 		m.warmLoads.WithLabelValues(r)
 	}
-	for _, r := range []string{"ok", "no_room", "error"} {
+	for _, r := range []string{"ok", "no_room", "model_files", "error"} {
 		m.loads.WithLabelValues(r)
 	}
 	return m

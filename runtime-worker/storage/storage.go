@@ -127,8 +127,12 @@ func New(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := ReadConfigs(opts.ConfigDir); err != nil {
+	configs, err := ReadConfigs(opts.ConfigDir)
+	if err != nil {
 		return nil, err
+	}
+	for _, err := range configs.Broken() {
+		opts.Log.Warn("storage-config entry refused; models naming it fail to load", "error", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g, h := newGCSStore(opts.CAFile, opts.GCSEndpoint, opts.Timeouts), newHTTPStore(opts.CAFile, opts.Timeouts)
