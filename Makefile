@@ -96,8 +96,8 @@ bench-triton: setup models build ## Triton through the mesh: load/unload and hot
 bench: bench-worker bench-mesh bench-triton ## every benchmark
 
 .PHONY: run
-run: setup models build ## start Redis and a worker with the demo models loaded
-	scripts/run.sh
+run: setup models build ## start the whole mesh locally with the demo models (S3=1: from a local S3 server)
+	MESH_STORAGE=$(if $(S3),s3,file) scripts/run.sh
 
 .PHONY: clean
 clean: ## remove build outputs and generated models
