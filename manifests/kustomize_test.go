@@ -222,7 +222,9 @@ func checkMesh(t *testing.T, objs []runtime.Object) {
 			if v.ConfigMap != nil && configMaps[v.ConfigMap.Name] == nil {
 				t.Errorf("%s: volume %s: ConfigMap %s does not exist", w.name, v.Name, v.ConfigMap.Name)
 			}
-			if v.Secret != nil && !secrets[v.Secret.SecretName] {
+			// An optional Secret is the user's to create (storage-config): the pod starts
+			// without it.
+			if v.Secret != nil && !secrets[v.Secret.SecretName] && !ptrOr(v.Secret.Optional, false) {
 				t.Errorf("%s: volume %s: Secret %s does not exist", w.name, v.Name, v.Secret.SecretName)
 			}
 		}
@@ -474,7 +476,7 @@ func TestGPUOverlayAddsTritonWorkers(t *testing.T) {
 func TestDevOverlayShrinks(t *testing.T) {
 	objs := build(t, filepath.Join("overlays", "dev"))
 	w := named[*appsv1.Deployment](t, objs, "mesh-worker")
-	if ptrOr(w.Spec.Replicas, 1) != 1 || !slices.Contains(w.Spec.Template.Spec.Containers[0].Args, "--capacity=1GiB") {
+	if args := w.Spec.Template.Spec.Containers[0].Args; ptrOr(w.Spec.Replicas, 1) != 1 || !slices.Contains(args, "--capacity=1GiB") || !slices.Contains(args, "--disk-cache-size=2GiB") {
 		t.Errorf("dev worker: replicas %d, args %v", ptrOr(w.Spec.Replicas, 1), w.Spec.Template.Spec.Containers[0].Args)
 	}
 	named[*corev1.PersistentVolumeClaim](t, objs, "models")
