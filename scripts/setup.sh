@@ -7,7 +7,9 @@
 #   - Prometheus (server and promtool) from Debian at a pinned version, for the test that
 #     proves the dashboards and alerts (docs/observability.md);
 #   - versitygw, a real S3 server for the storage tests, built once from its Go module at a
-#     pinned version under $MESH_CACHE and linked into the clone as .bin/versitygw.
+#     pinned version under $MESH_CACHE and linked into the clone as .bin/versitygw;
+#   - fake-gcs-server, a GCS emulator for the gs:// storage tests, built and linked the same
+#     way as .bin/fake-gcs-server.
 # Safe to run any number of times; a second run with nothing missing takes well under a second.
 set -euo pipefail
 
@@ -71,6 +73,7 @@ setup_prometheus() {
 # GOBIN that is renamed into place only when the build succeeds, so an interrupted build
 # leaves nothing behind and the next run starts over.
 versitygw_version="v1.8.0"
+fakegcs_version="v1.56.1"
 setup_versitygw() {
 	local dir="$cache/versitygw-$versitygw_version" link="$root/.bin/versitygw" tmp
 	if [[ ! -x "$dir/versitygw" ]]; then
@@ -91,8 +94,31 @@ setup_versitygw() {
 	fi
 }
 
+# The GCS emulator the e2e tests load gs:// models from, built the same way (its main package
+# is the module's root).
+setup_fakegcs() {
+	local dir="$cache/fake-gcs-server-$fakegcs_version" link="$root/.bin/fake-gcs-server" tmp
+	if [[ ! -x "$dir/fake-gcs-server" ]]; then
+		log "building fake-gcs-server $fakegcs_version into $dir (first run only)"
+		mkdir -p "$cache"
+		rm -rf "$dir"
+		tmp="$(mktemp -d "$cache/.fake-gcs-server-build.XXXXXX")"
+		chmod 755 "$tmp"
+		if ! GOBIN="$tmp" go install "github.com/fsouza/fake-gcs-server@$fakegcs_version"; then
+			rm -rf "$tmp"
+			return 1
+		fi
+		mv "$tmp" "$dir"
+	fi
+	if [[ "$(readlink "$link" 2>/dev/null)" != "$dir/fake-gcs-server" ]]; then
+		mkdir -p "$root/.bin"
+		ln -sfn "$dir/fake-gcs-server" "$link"
+	fi
+}
+
 setup_venv requirements.txt .venv
 setup_venv requirements-triton.txt .venv-triton
 setup_redis
 setup_prometheus
 setup_versitygw
+setup_fakegcs

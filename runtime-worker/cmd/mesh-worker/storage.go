@@ -39,7 +39,7 @@ func (c *storageConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Config, "storage-config", "", "directory of a mounted storage-config Secret: one JSON entry per storage key (docs/storage.md)")
 	fs.StringVar(&c.CAFile, "storage-ca-file", "", "PEM bundle of CAs trusted for every model store besides the system's")
 	fs.StringVar(&c.S3Endpoint, "s3-endpoint", firstEnv("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), "endpoint of s3:// URIs that name no storage key, http(s)://host:port (default: $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS)")
-	fs.StringVar(&c.GCSEndpoint, "gcs-endpoint", "", "endpoint of gs:// URIs that name no storage key (default: Google's, or $STORAGE_EMULATOR_HOST)")
+	fs.StringVar(&c.GCSEndpoint, "gcs-endpoint", "", "endpoint of gs:// URIs that name no storage key, http(s)://host:port (default: Google's, or $STORAGE_EMULATOR_HOST); its requests carry the application default credentials when there are any, and none otherwise (an emulator, public buckets)")
 	fs.BoolVar(&c.AllowHTTP, "allow-http", false, "allow plain http:// model URIs and storage keys of type http")
 	fs.DurationVar(&c.ConnectTimeout, "storage-connect-timeout", 10*time.Second, "longest TCP connect and TLS handshake with a model store")
 	fs.DurationVar(&c.ResponseTimeout, "storage-response-timeout", 30*time.Second, "longest wait for a model store's response headers")
