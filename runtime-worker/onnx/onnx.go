@@ -8,10 +8,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 
+	"github.com/prometheus/procfs"
 	ort "github.com/yalue/onnxruntime_go"
 
 	"github.com/modelmesh/mesh/internal/placement"
@@ -71,6 +70,11 @@ func (b *Backend) Version() string { return ort.GetVersion() }
 
 // Runtime names the backend in the worker's records.
 func (b *Backend) Runtime() string { return "onnxruntime" }
+
+// Capabilities: ONNX models, any number of versions of one model side by side.
+func (b *Backend) Capabilities() placement.Capabilities {
+	return placement.Capabilities{Formats: []string{"onnx"}}
+}
 
 // Close releases every session and the runtime environment.
 func (b *Backend) Close() error {
@@ -311,19 +315,15 @@ func names(specs []tensor.Spec) []string {
 	return out
 }
 
-// residentBytes reads the process's resident set size from /proc/self/statm; 0 if unknown.
+// residentBytes is the process's resident set size (/proc/self/statm); 0 if unknown.
 func residentBytes() int64 {
-	b, err := os.ReadFile("/proc/self/statm")
+	p, err := procfs.Self()
 	if err != nil {
 		return 0
 	}
-	f := strings.Fields(string(b))
-	if len(f) < 2 {
-		return 0
-	}
-	pages, err := strconv.ParseInt(f[1], 10, 64)
+	statm, err := p.Statm()
 	if err != nil {
 		return 0
 	}
-	return pages * int64(os.Getpagesize())
+	return int64(statm.ResidentBytes())
 }
