@@ -311,19 +311,12 @@ func install(src, dst, version string, gpu int) error {
 		os.RemoveAll(tmp)
 		return fmt.Errorf("install %s: %w", filepath.Base(dst), err)
 	}
-	err = filepath.WalkDir(filepath.Join(src, version), func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(filepath.Join(tmp, rel), 0o755)
-		case d.Type().IsRegular():
-			return copyFile(p, filepath.Join(tmp, rel))
-		}
-		return fmt.Errorf("%s: only regular files are installed", p)
-	})
+	// os.CopyFS copies a symlink as a link, which could lead out of the model's files;
+	// behind noLinks it refuses one, as it refuses any other special file.
+	err = os.CopyFS(filepath.Join(tmp, version), noLinks{os.DirFS(filepath.Join(src, version))})
+	if errors.Is(err, fs.ErrInvalid) {
+		err = fmt.Errorf("%w: only regular files are installed", err)
+	}
 	if err == nil {
 		os.RemoveAll(dst)
 		err = os.Rename(tmp, dst)
@@ -358,25 +351,9 @@ func pinToGPU(config []byte, gpu int) []byte {
 	return fmt.Appendf(out, "# placed by mesh-worker on the GPU where it reserved the model's memory\ninstance_group [ { kind: KIND_GPU, count: 1, gpus: [ %d ] } ]\n", gpu)
 }
 
-func copyFile(src, dst string) error {
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
+// noLinks is a file system whose symbolic links cannot be read: os.CopyFS fails on one
+// instead of copying it.
+type noLinks struct{ fs.FS }
 
 // downAfter is how many polls in a row must fail before Triton counts as gone.
 const downAfter = 3

@@ -116,13 +116,6 @@ class TritonPythonModel:
 	return md
 }
 
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestBackendAgainstRealTriton(t *testing.T) {
 	s := startTriton(t)
 	b, err := New(Config{Repository: s.repo, GRPCAddr: s.grpc}, slog.New(slog.NewTextHandler(io.Discard, nil)))
