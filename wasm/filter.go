@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/wire"
 	"github.com/modelmesh/mesh/wasm/internal/proxywasm/types"
 )
 
@@ -144,17 +145,17 @@ func (s *stream) onRequestTrailers() types.Action {
 // apply sets the canonical headers for a valid model and lets the request go on.
 func (s *stream) apply(m placement.ModelVersion, source string) types.Action {
 	s.waiting = false
-	if err := s.host.ReplaceRequestHeader(headerModelID, m.Name); err != nil {
-		return s.fail(fmt.Errorf("set %s: %w", headerModelID, err))
+	if err := s.host.ReplaceRequestHeader(wire.HeaderModel, m.Name); err != nil {
+		return s.fail(fmt.Errorf("set %s: %w", wire.HeaderModel, err))
 	}
 	if m.Version != "" {
-		if err := s.host.ReplaceRequestHeader(headerModelVersion, m.Version); err != nil {
-			return s.fail(fmt.Errorf("set %s: %w", headerModelVersion, err))
+		if err := s.host.ReplaceRequestHeader(wire.HeaderVersion, m.Version); err != nil {
+			return s.fail(fmt.Errorf("set %s: %w", wire.HeaderVersion, err))
 		}
-	} else if len(s.req.values[headerModelVersion]) > 0 {
+	} else if len(s.req.values[wire.HeaderVersion]) > 0 {
 		// An empty version from the client means none; do not pass it on as if it were one.
-		if err := s.host.RemoveRequestHeader(headerModelVersion); err != nil {
-			return s.fail(fmt.Errorf("remove %s: %w", headerModelVersion, err))
+		if err := s.host.RemoveRequestHeader(wire.HeaderVersion); err != nil {
+			return s.fail(fmt.Errorf("remove %s: %w", wire.HeaderVersion, err))
 		}
 	}
 	s.changed = true

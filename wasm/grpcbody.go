@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/modelmesh/mesh/internal/wire"
 )
 
 // grpcPrefixSize is the size of a gRPC message's prefix: a compressed flag byte and the
@@ -54,7 +56,7 @@ func firstMessage(body []byte, maxSize uint32) (m bodyModel, complete bool, err 
 	size := binary.BigEndian.Uint32(body[1:grpcPrefixSize])
 	if size > maxSize {
 		return m, false, fmt.Errorf("%w: the first gRPC message is %d bytes, more than the %d this gateway buffers to find the model name; send the %s header",
-			errTooLarge, size, maxSize, headerModelID)
+			errTooLarge, size, maxSize, wire.HeaderModel)
 	}
 	if uint64(len(body)-grpcPrefixSize) < uint64(size) {
 		return m, false, nil

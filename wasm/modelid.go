@@ -6,17 +6,14 @@ import (
 	"strings"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/wire"
 )
 
-// Header names of the mesh's contract (docs/architecture.md, "Contracts"). Envoy hands
-// header names to the filter in lower case, whatever the client sent.
+// Headers ModelMesh clients name a model by, besides wire.HeaderModel. Envoy hands header
+// names to the filter in lower case, whatever the client sent.
 const (
-	headerModelID        = "x-model-id"
-	headerModelVersion   = "x-model-version"
-	headerVModelID       = "mm-vmodel-id"
-	headerMMModelID      = "mm-model-id"
-	headerDestination    = "x-gateway-destination-endpoint"
-	internalHeaderPrefix = "x-mesh-"
+	headerVModelID  = "mm-vmodel-id"
+	headerMMModelID = "mm-model-id"
 )
 
 // Sources of a model id, named in error messages and logs.
@@ -26,7 +23,7 @@ const (
 )
 
 // idHeaders are the headers that name a model, in order of precedence.
-var idHeaders = []string{headerModelID, headerVModelID, headerMMModelID}
+var idHeaders = []string{wire.HeaderModel, headerVModelID, headerMMModelID}
 
 // grpcService is the path prefix of the KServe v2 gRPC service; grpcBodyMethods are its
 // methods whose request message names the model in fields 1 (name) and 2 (version).
@@ -44,7 +41,7 @@ var errTooLarge = errors.New("request too large")
 // isInternalHeader reports whether a client-sent header is one only the mesh may set.
 // name is lower case, as Envoy passes it.
 func isInternalHeader(name string) bool {
-	return name == headerDestination || strings.HasPrefix(name, internalHeaderPrefix)
+	return name == wire.HeaderDestination || strings.HasPrefix(name, wire.InternalHeaderPrefix)
 }
 
 // request is what the filter reads from the request headers.
@@ -63,7 +60,7 @@ func newRequest(headers [][2]string) request {
 			r.path = h[1]
 		case "content-type":
 			r.contentType = h[1]
-		case headerModelID, headerVModelID, headerMMModelID, headerModelVersion:
+		case wire.HeaderModel, headerVModelID, headerMMModelID, wire.HeaderVersion:
 			r.values[name] = append(r.values[name], h[1])
 		}
 	}
@@ -121,12 +118,12 @@ type resolution struct {
 // validates what it found. An error wraps errInvalid.
 func resolve(r request) (resolution, error) {
 	var res resolution
-	version, hasVersion, err := r.header(headerModelVersion)
+	version, hasVersion, err := r.header(wire.HeaderVersion)
 	if err != nil {
 		return res, err
 	}
 	if hasVersion && version != "" {
-		res.version, res.versionSource = version, "header "+headerModelVersion
+		res.version, res.versionSource = version, "header "+wire.HeaderVersion
 	}
 	for _, h := range idHeaders {
 		name, ok, err := r.header(h)
