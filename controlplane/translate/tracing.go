@@ -11,6 +11,8 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/modelmesh/mesh/internal/wire"
 )
 
 // TracingCluster is the OTLP collector the gateway sends its spans to.
@@ -57,7 +59,7 @@ func hcmTracing(t *Tracing) (*hcmv3.HttpConnectionManager_Tracing, error) {
 		SpawnUpstreamSpan: wrapperspb.Bool(true),
 		// The headers as the filters and the route left them: the wasm filter's model id,
 		// the version the route or ext_proc chose.
-		CustomTags: []*tracingv3.CustomTag{tag("mesh.model", ModelHeader), tag("mesh.version", VersionHeader)},
+		CustomTags: []*tracingv3.CustomTag{tag("mesh.model", wire.HeaderModel), tag("mesh.version", wire.HeaderVersion)},
 	}, nil
 }
 

@@ -1,0 +1,229 @@
+package translate
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	overridehostv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/override_host/v3"
+	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/wire"
+)
+
+// buildClusters gives the clusters and their endpoints, each sorted by name: one EDS cluster
+// per ready version of a registered model (and its gRPC twin for the versions in split), the
+// workers pool, ext_proc and, with tracing on, the collector.
+func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]string, split map[placement.ModelVersion]bool) (clusterList, endpointList []types.Resource, err error) {
+	var clusters []*clusterv3.Cluster
+	var endpoints []*endpointv3.ClusterLoadAssignment
+	for _, m := range sortedModels(ready) {
+		if st.Registry == nil {
+			break
+		}
+		if _, ok := st.Registry.Model(m.Name); !ok {
+			continue // resident but no longer registered: not routed
+		}
+		c, err := edsCluster(wire.ClusterName(m), nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		clusters = append(clusters, c)
+		endpoints = append(endpoints, assignment(wire.ClusterName(m), ready[m]))
+		if split[m] {
+			name := wire.GRPCClusterName(m)
+			gc, err := edsCluster(name, nil)
+			if err != nil {
+				return nil, nil, err
+			}
+			var addrs []string
+			for _, a := range ready[m] {
+				addrs = append(addrs, grpcAddr(st.GRPC, a))
+			}
+			clusters = append(clusters, gc)
+			endpoints = append(endpoints, assignment(name, sortedUnique(addrs)))
+		}
+	}
+	pool, err := workersCluster()
+	if err != nil {
+		return nil, nil, err
+	}
+	clusters = append(clusters, pool)
+	pooled := slices.Clone(st.Workers)
+	for _, w := range st.Workers {
+		pooled = append(pooled, grpcAddr(st.GRPC, w)) // ext_proc sends gRPC to a worker's gRPC address
+	}
+	endpoints = append(endpoints, assignment(WorkersCluster, sortedUnique(pooled)))
+	ext, err := extProcCluster(cfg.ExtProcAddress)
+	if err != nil {
+		return nil, nil, err
+	}
+	clusters = append(clusters, ext)
+	if cfg.Tracing != nil {
+		tc, err := tracingCluster(cfg.Tracing.CollectorAddress)
+		if err != nil {
+			return nil, nil, err
+		}
+		clusters = append(clusters, tc)
+	}
+	slices.SortFunc(clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int { return strings.Compare(a.ClusterName, b.ClusterName) })
+	for _, c := range clusters {
+		clusterList = append(clusterList, c)
+	}
+	for _, e := range endpoints {
+		endpointList = append(endpointList, e)
+	}
+	return clusterList, endpointList, nil
+}
+
+func grpcAddr(m map[string]string, data string) string {
+	if g, ok := m[data]; ok && g != "" {
+		return g
+	}
+	return data
+}
+
+// followDownstream makes a cluster speak to the worker in the client's protocol: HTTP/1.1
+// for REST, HTTP/2 for gRPC (the worker splits its port by the connection's first bytes).
+func followDownstream() (map[string]*anypb.Any, error) {
+	opts, err := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+		UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+			HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts}, nil
+}
+
+func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) (*clusterv3.Cluster, error) {
+	protocol, err := followDownstream()
+	if err != nil {
+		return nil, err
+	}
+	c := &clusterv3.Cluster{
+		Name:                          name,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:              &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()},
+		ConnectTimeout:                durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: protocol,
+	}
+	if policy != nil {
+		c.LoadBalancingPolicy = policy
+	} else {
+		c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
+	}
+	return c, nil
+}
+
+// workersCluster is the pool of every live worker; the override_host policy sends each
+// request to the worker ext_proc chose (header or envoy.lb metadata). A chosen host that is
+// not in the pool is never used, so a forged value cannot send traffic anywhere else.
+func workersCluster() (*clusterv3.Cluster, error) {
+	rr, err := anypb.New(&roundrobinv3.RoundRobin{})
+	if err != nil {
+		return nil, err
+	}
+	override, err := anypb.New(&overridehostv3.OverrideHost{
+		OverrideHostSources: []*overridehostv3.OverrideHost_OverrideHostSource{
+			{Header: wire.HeaderDestination},
+			{Metadata: &metadatav3.MetadataKey{Key: wire.MetadataNamespace, Path: []*metadatav3.MetadataKey_PathSegment{{
+				Segment: &metadatav3.MetadataKey_PathSegment_Key{Key: wire.HeaderDestination}}}}},
+		},
+		FallbackPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
+			TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.round_robin", TypedConfig: rr}}}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return edsCluster(WorkersCluster, &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
+		TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.override_host", TypedConfig: override}}}})
+}
+
+func extProcCluster(addr string) (*clusterv3.Cluster, error) {
+	c, err := staticH2Cluster(ExtProcCluster, addr)
+	if err != nil {
+		return nil, fmt.Errorf("ext_proc address: %w", err)
+	}
+	return c, nil
+}
+
+// staticH2Cluster is a gRPC service at addr ("host:port"; a host name is resolved by DNS).
+func staticH2Cluster(name, addr string) (*clusterv3.Cluster, error) {
+	host, port, err := splitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	h2, err := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+		ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})
+	if err != nil {
+		return nil, err
+	}
+	kind := clusterv3.Cluster_STRICT_DNS
+	if net.ParseIP(host) != nil {
+		kind = clusterv3.Cluster_STATIC
+	}
+	return &clusterv3.Cluster{
+		Name:                          name,
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: kind},
+		ConnectTimeout:                durationpb.New(time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(host, port)}}}},
+	}, nil
+}
+
+func assignment(cluster string, addrs []string) *endpointv3.ClusterLoadAssignment {
+	var eps []*endpointv3.LbEndpoint
+	for _, a := range addrs {
+		host, port, err := splitHostPort(a)
+		if err != nil {
+			continue // residency records are written by workers; a bad one is skipped, not fatal
+		}
+		eps = append(eps, lbEndpoint(host, port))
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
+	if len(eps) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}}
+	}
+	return cla
+}
+
+func lbEndpoint(host string, port uint32) *endpointv3.LbEndpoint {
+	return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+		Endpoint: &endpointv3.Endpoint{Address: socketAddress(host, port)}}}
+}
+
+func splitHostPort(addr string) (string, uint32, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || port == 0 {
+		return "", 0, fmt.Errorf("%q: bad port", addr)
+	}
+	return host, uint32(port), nil
+}
+
+func sortedModels(m map[placement.ModelVersion][]string) []placement.ModelVersion {
+	out := make([]placement.ModelVersion, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.SortFunc(out, func(a, b placement.ModelVersion) int { return strings.Compare(a.String(), b.String()) })
+	return out
+}

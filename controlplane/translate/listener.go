@@ -1,0 +1,98 @@
+package translate
+
+import (
+	"fmt"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// buildListener is the listener ListenerName: one HTTP connection manager (HTTP/1.1 and
+// HTTP/2 on one port) reading its routes by RDS, with the filters wasm (model id), fault,
+// ext_proc (the cold path) and router, in that order.
+func buildListener(cfg Config) (*listenerv3.Listener, error) {
+	pluginConf, err := anypb.New(wrapperspb.String(fmt.Sprintf(`{"max_models": %d}`, cfg.WasmMaxModels)))
+	if err != nil {
+		return nil, err
+	}
+	wasm, err := anypb.New(&wasmfilterv3.Wasm{Config: &wasmv3.PluginConfig{
+		Name:   "modelid",
+		RootId: "modelid",
+		Vm: &wasmv3.PluginConfig_VmConfig{VmConfig: &wasmv3.VmConfig{
+			VmId:    "modelid",
+			Runtime: "envoy.wasm.runtime.v8",
+			Code: &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{
+				Local: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: cfg.WasmPath}}}},
+		}},
+		Configuration:               pluginConf,
+		AllowOnHeadersStopIteration: wrapperspb.Bool(true), // the filter waits for the gRPC body
+	}})
+	if err != nil {
+		return nil, err
+	}
+	extProc, err := anypb.New(&extprocv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}}},
+		ProcessingMode: &extprocv3.ProcessingMode{
+			RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+			ResponseHeaderMode:  extprocv3.ProcessingMode_SKIP,
+			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+		},
+		MessageTimeout:    durationpb.New(cfg.ExtProcMessageTimeout),
+		MaxMessageTimeout: durationpb.New(cfg.MaxMessageTimeout),
+		// ext_proc unreachable: cold requests fail fast with 503, as for a failed load.
+		StatusOnError: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+	})
+	if err != nil {
+		return nil, err
+	}
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	// Faults come before ext_proc, so that an aborted request never loads a model; the
+	// filter acts only on routes that carry a fault of their own.
+	fault, err := anypb.New(&faultv3.HTTPFault{})
+	if err != nil {
+		return nil, err
+	}
+	var tracing *hcmv3.HttpConnectionManager_Tracing
+	if cfg.Tracing != nil {
+		if tracing, err = hcmTracing(cfg.Tracing); err != nil {
+			return nil, err
+		}
+	}
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: "gateway",
+		Tracing:    tracing,
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: RouteConfigName, ConfigSource: ads()}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: wasmFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wasm}},
+			{Name: faultFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: fault}},
+			{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: extProc}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:    ListenerName,
+		Address: socketAddress(cfg.ListenerAddress, cfg.ListenerPort),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}},
+	}, nil
+}
