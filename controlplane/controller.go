@@ -239,7 +239,7 @@ func routedOf(reg *registry.Registry, snap residency.Snapshot) map[string][]stri
 	for id := range snap.Workers {
 		var models []string
 		for m, r := range snap.Replicas[id] {
-			if _, ok := reg.Model(m.Name); ok && r.State == placement.StateReady.String() {
+			if _, ok := reg.Model(m.Name); ok && r.State == placement.StateReady {
 				models = append(models, m.String())
 			}
 		}
@@ -258,7 +258,7 @@ func stateOf(reg *registry.Registry, snap residency.Snapshot) translate.State {
 			st.GRPC[w.DataAddr] = w.GRPCAddr
 		}
 		for m, r := range snap.Replicas[id] {
-			if r.State == placement.StateReady.String() {
+			if r.State == placement.StateReady {
 				st.Ready[m] = append(st.Ready[m], w.DataAddr)
 			}
 		}

@@ -89,8 +89,8 @@ func TestRoutedOfListsReadyRegisteredReplicas(t *testing.T) {
 	snap := residency.Snapshot{
 		Workers: map[string]residency.Worker{"w1": {ID: "w1"}, "w2": {ID: "w2"}},
 		Replicas: map[string]map[placement.ModelVersion]residency.Replica{
-			"w1": {iris: {State: "ready"}, {Name: "unregistered", Version: "1"}: {State: "ready"}},
-			"w2": {iris: {State: "draining"}},
+			"w1": {iris: {State: placement.StateReady}, {Name: "unregistered", Version: "1"}: {State: placement.StateReady}},
+			"w2": {iris: {State: placement.StateDraining}},
 		},
 	}
 	got := routedOf(reg, snap)

@@ -244,7 +244,7 @@ func startFakeWorkers(b *testing.B, m *mesh, n, perWorker int) []*fakeWorker {
 			Worker:   residency.Worker{ID: fmt.Sprintf("fake-%02d", w), DataAddr: fmt.Sprintf("127.0.%d.%d:8000", 10+w/200, 1+w%200), Runtime: "onnxruntime", Capacity: placement.HostMemory(1 << 40)},
 			Replicas: map[string]residency.Replica{}}}
 		for i := w * perWorker; i < (w+1)*perWorker; i++ {
-			f.state.Replicas[fmt.Sprintf("m%05d:1", i)] = residency.Replica{State: "ready"}
+			f.state.Replicas[fmt.Sprintf("m%05d:1", i)] = residency.Replica{State: placement.StateReady}
 		}
 		rep := residency.NewReporter(rdb, keys, residency.ReporterConfig{Heartbeat: time.Second}, quietLog())
 		go rep.Run(ctx, f.ch, func() residency.State { f.mu.Lock(); defer f.mu.Unlock(); return f.state })
@@ -271,7 +271,7 @@ func meshScale(b *testing.B, delta bool) {
 		for k, v := range f.state.Replicas {
 			next.Replicas[k] = v
 		}
-		next.Replicas[model+":1"] = residency.Replica{State: "ready"}
+		next.Replicas[model+":1"] = residency.Replica{State: placement.StateReady}
 		f.state = next
 		f.mu.Unlock()
 		start := time.Now()

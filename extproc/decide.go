@@ -1,9 +1,7 @@
 package extproc
 
 import (
-	"cmp"
 	"fmt"
-	"hash/fnv"
 	"slices"
 	"strings"
 
@@ -69,34 +67,28 @@ type Target struct {
 	Runtime string
 	// Files says where the worker fetches the model from.
 	Files registry.Files
-	// Declared is the registry's size (0: none); Learned the footprint measured at an
-	// earlier load anywhere in the mesh (zero: never measured).
-	Declared int64
-	Learned  placement.Footprint
-	Pinned   bool
+	// Size is the registry's declared size and the footprint learned at an earlier load.
+	Size   placement.Size
+	Pinned bool
 }
 
-// Footprint is what placement reserves for on worker w, as the worker counts it: the
-// declared size (GPU memory on a worker with GPUs, host memory on one without), else the
-// learned footprint; zero when unknown.
-func (t Target) Footprint(w residency.Worker) placement.Footprint {
-	switch {
-	case t.Declared > 0 && len(w.Capacity.GPU) > 0:
-		return placement.Footprint{GPU: t.Declared}
-	case t.Declared > 0:
-		return placement.Footprint{Host: t.Declared}
-	}
-	return t.Learned
+// load is t as placement sees it.
+func (t Target) load() placement.Load {
+	return placement.Load{Model: t.Model, Runtime: t.Runtime, Size: t.Size}
 }
-
-// Known reports whether the model's size is declared or was measured.
-func (t Target) Known() bool { return t.Declared > 0 || t.Learned.Total() > 0 }
 
 func (t Target) describeSize() string {
-	if t.Declared > 0 {
-		return fmt.Sprintf("%d bytes declared", t.Declared)
+	if t.Size.Declared > 0 {
+		return fmt.Sprintf("%d bytes declared", t.Size.Declared)
 	}
-	return fmt.Sprintf("host %d and GPU %d bytes measured", t.Learned.Host, t.Learned.GPU)
+	return fmt.Sprintf("host %d and GPU %d bytes measured", t.Size.Learned.Host, t.Size.Learned.GPU)
+}
+
+// targetOf is the load of version v of model, with the size the mesh learned for it.
+func targetOf(snap *residency.Snapshot, model registry.Model, v registry.Version) Target {
+	m := placement.ModelVersion{Name: model.Name, Version: v.Version}
+	return Target{Model: m, Runtime: model.Runtime, Files: v.Files, Pinned: model.Pinned,
+		Size: placement.Size{Declared: v.MemoryBytes, Learned: snap.Sizes[m]}}
 }
 
 // serverLevel lists the calls a worker answers about itself rather than about a model.
@@ -168,13 +160,13 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 		}
 		return Decision{Kind: Route, Outcome: "server_level", Model: m, Endpoint: req.Endpoint(live[rnd(uint64(len(live)))])}, nil
 	}
-	t := Target{Model: m, Runtime: model.Runtime, Files: v.Files, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
+	t := targetOf(snap, model, v)
 	if w, ok := ReadyWorker(snap, m); ok {
 		return Decision{Kind: Route, Outcome: "routed_ready", Model: m, Endpoint: req.Endpoint(w), Worker: w, Target: t}, nil
 	}
 	cands := Candidates(snap, t)
 	if len(cands) == 0 {
-		if t.Known() {
+		if t.Size.Known() {
 			return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s and capacity for model %s (%s)", t.Runtime, m, t.describeSize())
 		}
 		return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s for model %s", t.Runtime, m)
@@ -214,152 +206,22 @@ func liveWorkers(snap *residency.Snapshot) []residency.Worker {
 	return out
 }
 
-// ReadyWorker picks the least-loaded worker holding m ready: lowest used/capacity, then
-// fewest loads in progress, then a per-model hash of the worker id (so equal workers are
-// shared out between models, the same way on every ext_proc replica), then the id.
+// ReadyWorker is the worker to route m to among those holding it ready (placement.Ready).
 func ReadyWorker(snap *residency.Snapshot, m placement.ModelVersion) (residency.Worker, bool) {
-	var best residency.Worker
-	found := false
-	for _, id := range snap.Ready(m) {
-		w, ok := snap.Workers[id]
-		if !ok || w.DataAddr == "" {
-			continue
-		}
-		if !found || compareLoad(snap, m, w, best) < 0 {
-			best, found = w, true
-		}
-	}
-	return best, found
+	n, ok := placement.Ready(snap.Nodes(), m)
+	return snap.Workers[n.ID], ok
 }
 
-func compareLoad(snap *residency.Snapshot, m placement.ModelVersion, a, b residency.Worker) int {
-	if c := cmp.Compare(fullness(a), fullness(b)); c != 0 {
-		return c
-	}
-	if c := cmp.Compare(loading(snap, a.ID), loading(snap, b.ID)); c != 0 {
-		return c
-	}
-	return spread(m, a, b)
-}
-
-// fullness is used/capacity in the worker's fullest dimension; a worker without capacity
-// counts as full.
-func fullness(w residency.Worker) float64 {
-	if w.Capacity.Total() <= 0 {
-		return 1
-	}
-	full := 0.0
-	used := w.Used.Dimensions()
-	for i, c := range w.Capacity.Dimensions() {
-		switch {
-		case c.Bytes <= 0:
-		case i < len(used):
-			full = max(full, float64(used[i].Bytes)/float64(c.Bytes))
-		}
-	}
-	return full
-}
-
-// loading counts the worker's loads in progress.
-func loading(snap *residency.Snapshot, id string) int {
-	n := 0
-	for _, r := range snap.Replicas[id] {
-		if r.State == placement.StateLoading.String() {
-			n++
-		}
-	}
-	return n
-}
-
-// spread orders two otherwise equal workers by rendezvous hashing of (model, worker): the
-// order is deterministic, the same on every ext_proc replica, and differs between models.
-func spread(m placement.ModelVersion, a, b residency.Worker) int {
-	if c := cmp.Compare(rendezvous(m, b.ID), rendezvous(m, a.ID)); c != 0 {
-		return c
-	}
-	return strings.Compare(a.ID, b.ID)
-}
-
-func rendezvous(m placement.ModelVersion, worker string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(m.String()))
-	h.Write([]byte{0})
-	h.Write([]byte(worker))
-	return h.Sum64()
-}
-
-// Candidates lists the live workers that can hold t, best first:
-//
-//  1. workers where t is already loading (a Load there joins the load in progress);
-//  2. workers with free room (capacity - used) for t's size; when the size is unknown, any
-//     free byte counts as room;
-//  3. fewest loads in progress;
-//  4. spread: rendezvous hash of (model, worker), then id.
-//
-// Left out: workers of another runtime, workers whose whole capacity is below t's known
-// size, workers without addresses. Workers where t is draining come last.
+// Candidates lists the live workers that can hold t, best first (placement.Candidates).
 func Candidates(snap *residency.Snapshot, t Target) []residency.Worker {
-	type cand struct {
-		w                       residency.Worker
-		joining, draining, room bool
-		loads                   int
-	}
-	var cs []cand
-	for id, w := range snap.Workers {
-		if w.Runtime != t.Runtime || w.DataAddr == "" || w.MgmtAddr == "" {
-			continue
-		}
-		f := t.Footprint(w)
-		_, fits, possible := placement.Place(f, w.Capacity, w.Used)
-		if t.Known() && !possible {
-			continue // too big for this worker even empty, in some dimension
-		}
-		if w.Runtime == "triton" && holdsOtherVersion(snap.Replicas[id], t.Model) {
-			continue // a Triton worker holds one version of a model at a time
-		}
-		rep, has := snap.Replicas[id][t.Model]
-		cs = append(cs, cand{
-			w:        w,
-			joining:  has && rep.State == placement.StateLoading.String(),
-			draining: has && rep.State == placement.StateDraining.String(),
-			room:     (t.Known() && fits) || (!t.Known() && !w.Capacity.Minus(w.Used).Positive().IsZero()),
-			loads:    loading(snap, id),
-		})
-	}
-	slices.SortFunc(cs, func(a, b cand) int {
-		switch {
-		case a.draining != b.draining:
-			return boolFirst(b.draining)
-		case a.joining != b.joining:
-			return boolFirst(a.joining)
-		case a.room != b.room:
-			return boolFirst(a.room)
-		case a.loads != b.loads:
-			return cmp.Compare(a.loads, b.loads)
-		}
-		return spread(t.Model, a.w, b.w)
-	})
-	out := make([]residency.Worker, len(cs))
-	for i, c := range cs {
-		out[i] = c.w
+	return workersOf(snap, placement.Candidates(snap.Nodes(), t.load()))
+}
+
+// workersOf are the snapshot's records of nodes, in order.
+func workersOf(snap *residency.Snapshot, nodes []placement.Node) []residency.Worker {
+	out := make([]residency.Worker, len(nodes))
+	for i, n := range nodes {
+		out[i] = snap.Workers[n.ID]
 	}
 	return out
-}
-
-// holdsOtherVersion reports whether reps include another version of m's model.
-func holdsOtherVersion(reps map[placement.ModelVersion]residency.Replica, m placement.ModelVersion) bool {
-	for k := range reps {
-		if k.Name == m.Name && k.Version != m.Version {
-			return true
-		}
-	}
-	return false
-}
-
-// boolFirst orders a before b when first is true (a's flag set, b's not).
-func boolFirst(first bool) int {
-	if first {
-		return -1
-	}
-	return 1
 }

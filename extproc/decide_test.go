@@ -46,9 +46,11 @@ func mustRegistry(t testing.TB, yaml string) *registry.Registry {
 	return reg
 }
 
-// worker is a live worker record for tests: data port 1000+n, management port 2000+n.
+// worker is a live worker record for tests: data port 1000+n, management port 2000+n. A
+// triton worker advertises what the Triton backend does: one version of a model at a time.
 func worker(id string, n int, runtime string, capacity, used int64) residency.Worker {
-	return residency.Worker{ID: id, Runtime: runtime, Capacity: placement.HostMemory(capacity), Used: placement.HostMemory(used),
+	return residency.Worker{ID: id, Runtime: runtime, Caps: placement.Capabilities{OneVersion: runtime == "triton"},
+		Capacity: placement.HostMemory(capacity), Used: placement.HostMemory(used),
 		DataAddr: fmt.Sprintf("10.0.0.%d:8000", n), MgmtAddr: fmt.Sprintf("10.0.0.%d:8010", n)}
 }
 
@@ -70,7 +72,11 @@ func withWorker(w residency.Worker, replicas map[string]string) snapOpt {
 			if err != nil {
 				panic(err)
 			}
-			reps[m] = residency.Replica{State: state}
+			st, ok := placement.ParseState(state)
+			if !ok {
+				panic("state " + state)
+			}
+			reps[m] = residency.Replica{State: st}
 		}
 		s.Replicas[w.ID] = reps
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/redistest"
 	"github.com/modelmesh/mesh/internal/registry"
 	"github.com/modelmesh/mesh/internal/residency"
@@ -64,7 +65,7 @@ type fakeWorker struct {
 func (m *mesh) addWorker(w residency.Worker, replicas map[string]string) *fakeWorker {
 	fw := &fakeWorker{w: w, replicas: map[string]residency.Replica{}, changed: make(chan struct{}, 1)}
 	for k, v := range replicas {
-		fw.replicas[k] = residency.Replica{State: v}
+		fw.replicas[k] = replicaIn(v)
 	}
 	rep := residency.NewReporter(m.rdb, m.keys, residency.ReporterConfig{Heartbeat: time.Second}, quiet)
 	m.wg.Add(1)
@@ -75,10 +76,19 @@ func (m *mesh) addWorker(w residency.Worker, replicas map[string]string) *fakeWo
 	return fw
 }
 
+// replicaIn is a replica record in the named state.
+func replicaIn(state string) residency.Replica {
+	st, ok := placement.ParseState(state)
+	if !ok {
+		panic("state " + state)
+	}
+	return residency.Replica{State: st}
+}
+
 func (fw *fakeWorker) ready(model string) bool {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	return fw.replicas[model].State == "ready"
+	return fw.replicas[model].State == placement.StateReady
 }
 
 func (fw *fakeWorker) state() residency.State {
@@ -93,7 +103,7 @@ func (fw *fakeWorker) state() residency.State {
 
 func (fw *fakeWorker) set(model, state string) {
 	fw.mu.Lock()
-	fw.replicas[model] = residency.Replica{State: state}
+	fw.replicas[model] = replicaIn(state)
 	fw.mu.Unlock()
 	select {
 	case fw.changed <- struct{}{}:

@@ -49,9 +49,9 @@ func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 		Model:            &meshv1.ModelRef{Name: t.Model.Name, Version: t.Model.Version},
 		StorageUri:       t.Files.StorageURI,
 		Sha256:           t.Files.SHA256,
-		MemoryBytes:      t.Declared,
-		LearnedHostBytes: t.Learned.Host,
-		LearnedGpuBytes:  t.Learned.GPU,
+		MemoryBytes:      t.Size.Declared,
+		LearnedHostBytes: t.Size.Learned.Host,
+		LearnedGpuBytes:  t.Size.Learned.GPU,
 		Pinned:           t.Pinned,
 	}
 	if st := t.Files.Storage; st != nil {

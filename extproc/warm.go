@@ -9,13 +9,13 @@ import (
 )
 
 // WarmPlan lists the loads that bring every model with minReplicas up to that many replicas
-// of each version its traffic rules can pick, counting replicas ready or loading. Each load
-// goes to the best candidate (Candidates) that holds no replica of that version yet. Pure.
+// of each version its traffic rules can pick (placement.WarmPlan). Pure.
 func WarmPlan(snap *residency.Snapshot) []WarmLoad {
 	if snap == nil || snap.Registry == nil {
 		return nil
 	}
-	var plan []WarmLoad
+	var wants []placement.Want
+	targets := map[placement.ModelVersion]Target{}
 	for _, model := range snap.Registry.Models {
 		if model.MinReplicas <= 0 {
 			continue
@@ -25,26 +25,14 @@ func WarmPlan(snap *residency.Snapshot) []WarmLoad {
 			if !ok {
 				continue
 			}
-			m := placement.ModelVersion{Name: model.Name, Version: version}
-			holders := map[string]bool{}
-			for id, reps := range snap.Replicas {
-				if r, ok := reps[m]; ok && (r.State == placement.StateReady.String() || r.State == placement.StateLoading.String()) {
-					holders[id] = true
-				}
-			}
-			need := model.MinReplicas - len(holders)
-			t := Target{Model: m, Runtime: model.Runtime, Files: v.Files, Declared: v.MemoryBytes, Learned: snap.Sizes[m], Pinned: model.Pinned}
-			for _, w := range Candidates(snap, t) {
-				if need <= 0 {
-					break
-				}
-				if holders[w.ID] {
-					continue
-				}
-				plan = append(plan, WarmLoad{Worker: w, Target: t})
-				need--
-			}
+			t := targetOf(snap, model, v)
+			targets[t.Model] = t
+			wants = append(wants, placement.Want{Load: t.load(), Min: model.MinReplicas})
 		}
+	}
+	var plan []WarmLoad
+	for _, p := range placement.WarmPlan(wants, snap.Nodes()) {
+		plan = append(plan, WarmLoad{Worker: snap.Workers[p.Node.ID], Target: targets[p.Load.Model]})
 	}
 	return plan
 }

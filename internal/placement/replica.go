@@ -38,6 +38,16 @@ func ParseState(s string) (State, bool) {
 	return 0, false
 }
 
+// MarshalText writes the state's name, as Redis records hold it.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads a state's name. A name this version does not know (a newer worker's)
+// reads as the zero State, which no placement rule takes for loading, ready or draining.
+func (s *State) UnmarshalText(b []byte) error {
+	*s, _ = ParseState(string(b))
+	return nil
+}
+
 // SizeSource says where the bytes counted for a replica came from, best first.
 type SizeSource string
 

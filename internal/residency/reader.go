@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -28,11 +29,26 @@ type Snapshot struct {
 func (s Snapshot) Ready(m placement.ModelVersion) []string {
 	var out []string
 	for id, reps := range s.Replicas {
-		if r, ok := reps[m]; ok && r.State == placement.StateReady.String() {
+		if r, ok := reps[m]; ok && r.State == placement.StateReady {
 			out = append(out, id)
 		}
 	}
 	slices.Sort(out)
+	return out
+}
+
+// Nodes are the snapshot's workers as placement sees them, sorted by id.
+func (s Snapshot) Nodes() []placement.Node {
+	out := make([]placement.Node, 0, len(s.Workers))
+	for id, w := range s.Workers {
+		reps := make(map[placement.ModelVersion]placement.State, len(s.Replicas[id]))
+		for m, r := range s.Replicas[id] {
+			reps[m] = r.State
+		}
+		out = append(out, placement.Node{ID: id, Runtime: w.Runtime, Caps: w.Caps, Capacity: w.Capacity, Used: w.Used,
+			Replicas: reps, Serves: w.DataAddr != "", Loads: w.DataAddr != "" && w.MgmtAddr != ""})
+	}
+	slices.SortFunc(out, func(a, b placement.Node) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 

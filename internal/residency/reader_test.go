@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/modelmesh/mesh/internal/placement"
@@ -28,12 +30,13 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(rep.write(ctx, State{Worker: Worker{ID: "w1", DataAddr: "127.0.0.1:1"},
-		Replicas: map[string]Replica{"iris:1": {State: "ready", Bytes: 10}, "digits:1": {State: "loading"}},
+	must(rep.write(ctx, State{Worker: Worker{ID: "w1", DataAddr: "127.0.0.1:1", MgmtAddr: "127.0.0.1:11", Runtime: "triton",
+		Caps: placement.Capabilities{OneVersion: true, Formats: []string{"onnx"}}, Capacity: placement.HostMemory(100)},
+		Replicas: map[string]Replica{"iris:1": {State: placement.StateReady, Bytes: 10}, "digits:1": {State: placement.StateLoading}},
 		Measured: map[string]placement.Footprint{"iris:1": {Host: 10, GPU: 30}}}))
 	// A plain byte count, as written before memory had dimensions, is host memory.
 	must(rdb.HSet(ctx, keys.Sizes(), "digits:1", "25").Err())
-	must(rep.write(ctx, State{Worker: Worker{ID: "w2", DataAddr: "127.0.0.1:2"}, Replicas: map[string]Replica{"iris:1": {State: "ready"}}}))
+	must(rep.write(ctx, State{Worker: Worker{ID: "w2", DataAddr: "127.0.0.1:2"}, Replicas: map[string]Replica{"iris:1": {State: placement.StateReady}}}))
 	// A worker whose lease ended is in the set with a past score: it must not be read.
 	must(rdb.ZAdd(ctx, keys.Workers(), redis.Z{Score: 1, Member: "dead"}).Err())
 	reg, err := registry.Parse([]byte("models:\n  - name: iris\n    versions: [{version: \"1\", storageUri: \"file:///m\"}]\n"))
@@ -53,6 +56,16 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 	if got := snap.Ready(placement.ModelVersion{Name: "digits", Version: "1"}); len(got) != 0 {
 		t.Fatalf("loading digits counted ready on %v", got)
 	}
+	// Placement sees the workers as nodes, with their capabilities and typed replica states.
+	wantNodes := []placement.Node{
+		{ID: "w1", Runtime: "triton", Caps: placement.Capabilities{OneVersion: true, Formats: []string{"onnx"}}, Capacity: placement.HostMemory(100),
+			Replicas: map[placement.ModelVersion]placement.State{iris: placement.StateReady, {Name: "digits", Version: "1"}: placement.StateLoading},
+			Serves: true, Loads: true},
+		{ID: "w2", Replicas: map[placement.ModelVersion]placement.State{iris: placement.StateReady}, Serves: true},
+	}
+	if diff := cmp.Diff(wantNodes, snap.Nodes(), cmpopts.EquateEmpty()); diff != "" {
+		t.Fatalf("nodes (-want +got):\n%s", diff)
+	}
 	if want := (placement.Footprint{Host: 10, GPU: 30}); snap.Sizes[iris] != want || snap.Sizes[placement.ModelVersion{Name: "digits", Version: "1"}] != (placement.Footprint{Host: 25}) || snap.Registry == nil || snap.Registry.Digest() != reg.Digest() {
 		t.Fatalf("sizes %v, registry %v", snap.Sizes, snap.Registry)
 	}
@@ -68,7 +81,7 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 	<-snaps
 	time.Sleep(50 * time.Millisecond) // the subscription is set up before the first read returns
 	rep.publish(ctx, Worker{ID: "w3"}, Event{Kind: "replica", Model: "iris:1", State: "ready"})
-	must(rep.write(ctx, State{Worker: Worker{ID: "w3"}, Replicas: map[string]Replica{"iris:1": {State: "ready"}}}))
+	must(rep.write(ctx, State{Worker: Worker{ID: "w3"}, Replicas: map[string]Replica{"iris:1": {State: placement.StateReady}}}))
 	rep.publish(ctx, Worker{ID: "w3"}, Event{Kind: "replica", Model: "iris:1", State: "ready"})
 	select {
 	case s := <-snaps:

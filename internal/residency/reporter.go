@@ -123,7 +123,7 @@ func (r *Reporter) publishChanges(ctx context.Context, w Worker, before, after m
 	}
 	for k, v := range after {
 		if old, ok := before[k]; !ok || old.State != v.State {
-			r.publish(ctx, w, Event{Kind: "replica", Model: k, State: v.State})
+			r.publish(ctx, w, Event{Kind: "replica", Model: k, State: v.State.String()})
 		}
 	}
 	for k := range before {

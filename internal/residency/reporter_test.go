@@ -88,9 +88,9 @@ func TestReporter(t *testing.T) {
 		t.Fatalf("first event %+v, want the worker ready", e)
 	}
 
-	st.set("iris:1", &Replica{State: "loading", Bytes: 100, SizeSource: "estimated", SinceUnixMs: 1})
+	st.set("iris:1", &Replica{State: placement.StateLoading, Bytes: 100, SizeSource: "estimated", SinceUnixMs: 1})
 	e1 := next()
-	st.set("iris:1", &Replica{State: "ready", Bytes: 80, Memory: placement.Memory{Host: 30, GPU: []int64{0, 50}}, SizeSource: "measured", SinceUnixMs: 2})
+	st.set("iris:1", &Replica{State: placement.StateReady, Bytes: 80, Memory: placement.Memory{Host: 30, GPU: []int64{0, 50}}, SizeSource: "measured", SinceUnixMs: 2})
 	e2 := next()
 	if e1.Model != "iris:1" || e1.State != "loading" || e2.State != "ready" || e2.Seq != e1.Seq+1 {
 		t.Fatalf("events %+v then %+v, want loading then ready with consecutive seq", e1, e2)
@@ -144,7 +144,7 @@ func TestLeaseExpiresWithoutHeartbeat(t *testing.T) {
 	ctx := context.Background()
 	keys := Keys{Prefix: "t"}
 	rep := NewReporter(rdb, keys, ReporterConfig{Heartbeat: 50 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	err := rep.write(ctx, State{Worker: Worker{ID: "w2"}, Replicas: map[string]Replica{"a:1": {State: "ready"}}})
+	err := rep.write(ctx, State{Worker: Worker{ID: "w2"}, Replicas: map[string]Replica{"a:1": {State: placement.StateReady}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +161,13 @@ func TestParseWorkerOfAnOlderVersion(t *testing.T) {
 	old := ParseWorker(map[string]string{"id": "w", "capacity_bytes": "1000", "used_bytes": "250"})
 	if !cmp.Equal(old.Capacity, placement.HostMemory(1000)) || !cmp.Equal(old.Used, placement.HostMemory(250)) {
 		t.Fatalf("old record read as capacity %s, used %s", old.Capacity, old.Used)
+	}
+	// It advertised no capabilities: a Triton worker still holds one version at a time.
+	if old := ParseWorker(map[string]string{"id": "t", "runtime": "triton"}); !old.Caps.OneVersion {
+		t.Fatalf("an old Triton record reads as capabilities %+v", old.Caps)
+	}
+	if old := ParseWorker(map[string]string{"id": "o", "runtime": "onnxruntime"}); old.Caps.OneVersion {
+		t.Fatalf("an old ONNX Runtime record reads as capabilities %+v", old.Caps)
 	}
 	w := Worker{ID: "w", Capacity: placement.Memory{Host: 10, GPU: []int64{100, 100}}, Used: placement.Memory{GPU: []int64{0, 40}}}
 	f := w.fields(0)

@@ -52,6 +52,8 @@ type Worker struct {
 	GRPCAddr string
 	MgmtAddr string
 	Runtime  string
+	// Caps is what the worker's runtime can do, as placement reads it.
+	Caps placement.Capabilities
 	// Capacity is the worker's budget and Used what its replicas and loads hold, by
 	// dimension (host memory, each GPU).
 	Capacity      placement.Memory
@@ -64,10 +66,11 @@ type Worker struct {
 func (w Worker) fields(heartbeatMs int64) map[string]any {
 	labels, _ := json.Marshal(w.Labels) // a map[string]string always marshals
 	capacity, _ := json.Marshal(w.Capacity)
+	caps, _ := json.Marshal(w.Caps) // plain struct
 	used, _ := json.Marshal(w.Used)
 	return map[string]any{
 		"id": w.ID, "data_addr": w.DataAddr, "grpc_addr": w.GRPCAddr, "mgmt_addr": w.MgmtAddr, "runtime": w.Runtime,
-		"capacity": string(capacity), "used": string(used), "labels": string(labels),
+		"capacity": string(capacity), "used": string(used), "labels": string(labels), "capabilities": string(caps),
 		// Totals, as workers wrote them before memory had dimensions, for readers of that age
 		// during a rolling upgrade.
 		"capacity_bytes": w.Capacity.Total(), "used_bytes": w.Used.Total(),
@@ -97,6 +100,11 @@ func ParseWorker(h map[string]string) Worker {
 			*f.into = placement.HostMemory(n)
 		}
 	}
+	if err := json.Unmarshal([]byte(h["capabilities"]), &w.Caps); err != nil {
+		// A worker of an older version advertised no capabilities; of its runtimes only
+		// Triton held one version of a model at a time.
+		w.Caps = placement.Capabilities{OneVersion: w.Runtime == "triton"}
+	}
 	w.StartedUnixMs, _ = strconv.ParseInt(h["started_unix_ms"], 10, 64)
 	_ = json.Unmarshal([]byte(h["labels"]), &w.Labels) // missing labels read as none
 	return w
@@ -104,7 +112,7 @@ func ParseWorker(h map[string]string) Worker {
 
 // Replica is one field of a worker's replicas hash, JSON-encoded.
 type Replica struct {
-	State string `json:"state"`
+	State placement.State `json:"state"`
 	// Bytes is Memory's dimensions together.
 	Bytes       int64            `json:"bytes"`
 	Memory      placement.Memory `json:"memory"`

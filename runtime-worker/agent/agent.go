@@ -399,23 +399,15 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
-// reservation picks the memory to reserve before loading, and where the figure comes from.
-// A declared or estimated size is GPU memory on a worker with GPUs (runtimes put models on
-// a GPU when they have one), host memory otherwise.
+// reservation picks the memory to reserve before loading, and where the figure comes from:
+// the rule placement uses (placement.Size.On), else the files' size times the estimate
+// factor, placed as a declared size would be.
 func (a *Agent) reservation(spec Spec, fileBytes int64) (placement.Footprint, placement.SizeSource) {
-	primary := func(n int64) placement.Footprint {
-		if len(a.cfg.Capacity.GPU) > 0 {
-			return placement.Footprint{GPU: n}
-		}
-		return placement.Footprint{Host: n}
+	gpus := len(a.cfg.Capacity.GPU) > 0
+	if f, source := (placement.Size{Declared: spec.DeclaredBytes, Learned: spec.Learned}).On(gpus); source != "" {
+		return f, source
 	}
-	switch {
-	case spec.DeclaredBytes > 0:
-		return primary(spec.DeclaredBytes), placement.SizeDeclared
-	case spec.Learned != placement.Footprint{}:
-		return spec.Learned, placement.SizeLearned
-	}
-	return primary(int64(math.Ceil(float64(fileBytes) * a.cfg.EstimateFactor))), placement.SizeEstimated
+	return placement.Bytes(int64(math.Ceil(float64(fileBytes)*a.cfg.EstimateFactor)), gpus), placement.SizeEstimated
 }
 
 // choice is one way to reserve memory for a load: on GPU device gpu (-1: host only).

@@ -42,6 +42,8 @@ func newFakeBackend() *fakeBackend {
 
 func (f *fakeBackend) Runtime() string { return "fake" }
 
+func (f *fakeBackend) Capabilities() placement.Capabilities { return placement.Capabilities{} }
+
 func (f *fakeBackend) Load(ctx context.Context, m placement.ModelVersion, _ string, gpu int) (Loaded, error) {
 	if f.gate != nil {
 		select {

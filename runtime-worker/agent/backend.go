@@ -21,6 +21,9 @@ import (
 type Backend interface {
 	// Runtime names the runtime in the worker's Redis record ("onnxruntime", "triton").
 	Runtime() string
+	// Capabilities is what the runtime can do, advertised in the worker's record for
+	// placement.
+	Capabilities() placement.Capabilities
 	// Load makes the model in the file at path servable; it blocks until ready or ctx ends.
 	// gpu is the GPU device the agent reserved memory on, or -1 for host memory only; a
 	// runtime that can choose the device places the model there.

@@ -87,6 +87,13 @@ func (b *Backend) Close() error { return b.conn.Close() }
 // Runtime names the backend in the worker's records.
 func (b *Backend) Runtime() string { return "triton" }
 
+// Capabilities: ONNX models and Triton repository entries (a config.pbtxt for one of the
+// server's backends), in KServe's format names; one version of a model at a time, since a
+// model's versions share its name in Triton's repository.
+func (b *Backend) Capabilities() placement.Capabilities {
+	return placement.Capabilities{OneVersion: true, Formats: []string{"onnx", "triton"}}
+}
+
 // Live reports whether Triton answers.
 func (b *Backend) Live(ctx context.Context) bool {
 	r, err := b.client.ServerLive(ctx, &inference.ServerLiveRequest{})

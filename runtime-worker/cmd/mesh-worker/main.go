@@ -134,7 +134,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	labels, _ := parseLabels(cfg.Labels) // validated
 	self := residency.Worker{
-		ID: cfg.WorkerID, Runtime: backend.Runtime(), Capacity: capacity, Labels: labels,
+		ID: cfg.WorkerID, Runtime: backend.Runtime(), Caps: backend.Capabilities(), Capacity: capacity, Labels: labels,
 		DataAddr:      advertised(cfg.AdvertiseAddr, cfg.AdvertiseHost, dataLn.Addr().String()),
 		MgmtAddr:      advertised(cfg.AdvertiseMgmt, cfg.AdvertiseHost, mgmtLn.Addr().String()),
 		StartedUnixMs: time.Now().UnixMilli(),
@@ -256,7 +256,7 @@ func stateOf(self residency.Worker, models *agent.Agent) residency.State {
 	self.Used = used
 	st := residency.State{Worker: self, Replicas: make(map[string]residency.Replica, len(replicas)), Measured: map[string]placement.Footprint{}}
 	for _, r := range replicas {
-		st.Replicas[r.Model.String()] = residency.Replica{State: r.State.String(), Bytes: r.Memory.Total(), Memory: r.Memory,
+		st.Replicas[r.Model.String()] = residency.Replica{State: r.State, Bytes: r.Memory.Total(), Memory: r.Memory,
 			SizeSource: string(r.Source), SinceUnixMs: r.Since.UnixMilli()}
 		if r.Source == placement.SizeMeasured {
 			st.Measured[r.Model.String()] = r.Memory.Footprint()
