@@ -44,7 +44,11 @@ func TestReadyPrefersTheLeastFullThenTheLeastBusy(t *testing.T) {
 		{"equal use: fewer loads in progress", []Node{
 			node("a", 100, 50, map[string]State{"iris:1": StateReady, "x:1": StateLoading}),
 			node("b", 100, 50, map[string]State{"iris:1": StateReady})}, "b", true},
-		{"no data address", []Node{func() Node { n := node("a", 100, 0, map[string]State{"iris:1": StateReady}); n.Serves = false; return n }()}, "", false},
+		{"no data address", []Node{func() Node {
+			n := node("a", 100, 0, map[string]State{"iris:1": StateReady})
+			n.Serves = false
+			return n
+		}()}, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

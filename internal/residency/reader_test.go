@@ -60,7 +60,7 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 	wantNodes := []placement.Node{
 		{ID: "w1", Runtime: "triton", Caps: placement.Capabilities{OneVersion: true, Formats: []string{"onnx"}}, Capacity: placement.HostMemory(100),
 			Replicas: map[placement.ModelVersion]placement.State{iris: placement.StateReady, {Name: "digits", Version: "1"}: placement.StateLoading},
-			Serves: true, Loads: true},
+			Serves:   true, Loads: true},
 		{ID: "w2", Replicas: map[placement.ModelVersion]placement.State{iris: placement.StateReady}, Serves: true},
 	}
 	if diff := cmp.Diff(wantNodes, snap.Nodes(), cmpopts.EquateEmpty()); diff != "" {
