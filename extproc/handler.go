@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/modelmesh/mesh/internal/registry"
+	"github.com/modelmesh/mesh/internal/wire"
 )
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -133,8 +134,8 @@ func requestOf(h *extprocv3.HttpHeaders) (Request, bool) {
 	grpc := strings.HasPrefix(headers["content-type"], "application/grpc")
 	req := Request{
 		Path:    path,
-		Model:   headers[HeaderModel],
-		Version: headers[HeaderVersion],
+		Model:   headers[wire.HeaderModel],
+		Version: headers[wire.HeaderVersion],
 		Header:  registry.MapLookup(headers),
 		GRPC:    grpc,
 	}

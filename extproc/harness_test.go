@@ -187,7 +187,7 @@ func (m *mesh) startReplica(cfg Config, loader Loader) *replica {
 		cfg.LockPoll = 20 * time.Millisecond
 	}
 	reg := prometheus.NewRegistry()
-	srv := New(cfg, view, loader, NewLocks(m.rdb, m.keys.Prefix, 10*time.Second), quiet, NewMetrics(reg, 100))
+	srv := New(cfg, view, loader, NewLocks(m.rdb, m.keys, 10*time.Second), quiet, NewMetrics(reg, 100))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -12,35 +12,28 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/residency"
 )
 
 // Locks are the fleet-wide load locks, one per model version, shared by every ext_proc
 // replica through Redis:
 //
-//	<prefix>:lock:<name>:<version>   string "<token> <generation>", PX ttl
-//	<prefix>:fence:<name>:<version>  counter, INCR at every acquisition
+//	residency.Keys.Lock   <prefix>:lock:<name>:<version>   string "<token> <generation>", PX ttl
+//	residency.Keys.Fence  <prefix>:fence:<name>:<version>  counter, INCR at every acquisition
 //
 // Acquisition is SET NX PX inside a script that first takes the next fencing generation,
 // so a generation is spent only on success and is recorded in the lock's value. Release,
 // extension and shortening act only while the value still carries the holder's token.
 // Safe for concurrent use.
 type Locks struct {
-	rdb    redis.UniversalClient
-	prefix string
-	ttl    time.Duration
+	rdb  redis.UniversalClient
+	keys residency.Keys
+	ttl  time.Duration
 }
 
-// NewLocks returns locks under prefix; a lock lives ttl unless extended.
-func NewLocks(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Locks {
-	return &Locks{rdb: rdb, prefix: prefix, ttl: ttl}
-}
-
-func (l *Locks) lockKey(m placement.ModelVersion) string {
-	return l.prefix + ":lock:" + m.Name + ":" + m.Version
-}
-
-func (l *Locks) fenceKey(m placement.ModelVersion) string {
-	return l.prefix + ":fence:" + m.Name + ":" + m.Version
+// NewLocks returns the locks named by keys; a lock lives ttl unless extended.
+func NewLocks(rdb redis.UniversalClient, keys residency.Keys, ttl time.Duration) *Locks {
+	return &Locks{rdb: rdb, keys: keys, ttl: ttl}
 }
 
 var acquireScript = redis.NewScript(`
@@ -75,19 +68,19 @@ func (l *Locks) Acquire(ctx context.Context, m placement.ModelVersion) (*Lock, e
 	var b [16]byte
 	rand.Read(b[:]) // never fails (crypto/rand panics instead)
 	token := hex.EncodeToString(b[:])
-	gen, err := acquireScript.Run(ctx, l.rdb, []string{l.lockKey(m), l.fenceKey(m)}, token, l.ttl.Milliseconds()).Int64()
+	gen, err := acquireScript.Run(ctx, l.rdb, []string{l.keys.Lock(m), l.keys.Fence(m)}, token, l.ttl.Milliseconds()).Int64()
 	if err != nil {
 		return nil, fmt.Errorf("acquire load lock for %s: %w", m, err)
 	}
 	if gen == 0 {
 		return nil, nil
 	}
-	return &Lock{locks: l, key: l.lockKey(m), value: token + " " + strconv.FormatInt(gen, 10), Generation: gen}, nil
+	return &Lock{locks: l, key: l.keys.Lock(m), value: token + " " + strconv.FormatInt(gen, 10), Generation: gen}, nil
 }
 
 // Held reports whether anyone holds m's lock.
 func (l *Locks) Held(ctx context.Context, m placement.ModelVersion) (bool, error) {
-	n, err := l.rdb.Exists(ctx, l.lockKey(m)).Result()
+	n, err := l.rdb.Exists(ctx, l.keys.Lock(m)).Result()
 	if err != nil {
 		return false, fmt.Errorf("check load lock for %s: %w", m, err)
 	}
@@ -96,7 +89,7 @@ func (l *Locks) Held(ctx context.Context, m placement.ModelVersion) (bool, error
 
 // Holder reads the fencing generation of m's current holder (0: unheld).
 func (l *Locks) Holder(ctx context.Context, m placement.ModelVersion) (int64, error) {
-	v, err := l.rdb.Get(ctx, l.lockKey(m)).Result()
+	v, err := l.rdb.Get(ctx, l.keys.Lock(m)).Result()
 	if err == redis.Nil {
 		return 0, nil
 	}

@@ -13,16 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
-)
 
-// Header names and the metadata namespace the server sets; Envoy's override_host
-// load-balancing policy of the "workers" cluster must read the same ones.
-const (
-	HeaderModel       = "x-model-id"
-	HeaderVersion     = "x-model-version"
-	HeaderDestination = "x-gateway-destination-endpoint"
-	// MetadataNamespace is the dynamic metadata namespace holding HeaderDestination.
-	MetadataNamespace = "envoy.lb"
+	"github.com/modelmesh/mesh/internal/wire"
 )
 
 // wireStatus is how one kind of failure is answered.
@@ -85,17 +77,17 @@ func errorResponse(err error, grpc bool, retryAfter time.Duration) (*extprocv3.P
 // override_host policy: the destination header and the same key in envoy.lb metadata,
 // plus the chosen version. The route cache is left alone: the catch-all route stays.
 func routeResponse(a Answer) *extprocv3.ProcessingResponse {
-	set := []*corev3.HeaderValueOption{setHeader(HeaderDestination, a.Endpoint)}
+	set := []*corev3.HeaderValueOption{setHeader(wire.HeaderDestination, a.Endpoint)}
 	if a.Model.Version != "" {
-		set = append(set, setHeader(HeaderVersion, a.Model.Version))
+		set = append(set, setHeader(wire.HeaderVersion, a.Model.Version))
 	}
 	return &extprocv3.ProcessingResponse{
 		Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{
 			Response: &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: set}},
 		}},
 		DynamicMetadata: &structpb.Struct{Fields: map[string]*structpb.Value{
-			MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
-				HeaderDestination: structpb.NewStringValue(a.Endpoint),
+			wire.MetadataNamespace: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+				wire.HeaderDestination: structpb.NewStringValue(a.Endpoint),
 			}}),
 		}},
 	}

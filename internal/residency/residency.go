@@ -29,6 +29,14 @@ func (k Keys) Sizes() string { return k.Prefix + ":sizes" }
 // Registry is the string holding the published model registry (canonical JSON).
 func (k Keys) Registry() string { return k.Prefix + ":registry" }
 
+// Lock is the string holding m's fleet-wide load lock, "<token> <generation>" with a PX
+// expiry: the ext_proc replica loading m holds it (extproc.Locks).
+func (k Keys) Lock(m placement.ModelVersion) string { return k.Prefix + ":lock:" + m.String() }
+
+// Fence is the counter of m's lock acquisitions, INCR at each: the holder's fencing
+// generation.
+func (k Keys) Fence(m placement.ModelVersion) string { return k.Prefix + ":fence:" + m.String() }
+
 // Routed is the set of model versions ("name:version") that the gateways of one control
 // plane route to the worker, by their acknowledged configuration; each control plane writes
 // its own after each push, since the gateways of two replicas may briefly disagree.

@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	srv := extproc.New(extproc.Config{
 		LoadDeadline: cfg.LoadDeadline, MaxMessageTimeout: cfg.MaxMessageTimeout, MaxWaiting: cfg.MaxWaiting,
 		RetryAfter: cfg.RetryAfter, LockTTL: cfg.LockTTL, TracerProvider: tr.Provider(),
-	}, view, loader, extproc.NewLocks(rdb, cfg.RedisPrefix, cfg.LockTTL), log, extproc.NewMetrics(reg, cfg.MaxModelLabels))
+	}, view, loader, extproc.NewLocks(rdb, keys, cfg.LockTTL), log, extproc.NewMetrics(reg, cfg.MaxModelLabels))
 	defer srv.Close()
 
 	gs := grpc.NewServer()
