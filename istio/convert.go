@@ -264,14 +264,29 @@ func (c *converter) virtualService(vs *networkingv1.VirtualService) (*verdict, m
 		// registry is not this object's business.
 		one := &registry.Registry{Models: []registry.Model{m}}
 		if _, err := one.WithTraffic(map[string][]registry.Rule{host: rs}); err != nil {
-			msg := strings.TrimPrefix(err.Error(), registry.ErrInvalid.Error()+": ")
-			for line := range strings.SplitSeq(msg, "\n") {
-				v.reject("%s", line)
+			for _, reason := range reasons(err) {
+				v.reject("%s", reason)
 			}
 		}
 		rules[host] = rs
 	}
 	return v, rules
+}
+
+// reasons lists what err says is wrong, one reason per error joined into it (the registry
+// joins every problem it finds, under ErrInvalid).
+func reasons(err error) []string {
+	multi, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, e := range multi.Unwrap() {
+		if e != registry.ErrInvalid {
+			out = append(out, reasons(e)...)
+		}
+	}
+	return out
 }
 
 // unsupportedRoute rejects the parts of an http route the mesh cannot honour, whichever

@@ -1,6 +1,7 @@
 package istio
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -536,5 +537,26 @@ models:
 		if len(res.Rules["breast-cancer"]) == 0 {
 			t.Errorf("%s: no rules", f)
 		}
+	}
+}
+
+// TestReasonsListsEachProblem: a registry refusal with several problems becomes one reason
+// per problem, without the "invalid registry" prefix.
+func TestReasonsListsEachProblem(t *testing.T) {
+	_, err := registry.Parse([]byte("models:\n  - name: a\n    versions: []\n  - name: -b\n    versions: []\n"))
+	if err == nil {
+		t.Fatal("a registry with two bad models parsed")
+	}
+	got := reasons(err)
+	if len(got) < 2 {
+		t.Fatalf("reasons %q of %v, want one per problem", got, err)
+	}
+	for _, r := range got {
+		if strings.Contains(r, "\n") || strings.Contains(r, registry.ErrInvalid.Error()) {
+			t.Errorf("reason %q", r)
+		}
+	}
+	if got := reasons(errors.New("one")); len(got) != 1 || got[0] != "one" {
+		t.Errorf("a plain error gives reasons %q", got)
 	}
 }
