@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/modelmesh/mesh/internal/wire"
 )
 
 // maxRegexProgram is Envoy's default limit on an RE2 program's size
@@ -260,7 +262,7 @@ func changeableHeader(name string) error {
 		return err
 	}
 	switch name {
-	case "x-model-id", "x-model-version", "x-gateway-destination-endpoint", "host":
+	case wire.HeaderModel, wire.HeaderVersion, wire.HeaderDestination, "host":
 		return fmt.Errorf("header %q belongs to the mesh or to Envoy and may not be changed", name)
 	}
 	return nil

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/wire"
 	"github.com/modelmesh/mesh/proto/inference"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
 )
@@ -81,14 +82,13 @@ func (s *Inference) get(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// VersionHeader names the version when the path does not: the gateway sets it on routes
-// that chose a version by weight, since a worker may hold several versions of a model.
-const VersionHeader = "x-model-version"
-
+// modelFromPath is the model version the request names: its path's, else wire.HeaderVersion,
+// which the gateway sets on routes that chose a version by weight, since a worker may hold
+// several versions of a model.
 func modelFromPath(r *http.Request) (placement.ModelVersion, error) {
 	m := placement.ModelVersion{Name: r.PathValue("name"), Version: r.PathValue("version")}
 	if m.Version == "" {
-		m.Version = r.Header.Get(VersionHeader)
+		m.Version = r.Header.Get(wire.HeaderVersion)
 	}
 	if err := m.Validate(); err != nil {
 		return m, err
@@ -240,10 +240,10 @@ func (s *Inference) ModelReady(ctx context.Context, r *inference.ModelReadyReque
 	return &inference.ModelReadyResponse{Ready: s.models.Ready(m)}, nil
 }
 
-// versionFromMetadata is the gRPC form of VersionHeader.
+// versionFromMetadata is the gRPC form of wire.HeaderVersion.
 func versionFromMetadata(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(VersionHeader); len(v) > 0 {
+	if v := md.Get(wire.HeaderVersion); len(v) > 0 {
 		return v[0]
 	}
 	return ""
