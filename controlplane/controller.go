@@ -43,17 +43,32 @@ type Traffic interface {
 	Apply(reg *registry.Registry) *registry.Registry
 }
 
-// pusher serves configurations to the gateways; *xds.Server is the implementation.
-type pusher interface {
+// Seeder is a Traffic that can start from the rules the mesh last published to Redis (by
+// this replica or another, in an earlier run) rather than from none, so that a replica that
+// restarts keeps in force what the others do. Run calls Seed once, with the published
+// registry, before it runs the Traffic; not at all when none was published or Redis could
+// not be read.
+type Seeder interface {
+	Seed(published *registry.Registry)
+}
+
+// Pusher serves configurations to the gateways; *xds.Server is the implementation. Push
+// makes res the served configuration and blocks until the gateways acknowledged it or a
+// timeout of the Pusher's passed; it returns an error wrapping xds.ErrNotAcknowledged when
+// res is served but some gateway did not acknowledge it. The controller calls Push from
+// one goroutine only.
+type Pusher interface {
 	Push(ctx context.Context, res translate.Resources) error
 }
+
+var _ Pusher = (*xds.Server)(nil)
 
 // Controller reconciles state into configuration. Run owns all its goroutines.
 type Controller struct {
 	cfg     Config
 	rdb     redis.UniversalClient
 	keys    residency.Keys
-	xds     pusher
+	xds     Pusher
 	log     *slog.Logger
 	metrics *metrics
 	routed  *routedSets
@@ -65,13 +80,13 @@ type Controller struct {
 // connecting here would get none (the traffic rules or the residency may not be known yet).
 func (c *Controller) Ready() bool { return c.ready.Load() }
 
-// New returns a controller pushing through srv.
-func New(cfg Config, rdb redis.UniversalClient, keys residency.Keys, srv *xds.Server, log *slog.Logger, reg prometheus.Registerer) *Controller {
+// New returns a controller pushing through p.
+func New(cfg Config, rdb redis.UniversalClient, keys residency.Keys, p Pusher, log *slog.Logger, reg prometheus.Registerer) *Controller {
 	routed := &routedSets{rdb: rdb, keys: keys, id: cfg.ID, log: log,
 		// Three resyncs, then keepAfterSilence; a replica that stops counts three resyncs,
 		// time for its gateways to reconnect to another and take its configuration.
 		keep: 3*cfg.Watch.Resync + keepAfterSilence, retire: 3 * cfg.Watch.Resync}
-	return &Controller{cfg: cfg, rdb: rdb, keys: keys, xds: srv, log: log, metrics: newMetrics(reg), routed: routed}
+	return &Controller{cfg: cfg, rdb: rdb, keys: keys, xds: p, log: log, metrics: newMetrics(reg), routed: routed}
 }
 
 // event is one input of the reconcile loop: a new registry or a new residency snapshot;
@@ -97,13 +112,11 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	if s, ok := c.cfg.Traffic.(interface{ Seed(*registry.Registry) }); ok {
+	if s, ok := c.cfg.Traffic.(Seeder); ok {
 		// The rules in force when this replica (or another) last published: the last
 		// accepted versions of VirtualServices rejected since stay in force here too.
-		if raw, err := c.rdb.Get(ctx, c.keys.Registry()).Bytes(); err == nil {
-			if published, err := registry.Decode(raw); err == nil {
-				s.Seed(published)
-			}
+		if published, err := residency.PublishedRegistry(ctx, c.rdb, c.keys); err == nil && published != nil {
+			s.Seed(published)
 		}
 	}
 	g.Go(func() error { return c.routed.renew(ctx, c.cfg.Watch.Resync) })

@@ -1,6 +1,8 @@
 // Package cli holds the command-line conventions every mesh binary shares: every flag can
 // also be set by an environment variable (--some-flag of a binary with prefix MESH_WORKER_
-// is MESH_WORKER_SOME_FLAG), and logs are slog, JSON or text, at a chosen level.
+// is MESH_WORKER_SOME_FLAG), and the groups of settings the binaries declare alike, each a
+// struct with RegisterFlags and what it builds: Log (slog, JSON or text, at a chosen level),
+// Tracing (the OTLP collector), Shutdown (its timeout) and Redis (credentials and TLS).
 package cli
 
 import (
@@ -9,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -37,20 +38,6 @@ func ApplyEnv(fs *flag.FlagSet, prefix string) error {
 		}
 	})
 	return errors.Join(errs...)
-}
-
-// Logger returns a logger writing to w in format ("json" or "text") at level ("debug",
-// "info", "warn", "error"; anything else is info).
-func Logger(format, level string, w io.Writer) *slog.Logger {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		l = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
 // Config is a binary's configuration: it declares its flags and checks them together.

@@ -196,6 +196,23 @@ func PublishRegistry(ctx context.Context, rdb redis.UniversalClient, keys Keys, 
 	return nil
 }
 
+// PublishedRegistry reads the registry PublishRegistry last stored; nil and no error when
+// none was.
+func PublishedRegistry(ctx context.Context, rdb redis.UniversalClient, keys Keys) (*registry.Registry, error) {
+	raw, err := rdb.Get(ctx, keys.Registry()).Bytes()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read registry: %w", err)
+	}
+	reg, err := registry.Decode(raw)
+	if err != nil {
+		return nil, fmt.Errorf("read registry: %w", err)
+	}
+	return reg, nil
+}
+
 // parseFootprint reads a sizes hash value: a JSON footprint, or a plain byte count written
 // before memory had dimensions (host memory).
 func parseFootprint(raw string) (placement.Footprint, bool) {

@@ -94,3 +94,33 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 	cancel()
 	must(<-done)
 }
+
+// TestPublishedRegistry: none before a registry is published, the published one after, and
+// an error for a value that is not a registry.
+func TestPublishedRegistry(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	keys := Keys{Prefix: "p"}
+	if got, err := PublishedRegistry(ctx, rdb, keys); got != nil || err != nil {
+		t.Fatalf("before publication: %v, %v; want nil, nil", got, err)
+	}
+	reg, err := registry.Parse([]byte("models:\n  - name: iris\n    versions: [{version: \"1\", storageUri: \"file:///m\"}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := PublishRegistry(ctx, rdb, keys, reg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := PublishedRegistry(ctx, rdb, keys)
+	if err != nil || got == nil || got.Digest() != reg.Digest() {
+		t.Fatalf("after publication: %v, %v; want digest %s", got, err, reg.Digest())
+	}
+	if err := rdb.Set(ctx, keys.Registry(), "not json", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := PublishedRegistry(ctx, rdb, keys); got != nil || err == nil {
+		t.Fatalf("a value that is not a registry: %v, %v; want an error", got, err)
+	}
+}

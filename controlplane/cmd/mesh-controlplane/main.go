@@ -63,8 +63,7 @@ type Config struct {
 	Kubeconfig     string
 	IstioNamespace string
 	IstioSelector  string
-	LogFormat      string
-	LogLevel       string
+	Log            cli.Log
 }
 
 // RegisterFlags declares every setting on fs.
@@ -94,8 +93,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "with --istio-kube: kubeconfig file of the cluster")
 	fs.StringVar(&c.IstioNamespace, "istio-namespace", "", "with --istio-kube: namespace to read (empty: all namespaces)")
 	fs.StringVar(&c.IstioSelector, "istio-selector", istio.DefaultSelector, "with --istio-kube: label selector of the objects to read")
-	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	c.Log.RegisterFlags(fs)
 }
 
 // Validate checks the settings together.
@@ -139,8 +137,8 @@ func (c *Config) Validate() error {
 	if _, err := labels.Parse(c.IstioSelector); err != nil {
 		errs = append(errs, fmt.Errorf("--istio-selector: %w", err))
 	}
-	if c.LogFormat != "json" && c.LogFormat != "text" {
-		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
+	if err := c.Log.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -152,6 +150,9 @@ func (c *Config) tracing() *translate.Tracing {
 	}
 	return &translate.Tracing{CollectorAddress: c.TracingOTLPAddr, SamplePercent: c.TracingSamplePercent}
 }
+
+// The controller seeds Istio's rules from the registry published in Redis.
+var _ controlplane.Seeder = (*istio.Traffic)(nil)
 
 // trafficRules returns the Istio traffic rules the flags ask for, nil for none.
 func (c *Config) trafficRules(log *slog.Logger, reg prometheus.Registerer) (*istio.Traffic, error) {
@@ -183,7 +184,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := cli.Parse("mesh-controlplane", envPrefix, &cfg, args, stderr); err != nil {
 		return err
 	}
-	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr)
+	log := cfg.Log.Logger(stderr)
 	if cfg.ID == "" {
 		host, _ := os.Hostname()
 		_, port, _ := net.SplitHostPort(cfg.XDSListen)
@@ -258,7 +259,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		<-gctx.Done()
 		log.InfoContext(gctx, "shutting down")
 		gs.Stop() // xDS streams are long-lived; Envoy keeps its configuration and reconnects
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		sctx, cancel := cli.Shutdown{Timeout: 5 * time.Second}.Context(gctx)
 		defer cancel()
 		return hs.Shutdown(sctx)
 	})

@@ -35,8 +35,26 @@ func TestIstioFlags(t *testing.T) {
 	}
 }
 
+// TestLogFlags: --log-format and --log-level, from the command line or the environment, and
+// checked.
+func TestLogFlags(t *testing.T) {
+	required := []string{"--registry", "r.yaml", "--redis-addr", "127.0.0.1:6379", "--wasm-path", "/m.wasm"}
+	t.Setenv("MESH_CONTROLPLANE_LOG_FORMAT", "text")
+	var cfg Config
+	if err := cli.Parse("mesh-controlplane", envPrefix, &cfg, append(required, "--log-level", "debug"), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Log != (cli.Log{Format: "text", Level: "debug"}) {
+		t.Fatalf("log settings %+v", cfg.Log)
+	}
+	err := cli.Parse("mesh-controlplane", envPrefix, &Config{}, append(required, "--log-level", "loud"), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--log-level") {
+		t.Fatalf("--log-level loud: %v, want an error naming --log-level", err)
+	}
+}
+
 func TestTrafficRulesOnlyWhenAsked(t *testing.T) {
-	log := cli.Logger("text", "error", io.Discard)
+	log := cli.Log{Format: "text", Level: "error"}.Logger(io.Discard)
 	none, err := (&Config{}).trafficRules(log, nil)
 	if err != nil || none != nil {
 		t.Fatalf("no Istio flag gave %v, %v; want no traffic rules", none, err)

@@ -4,11 +4,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/modelmesh/mesh/internal/cli"
-	"github.com/modelmesh/mesh/internal/tracing"
 )
 
 // envPrefix: every flag --some-flag can also be set as MESH_EXTPROC_SOME_FLAG.
@@ -30,10 +28,9 @@ type Config struct {
 	Resync            time.Duration
 	WarmInterval      time.Duration
 	EventBatch        time.Duration
-	LogFormat         string
-	LogLevel          string
-	ShutdownTimeout   time.Duration
-	OTLPEndpoint      string
+	Log               cli.Log
+	Shutdown          cli.Shutdown
+	Tracing           cli.Tracing
 }
 
 // RegisterFlags declares every setting on fs.
@@ -52,10 +49,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads from Redis")
 	fs.DurationVar(&c.WarmInterval, "warm-interval", 10*time.Second, "interval of the check that models with minReplicas have that many replicas")
 	fs.DurationVar(&c.EventBatch, "event-batch", 20*time.Millisecond, "how long to gather residency events into one read")
-	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 15*time.Second, "longest wait for held requests at shutdown")
-	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC collector, host:port, for spans of requests whose trace is sampled (empty: no tracing)")
+	c.Log.RegisterFlags(fs)
+	c.Shutdown.RegisterFlags(fs, 15*time.Second, "longest wait for held requests at shutdown")
+	c.Tracing.RegisterFlags(fs, "requests")
 }
 
 // Validate checks the settings together.
@@ -78,23 +74,14 @@ func (c *Config) Validate() error {
 	if c.MaxWaiting < 1 {
 		errs = append(errs, errors.New("--max-waiting must be at least 1"))
 	}
-	if c.RetryAfter <= 0 || c.LockTTL <= 0 || c.Resync <= 0 || c.EventBatch <= 0 || c.ShutdownTimeout <= 0 || c.WarmInterval <= 0 {
+	if c.RetryAfter <= 0 || c.LockTTL <= 0 || c.Resync <= 0 || c.EventBatch <= 0 || c.Shutdown.Timeout <= 0 || c.WarmInterval <= 0 {
 		errs = append(errs, errors.New("--retry-after, --lock-ttl, --resync, --event-batch, --shutdown-timeout and --warm-interval must be positive"))
 	}
-	if c.LogFormat != "json" && c.LogFormat != "text" {
-		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
-	}
-	if err := c.tracing().Validate("otlp-endpoint"); err != nil {
+	if err := c.Log.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		errs = append(errs, fmt.Errorf("--log-level %q: debug, info, warn or error", c.LogLevel))
+	if err := c.Tracing.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// tracing is where the service's spans go.
-func (c *Config) tracing() tracing.Config {
-	return tracing.Config{Endpoint: c.OTLPEndpoint, Service: "mesh-extproc"}
 }

@@ -37,7 +37,8 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Listen != ":9002" || cfg.MetricsListen != ":9003" || cfg.RedisPrefix != "mesh" || cfg.LoadDeadline != time.Minute ||
-		cfg.MaxWaiting != 1000 || cfg.Resync != 5*time.Second || cfg.MaxMessageTimeout != 2*time.Minute {
+		cfg.MaxWaiting != 1000 || cfg.Resync != 5*time.Second || cfg.MaxMessageTimeout != 2*time.Minute ||
+		cfg.Shutdown.Timeout != 15*time.Second || cfg.Log != (cli.Log{Format: "json", Level: "info"}) || cfg.Tracing.Endpoint != "" {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }

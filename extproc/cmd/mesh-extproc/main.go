@@ -32,7 +32,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := cli.Parse("mesh-extproc", envPrefix, &cfg, args, stderr); err != nil {
 		return err
 	}
-	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr)
+	log := cfg.Log.Logger(stderr)
 
 	lns, err := cli.Listen([]string{"ext_proc", "metrics"}, []string{cfg.Listen, cfg.MetricsListen})
 	if err != nil {
@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	tr, err := tracing.New(ctx, cfg.tracing(), log)
+	tr, err := tracing.New(ctx, cfg.Tracing.Config("mesh-extproc", ""), log)
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		log.InfoContext(gctx, "shutting down")
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.ShutdownTimeout)
+		sctx, cancel := cfg.Shutdown.Context(gctx)
 		defer cancel()
 		// Held requests get their answer until the timeout; then loads under way are
 		// cancelled (their requests get 503) and the remaining streams cut.

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/modelmesh/mesh/internal/tracing"
-
 	"github.com/modelmesh/mesh/internal/cli"
 )
 
@@ -52,10 +50,9 @@ type Config struct {
 	MaxBodyBytes     byteSize
 	MaxModelLabels   int
 	Labels           string
-	LogFormat        string
-	LogLevel         string
-	ShutdownTimeout  time.Duration
-	OTLPEndpoint     string
+	Log              cli.Log
+	Shutdown         cli.Shutdown
+	Tracing          cli.Tracing
 }
 
 // RegisterFlags declares every setting on fs.
@@ -94,10 +91,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(&c.MaxBodyBytes, "max-body", "largest inference request, bytes or with KiB/MiB/GiB suffix")
 	fs.IntVar(&c.MaxModelLabels, "metrics-max-models", 500, "distinct model label values in per-model metrics; more are counted as _other")
 	fs.StringVar(&c.Labels, "labels", "", "comma-separated key=value labels recorded in Redis")
-	fs.StringVar(&c.LogFormat, "log-format", "json", "json or text")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "longest graceful shutdown")
-	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC collector, host:port, for spans of loads and inference requests whose trace is sampled (empty: no tracing)")
+	c.Log.RegisterFlags(fs)
+	c.Shutdown.RegisterFlags(fs, 20*time.Second, "longest graceful shutdown")
+	c.Tracing.RegisterFlags(fs, "loads and inference requests")
 }
 
 // Validate checks the settings together.
@@ -154,21 +150,16 @@ func (c *Config) Validate() error {
 	if c.MaxBodyBytes <= 0 || c.MaxModelLabels < 1 {
 		errs = append(errs, errors.New("--max-body and --metrics-max-models must be positive"))
 	}
-	if c.LogFormat != "json" && c.LogFormat != "text" {
-		errs = append(errs, fmt.Errorf("--log-format %q: json or text", c.LogFormat))
+	if err := c.Log.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if _, err := parseLabels(c.Labels); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.tracing().Validate("otlp-endpoint"); err != nil {
+	if err := c.Tracing.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// tracing is where the worker's spans go.
-func (c *Config) tracing() tracing.Config {
-	return tracing.Config{Endpoint: c.OTLPEndpoint, Service: "mesh-worker", Instance: c.WorkerID}
 }
 
 func parseLabels(s string) (map[string]string, error) {

@@ -67,12 +67,12 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	var cfg Config
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
-	fs.Parse([]string{"--load-concurrency", "0", "--log-format", "xml", "--labels", "novalue", "--otlp-endpoint", "collector", "--disk-cache-size", "0", "--storage-retries", "-1"})
+	fs.Parse([]string{"--load-concurrency", "0", "--log-format", "xml", "--log-level", "loud", "--labels", "novalue", "--otlp-endpoint", "collector", "--disk-cache-size", "0", "--storage-retries", "-1"})
 	err := cfg.Validate()
 	if err == nil {
 		t.Fatal("Validate accepted a config without a runtime library")
 	}
-	for _, want := range []string{"--disk-cache-size", "--storage-retries", "--ort-library", "--load-concurrency", "--log-format", "--labels", "--otlp-endpoint"} {
+	for _, want := range []string{"--disk-cache-size", "--storage-retries", "--ort-library", "--load-concurrency", "--log-format", "--log-level", "--labels", "--otlp-endpoint"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

@@ -41,8 +41,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := cli.Parse("mesh-worker", envPrefix, &cfg, args, stderr); err != nil {
 		return err
 	}
-	log := cli.Logger(cfg.LogFormat, cfg.LogLevel, stderr).With("worker", cfg.WorkerID)
-	tr, err := tracing.New(ctx, cfg.tracing(), log)
+	log := cfg.Log.Logger(stderr).With("worker", cfg.WorkerID)
+	tr, err := tracing.New(ctx, cfg.Tracing.Config("mesh-worker", cfg.WorkerID), log)
 	if err != nil {
 		return err
 	}
@@ -169,7 +169,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		log.InfoContext(gctx, "shutting down")
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), cfg.ShutdownTimeout)
+		sctx, cancel := cfg.Shutdown.Context(gctx)
 		defer cancel()
 		// The reporter removes the worker's records as gctx ends; the control plane then stops
 		// routing here. Serve until it has (each model's routed set in Redis is empty), so that
@@ -181,7 +181,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if errors.Is(err, context.DeadlineExceeded) {
 			// Out of --shutdown-timeout with requests still running: they are cut, which is
 			// logged, not a failure of the worker.
-			log.WarnContext(sctx, "shutdown timeout: cutting the requests still in flight", "timeout", cfg.ShutdownTimeout.String())
+			log.WarnContext(sctx, "shutdown timeout: cutting the requests still in flight", "timeout", cfg.Shutdown.Timeout.String())
 			err = nil
 		}
 		stopGRPC(sctx, inferGRPC)
