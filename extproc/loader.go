@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -87,8 +88,31 @@ func (l *GRPCLoader) conn(addr string) (*grpc.ClientConn, error) {
 	return c, nil
 }
 
-// Forget closes the connections to addresses not in live (workers that left the mesh).
-func (l *GRPCLoader) Forget(live map[string]bool) {
+// Prune closes, every interval until ctx ends, the connections to workers that left the
+// mesh: those whose management address is in none of view's workers. Nothing is closed
+// before view's first snapshot. A worker that comes back is dialled again at its next load.
+// Returns nil when ctx ends.
+func (l *GRPCLoader) Prune(ctx context.Context, view *View, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if snap := view.Snapshot(); snap != nil {
+			live := make(map[string]bool, len(snap.Workers))
+			for _, w := range snap.Workers {
+				live[w.MgmtAddr] = true
+			}
+			l.forget(live)
+		}
+	}
+}
+
+// forget closes the connections to addresses not in live.
+func (l *GRPCLoader) forget(live map[string]bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for addr, c := range l.conns {
@@ -101,6 +125,6 @@ func (l *GRPCLoader) Forget(live map[string]bool) {
 
 // Close closes every connection.
 func (l *GRPCLoader) Close() error {
-	l.Forget(nil)
+	l.forget(nil)
 	return nil
 }

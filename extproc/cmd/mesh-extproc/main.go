@@ -84,23 +84,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	g.Go(func() error {
 		return view.Run(gctx, reader, cfg.EventBatch, cfg.Resync)
 	})
-	g.Go(func() error {
-		// Forget management connections of workers that left.
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-time.After(cfg.Resync):
-			}
-			if snap := view.Snapshot(); snap != nil {
-				live := map[string]bool{}
-				for _, w := range snap.Workers {
-					live[w.MgmtAddr] = true
-				}
-				loader.Forget(live)
-			}
-		}
-	})
+	g.Go(func() error { return loader.Prune(gctx, view, cfg.Resync) })
 	g.Go(func() error { return srv.Warm(gctx, cfg.WarmInterval) })
 	g.Go(func() error { return gs.Serve(grpcLn) })
 	g.Go(func() error {
