@@ -1,7 +1,9 @@
 package translate
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,15 +12,20 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
 	"sigs.k8s.io/yaml"
 
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/registry"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files")
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/out, removing those whose input is gone")
 
 var cfg = Config{
 	ListenerAddress: "0.0.0.0", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
@@ -26,94 +33,106 @@ var cfg = Config{
 	ExtProcMessageTimeout: 200 * time.Millisecond, MaxMessageTimeout: 120 * time.Second,
 }
 
-const reg = `
-models:
-  - name: iris
-    versions: [{version: "1", storageUri: "file:///m/iris/1"}]
-  - name: fraud
-    versions:
-      - {version: "1", storageUri: "file:///m/fraud/1"}
-      - {version: "2", storageUri: "file:///m/fraud/2"}
-    traffic:
-      - match: {x-canary: "yes"}
-        split: [{version: "2", weight: 100}]
-      - split: [{version: "1", weight: 90}, {version: "2", weight: 10}]
-        mirror: {version: "2", percent: 5}
-`
-
-// richReg uses every field of a traffic rule.
-const richReg = `
-models:
-  - name: fraud
-    versions:
-      - {version: "1", storageUri: "file:///m/fraud/1"}
-      - {version: "2", storageUri: "file:///m/fraud/2"}
-    traffic:
-      - source: VirtualService risk/fraud http[0]
-        when:
-          - headers: {x-user: {prefix: beta-}}
-          - uri: {regex: "/v2/models/fraud/versions/[0-9]+/explain"}
-            headers: {x-tenant: {exact: acme}, x-region: {regex: "eu-[a-z]+"}}
-        split: [{version: "2", weight: 100}]
-        timeout: 2.5s
-        retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,connect-failure"}
-        requestHeaders: {set: {x-route: canary}, add: {x-trace: "on"}, remove: [x-debug]}
-        responseHeaders: {set: {x-served-by: "100%"}, remove: [server]}
-      - match: {x-chaos: "on"}
-        fault: {delayPercent: 12.3456, delay: 250ms, abortPercent: 100, abortStatus: 503}
-        split: [{version: "1", weight: 1}]
-      - when: [{uri: {exact: /v2/models/fraud/infer}}, {uri: {prefix: /v2/models/fraud/versions/}}]
-        retries: {attempts: 0}
-        split: [{version: "1", weight: 90}, {version: "2", weight: 10}]
-`
-
 func mv(n, v string) placement.ModelVersion { return placement.ModelVersion{Name: n, Version: v} }
 
+// loadRegistry parses testdata/registries/<name>.
+func loadRegistry(t *testing.T, name string) *registry.Registry {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "registries", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := registry.Parse(b)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return r
+}
+
+// goldenInput is one golden case, testdata/in/<case>.yaml: a State and, for cases with
+// tracing on, the gateway's tracing.
+type goldenInput struct {
+	// Registry names a file under testdata/registries; empty: no registry.
+	Registry string              `json:"registry"`
+	Workers  []string            `json:"workers"`
+	Ready    map[string][]string `json:"ready"` // "name:version" -> data addresses
+	GRPC     map[string]string   `json:"grpc"`
+	Tracing  *Tracing            `json:"tracing"`
+}
+
+// readInput reads a golden case's input as the Config and State to translate.
+func readInput(t *testing.T, path string) (Config, State) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in goldenInput
+	if err := yaml.UnmarshalStrict(b, &in); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	st := State{Workers: in.Workers, GRPC: in.GRPC}
+	if in.Registry != "" {
+		st.Registry = loadRegistry(t, in.Registry)
+	}
+	for k, addrs := range in.Ready {
+		m, err := placement.ParseModelVersion(k)
+		if err != nil {
+			t.Fatalf("%s: ready: %v", path, err)
+		}
+		if st.Ready == nil {
+			st.Ready = map[placement.ModelVersion][]string{}
+		}
+		st.Ready[m] = addrs
+	}
+	c := cfg
+	c.Tracing = in.Tracing
+	return c, st
+}
+
+// TestTranslateGolden translates each testdata/in/<case>.yaml, checks that Envoy would
+// accept the resources and compares them with testdata/out/<case>.yaml.
 func TestTranslateGolden(t *testing.T) {
-	r, err := registry.Parse([]byte(reg))
-	if err != nil {
-		t.Fatal(err)
+	inputs, err := filepath.Glob(filepath.Join("testdata", "in", "*.yaml"))
+	if err != nil || len(inputs) == 0 {
+		t.Fatalf("no golden inputs under testdata/in (%v)", err)
 	}
-	rich, err := registry.Parse([]byte(richReg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	workers := []string{"10.0.0.2:8000", "10.0.0.1:8000"}
-	tests := []struct {
-		name string
-		give State
-	}{
-		{"empty", State{}},
-		{"all-cold", State{Registry: r, Workers: workers}},
-		{"iris-hot", State{Registry: r, Workers: workers, Ready: map[placement.ModelVersion][]string{
-			mv("iris", "1"): {"10.0.0.2:8000", "10.0.0.1:8000", "10.0.0.2:8000"}}}},
-		{"split-half-ready", State{Registry: r, Workers: workers, Ready: map[placement.ModelVersion][]string{
-			mv("fraud", "1"): {"10.0.0.1:8000"}}}},
-		{"triton-grpc-port", State{Registry: r, Workers: []string{"10.0.0.3:8000"}, GRPC: map[string]string{"10.0.0.3:8000": "10.0.0.3:8001"},
-			Ready: map[placement.ModelVersion][]string{mv("iris", "1"): {"10.0.0.3:8000"}}}},
-		{"split-ready", State{Registry: r, Workers: workers, Ready: map[placement.ModelVersion][]string{
-			mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"},
-			mv("unregistered", "1"): {"10.0.0.2:8000"}}}},
-		{"rich-cold", State{Registry: rich, Workers: workers}},
-		{"rich-hot", State{Registry: rich, Workers: []string{"10.0.0.1:8000", "10.0.0.3:8000"}, GRPC: map[string]string{"10.0.0.3:8000": "10.0.0.3:8001"},
-			Ready: map[placement.ModelVersion][]string{mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.3:8000"}}}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			res, err := Translate(cfg, tt.give)
+	cases := map[string]bool{}
+	for _, path := range inputs {
+		name := strings.TrimSuffix(filepath.Base(path), ".yaml")
+		cases[name] = true
+		t.Run(name, func(t *testing.T) {
+			c, st := readInput(t, path)
+			res, err := Translate(c, st)
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden(t, tt.name, res)
+			acceptable(t, res)
+			golden(t, name, res)
 		})
+	}
+	if !*update {
+		return
+	}
+	outputs, err := filepath.Glob(filepath.Join("testdata", "out", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range outputs {
+		if !cases[strings.TrimSuffix(filepath.Base(path), ".yaml")] {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("removed %s: its input is gone", path)
+		}
 	}
 }
 
-// golden compares res with testdata/<name>.yaml (rewritten with -update).
+// golden compares res with testdata/out/<name>.yaml (rewritten with -update).
 func golden(t *testing.T, name string, res Resources) {
 	t.Helper()
 	got := render(t, res)
-	path := filepath.Join("testdata", name+".yaml")
+	path := filepath.Join("testdata", "out", name+".yaml")
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)
@@ -128,23 +147,78 @@ func golden(t *testing.T, name string, res Resources) {
 	}
 }
 
-// TestTracingGolden: with tracing on, the connection manager gets Envoy's OpenTelemetry
-// tracer and the collector a cluster; everything else is as without (iris-hot.yaml).
-func TestTracingGolden(t *testing.T) {
-	r, err := registry.Parse([]byte(reg))
+// acceptable fails t for resources Envoy would refuse: a resource that breaks its proto's
+// rules (ValidateAll, also of every message packed in an Any, which ValidateAll does not
+// open: filter, load-balancing policy and protocol configurations), or a snapshot that is
+// not consistent (a route configuration a listener names, or the endpoints of an EDS
+// cluster, missing; or more of them than are named).
+func acceptable(t *testing.T, res Resources) {
+	t.Helper()
+	for _, list := range [][]types.Resource{res.Listeners, res.Routes, res.Clusters, res.Endpoints} {
+		for _, r := range list {
+			if err := validateAll(r); err != nil {
+				t.Errorf("%s %q is invalid: %v", r.ProtoReflect().Descriptor().Name(), cachev3.GetResourceName(r), err)
+			}
+		}
+	}
+	snap, err := cachev3.NewSnapshot("golden", map[resourcev3.Type][]types.Resource{
+		resourcev3.ListenerType: res.Listeners, resourcev3.RouteType: res.Routes,
+		resourcev3.ClusterType: res.Clusters, resourcev3.EndpointType: res.Endpoints,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	on := cfg
-	on.Tracing = &Tracing{CollectorAddress: "otel-collector.observability:4317", SamplePercent: 1}
-	res, err := Translate(on, State{Registry: r, Workers: []string{"10.0.0.1:8000"}, Ready: map[placement.ModelVersion][]string{
-		mv("iris", "1"): {"10.0.0.1:8000"}}})
-	if err != nil {
-		t.Fatal(err)
+	if err := snap.Consistent(); err != nil {
+		t.Errorf("snapshot is not consistent: %v", err)
 	}
-	golden(t, "tracing", res)
+}
 
-	on.Tracing.CollectorAddress = "no-port"
+// validateAll runs m's generated ValidateAll and that of each message in an Any within m.
+func validateAll(m proto.Message) error {
+	var errs []error
+	if v, ok := m.(interface{ ValidateAll() error }); ok {
+		errs = append(errs, v.ValidateAll())
+	}
+	var walk func(protoreflect.Message)
+	walk = func(msg protoreflect.Message) {
+		if a, ok := msg.Interface().(*anypb.Any); ok {
+			inner, err := a.UnmarshalNew()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", a.GetTypeUrl(), err))
+				return
+			}
+			if err := validateAll(inner); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", a.GetTypeUrl(), err))
+			}
+			return
+		}
+		msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			switch {
+			case fd.IsMap():
+				if fd.MapValue().Message() != nil {
+					v.Map().Range(func(_ protoreflect.MapKey, e protoreflect.Value) bool { walk(e.Message()); return true })
+				}
+			case fd.IsList():
+				if fd.Message() != nil {
+					for i := range v.List().Len() {
+						walk(v.List().Get(i).Message())
+					}
+				}
+			case fd.Message() != nil:
+				walk(v.Message())
+			}
+			return true
+		})
+	}
+	walk(m.ProtoReflect())
+	return errors.Join(errs...)
+}
+
+// TestTranslateRejectsBadCollectorAddress: with tracing on, a collector address without a
+// port is refused.
+func TestTranslateRejectsBadCollectorAddress(t *testing.T) {
+	on := cfg
+	on.Tracing = &Tracing{CollectorAddress: "no-port", SamplePercent: 1}
 	if _, err := Translate(on, State{}); err == nil || !strings.Contains(err.Error(), "tracing collector address") {
 		t.Fatalf("bad collector address: error %v", err)
 	}
@@ -152,10 +226,7 @@ func TestTracingGolden(t *testing.T) {
 
 // TestRuleRoutes: every condition of a rule is a route with the rule's actions, hot or cold.
 func TestRuleRoutes(t *testing.T) {
-	rich, err := registry.Parse([]byte(richReg))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rich := loadRegistry(t, "rich.yaml")
 	type summary struct {
 		Cluster  string
 		Timeout  string
@@ -223,8 +294,7 @@ func TestRuleRoutes(t *testing.T) {
 }
 
 func TestTranslateIsDeterministic(t *testing.T) {
-	r, _ := registry.Parse([]byte(reg))
-	st := State{Registry: r, Workers: []string{"10.0.0.2:8000", "10.0.0.1:8000"}, Ready: map[placement.ModelVersion][]string{
+	st := State{Registry: loadRegistry(t, "two-models.yaml"), Workers: []string{"10.0.0.2:8000", "10.0.0.1:8000"}, Ready: map[placement.ModelVersion][]string{
 		mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"}, mv("iris", "1"): {"10.0.0.1:8000"}}}
 	first, _ := Translate(cfg, st)
 	for range 20 {
