@@ -19,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modelmesh/mesh/internal/proctest"
 )
 
 // gcsServer is a real GCS emulator, fake-gcs-server, with an in-memory backend. It serves
@@ -27,7 +29,7 @@ import (
 type gcsServer struct {
 	Endpoint string // https://127.0.0.1:port, or http:// without TLS
 	client   *http.Client
-	proc     *process
+	proc     *proctest.Process
 }
 
 // gcsTLS is the certificate the emulator serves and the CA that signs it (testCA); with no
@@ -138,7 +140,7 @@ func (s *gcsServer) gets(t testing.TB, bucket, keyPrefix string) int {
 	t.Helper()
 	want := fmt.Sprintf(`\"GET /%s/%s`, bucket, url.PathEscape(keyPrefix))
 	n := 0
-	for _, line := range strings.Split(s.proc.logs.String(), "\n") {
+	for _, line := range strings.Split(s.proc.Logs(), "\n") {
 		if strings.Contains(line, want) {
 			n++
 		}

@@ -5,7 +5,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -13,18 +12,17 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/modelmesh/mesh/internal/proctest"
 	"github.com/modelmesh/mesh/proto/inference"
 	"github.com/modelmesh/mesh/proto/meshv1"
 )
@@ -79,113 +77,17 @@ func freePort(t testing.TB) string {
 	}
 }
 
-// process is a running binary whose stderr is kept for assertions and failure reports.
-type process struct {
-	name   string
-	cmd    *exec.Cmd
-	exited chan error
-	logs   *logBuffer
-}
-
-// logBuffer keeps a process's log lines.
-type logBuffer struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logBuffer) add(s string) { l.mu.Lock(); l.lines = append(l.lines, s); l.mu.Unlock() }
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.lines, "\n")
-}
-
-// startProcess runs path with args, killed when the test ends (its log printed if the test
-// failed), and waits until ready returns true.
-func startProcess(t testing.TB, name, path string, args []string, ready func() bool) *process {
+// startProcess runs path with args (proctest.Start) and waits up to 30 s until ready.
+func startProcess(t testing.TB, name, path string, args []string, ready func() bool) *proctest.Process {
 	t.Helper()
-	p := &process{name: name, exited: make(chan error, 1), logs: &logBuffer{}}
-	p.cmd = exec.Command(path, args...)
-	// A process group of its own: kill ends its children too (Triton's model stubs), which
-	// would otherwise hold its output open.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := p.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd.Stdout = p.cmd.Stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s (build it with `make build`): %v", name, err)
-	}
-	scanned := make(chan struct{})
-	go func() {
-		defer close(scanned)
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			p.logs.add(sc.Text())
-		}
-	}()
-	go func() { <-scanned; p.exited <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("%s log:\n%s", name, p.logs)
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !ready() {
-		select {
-		case err := <-p.exited:
-			p.exited <- err
-			t.Fatalf("%s exited at start: %v\n%s", name, err, p.logs)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready after 30s:\n%s", name, p.logs)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p := proctest.Start(t, name, path, args...)
+	p.Await(t, 30*time.Second, ready)
 	return p
-}
-
-// kill ends the process and its children at once (SIGKILL) and waits; safe to call twice.
-func (p *process) kill() {
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	err := <-p.exited
-	p.exited <- err
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (p *process) stop(t testing.TB) {
-	t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.exited:
-		p.exited <- err
-		if err != nil {
-			t.Fatalf("%s exited with %v after SIGTERM:\n%s", p.name, err, p.logs)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s still running 30s after SIGTERM", p.name)
-	}
-}
-
-func httpOK(url string) func() bool {
-	return func() bool {
-		resp, err := http.Get(url)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}
 }
 
 // worker is a running mesh-worker process.
 type worker struct {
-	*process
+	*proctest.Process
 	ID       string
 	DataAddr string
 	MgmtAddr string
@@ -202,7 +104,7 @@ func startWorker(t testing.TB, id string, extra ...string) *worker {
 		"--model-roots", models(t), "--cache-dir", t.TempDir(), "--ort-library", ortLibrary(t),
 		"--log-format", "json",
 	}, extra...)
-	w.process = startProcess(t, "worker "+id, filepath.Join(*binDir, "mesh-worker"), args, httpOK("http://"+w.MgmtAddr+"/healthz"))
+	w.Process = startProcess(t, "worker "+id, filepath.Join(*binDir, "mesh-worker"), args, proctest.HTTPOK("http://"+w.MgmtAddr+"/healthz"))
 	w.Mgmt = meshv1.NewWorkerServiceClient(dial(t, w.MgmtAddr))
 	w.Infer = inference.NewGRPCInferenceServiceClient(dial(t, w.DataAddr))
 	return w

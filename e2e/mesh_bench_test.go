@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/proctest"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/meshv1"
 )
@@ -99,7 +100,7 @@ static_resources:
 	path := filepath.Join(b.TempDir(), "static.yaml")
 	must(b, os.WriteFile(path, []byte(cfg), 0o644))
 	startProcess(b, "static envoy", envoyPath(b), []string{"-c", path, "--concurrency", "2", "--disable-hot-restart", "--use-dynamic-base-id", "--log-level", "warn"},
-		httpOK("http://"+admin+"/ready"))
+		proctest.HTTPOK("http://"+admin+"/ready"))
 	return listen
 }
 

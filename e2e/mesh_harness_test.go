@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelmesh/mesh/internal/proctest"
 	"github.com/modelmesh/mesh/internal/redistest"
 	"github.com/modelmesh/mesh/proto/inference"
 )
@@ -26,9 +27,9 @@ type mesh struct {
 	prefix   string
 	registry string // path of the registry file
 	workers  []*worker
-	extproc  *process
-	cp       *process
-	envoy    *process
+	extproc  *proctest.Process
+	cp       *proctest.Process
+	envoy    *proctest.Process
 	// Gateway is the Envoy listener, Admin its admin address, ExtProcMetrics and CPMetrics
 	// the /metrics addresses of ext_proc and the control plane.
 	Gateway        string
@@ -126,7 +127,7 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 	m.ExtProcMetrics = freePort(t)
 	m.extprocArgs = append([]string{"--listen", extprocAddr, "--metrics-listen", m.ExtProcMetrics, "--redis-addr", m.redis.Addr,
 		"--redis-prefix", m.prefix, "--resync", "1s", "--log-format", "json"}, opts.ExtProcArgs...)
-	m.extproc = startProcess(t, "ext_proc", filepath.Join(*binDir, "mesh-extproc"), m.extprocArgs, httpOK("http://"+m.ExtProcMetrics+"/metrics"))
+	m.extproc = startProcess(t, "ext_proc", filepath.Join(*binDir, "mesh-extproc"), m.extprocArgs, proctest.HTTPOK("http://"+m.ExtProcMetrics+"/metrics"))
 
 	xdsAddr := freePort(t)
 	m.CPMetrics = freePort(t)
@@ -136,7 +137,7 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 		"--redis-addr", m.redis.Addr, "--redis-prefix", m.prefix, "--gateway-address", "127.0.0.1", "--gateway-port", gwPort,
 		"--extproc-addr", extprocAddr, "--wasm-path", wasmModule(t), "--resync", "1s", "--batch", "20ms", "--log-format", "json", "--log-level", "debug"}
 	m.cpArgs = append(m.cpArgs, opts.ControlPlaneArgs...)
-	m.cp = startProcess(t, "control plane", filepath.Join(*binDir, "mesh-controlplane"), m.cpArgs, httpOK("http://"+m.CPMetrics+"/healthz"))
+	m.cp = startProcess(t, "control plane", filepath.Join(*binDir, "mesh-controlplane"), m.cpArgs, proctest.HTTPOK("http://"+m.CPMetrics+"/healthz"))
 
 	m.Admin = freePort(t)
 	_, adminPort, _ := net.SplitHostPort(m.Admin)
@@ -150,9 +151,9 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 	bootPath := filepath.Join(t.TempDir(), "envoy.yaml")
 	must(t, os.WriteFile(bootPath, []byte(boot), 0o644))
 	m.envoy = startProcess(t, "envoy", envoyPath(t), []string{"-c", bootPath, "--concurrency", "2", "--disable-hot-restart",
-		"--use-dynamic-base-id", "--log-level", "warn"}, httpOK("http://"+m.Admin+"/ready"))
+		"--use-dynamic-base-id", "--log-level", "warn"}, proctest.HTTPOK("http://"+m.Admin+"/ready"))
 	// Ready once the gateway listener is up and routes server-level calls to a worker.
-	eventually(t, 30*time.Second, "gateway serves /v2/health/ready", httpOK("http://"+m.Gateway+"/v2/health/ready"))
+	eventually(t, 30*time.Second, "gateway serves /v2/health/ready", proctest.HTTPOK("http://"+m.Gateway+"/v2/health/ready"))
 	m.Infer = inference.NewGRPCInferenceServiceClient(dial(t, m.Gateway))
 	return m
 }

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/modelmesh/mesh/internal/proctest"
 )
 
 // TestMeshZipfWorkloadWithEvictions sends a skewed workload over more models than fit in the
@@ -84,7 +86,7 @@ func TestMeshWorkerKilled(t *testing.T) {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}
 	m.waitHot(t, "iris", "1")
-	m.onlyLoader(t).kill()
+	m.onlyLoader(t).Kill()
 	// Until the dead worker's lease ends (3 heartbeats, 1.5 s here) requests may fail; after
 	// that every request must be answered.
 	eventually(t, 15*time.Second, "iris answered after its worker died", func() bool {
@@ -127,7 +129,7 @@ func TestMeshWorkerStoppedLosesNoRequest(t *testing.T) {
 		})
 	}
 	eventually(t, 10*time.Second, "traffic on the hot path first", func() bool { return sent.Load() >= 200 })
-	holder.stop(t)
+	holder.Stop(t)
 	// iris is served again from the other worker, loaded through the cold path.
 	eventually(t, 15*time.Second, "iris loaded on the other worker", func() bool {
 		return m.ready(t, "iris", "1")
@@ -138,7 +140,7 @@ func TestMeshWorkerStoppedLosesNoRequest(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Fatalf("%d of %d requests failed while a worker stopped; first: %v", failed.Load(), sent.Load(), first.Load())
 	}
-	if !strings.Contains(holder.logs.String(), "the mesh no longer routes here") {
+	if !strings.Contains(holder.Logs(), "the mesh no longer routes here") {
 		t.Fatal("the worker closed without waiting for the mesh to stop routing to it")
 	}
 	t.Logf("%d requests while a worker stopped, 0 failed", sent.Load())
@@ -152,7 +154,7 @@ func TestMeshExtProcStopped(t *testing.T) {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}
 	m.waitHot(t, "iris", "1")
-	m.extproc.kill()
+	m.extproc.Kill()
 	for range 10 {
 		if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
 			t.Fatalf("hot iris without ext_proc: %d %v", code, out)
@@ -189,9 +191,9 @@ func TestMeshControlPlaneRestart(t *testing.T) {
 		}
 	}()
 	time.Sleep(300 * time.Millisecond)
-	m.cp.kill()
+	m.cp.Kill()
 	time.Sleep(500 * time.Millisecond)
-	m.cp = startProcess(t, "control plane (restarted)", m.cp.cmd.Path, m.cpArgs, httpOK("http://"+m.CPMetrics+"/healthz"))
+	m.cp = startProcess(t, "control plane (restarted)", m.cp.Cmd.Path, m.cpArgs, proctest.HTTPOK("http://"+m.CPMetrics+"/healthz"))
 	eventually(t, 10*time.Second, "Envoy reconnected to the control plane", func() bool {
 		return m.envoyStat(t, "control_plane.connected_state") == 1
 	})

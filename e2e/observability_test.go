@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/modelmesh/mesh/internal/proctest"
 )
 
 const observability = "../manifests/observability"
@@ -69,7 +71,7 @@ func startPrometheus(t *testing.T, m *mesh) *prometheus {
 	}
 	p := &prometheus{addr: freePort(t)}
 	startProcess(t, "prometheus", bin, []string{"--config.file", path, "--storage.tsdb.path", filepath.Join(dir, "data"),
-		"--web.listen-address", p.addr, "--log.level", "warn"}, httpOK("http://"+p.addr+"/-/ready"))
+		"--web.listen-address", p.addr, "--log.level", "warn"}, proctest.HTTPOK("http://"+p.addr+"/-/ready"))
 	eventually(t, 30*time.Second, "every target scraped", func() bool {
 		var targets struct {
 			ActiveTargets []struct {

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/modelmesh/mesh/internal/proctest"
 )
 
 // s3HealthPath is versitygw's unauthenticated health endpoint (--health). The underscore
@@ -42,7 +44,7 @@ type s3Server struct {
 	meta      string // sidecar metadata: meta/bucket/key/meta/etag
 	staging   string // put's temporary files, on the same file system as dir
 	accessLog string
-	proc      *process
+	proc      *proctest.Process
 }
 
 type s3Options struct {
@@ -108,17 +110,9 @@ func startS3(t testing.TB, opts ...s3Option) *s3Server {
 // s3Ready reports whether the health endpoint answers 200. It does not verify the server's
 // certificate: it only asks whether the server is up, and the tests check TLS themselves.
 func s3Ready(url string) func() bool {
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{
+	return proctest.HTTPOKWith(&http.Client{Timeout: time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
-	}}
-	return func() bool {
-		resp, err := c.Get(url)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}
+	}}, url)
 }
 
 // put copies the local file src to s3://bucket/key, or each file under the directory src to

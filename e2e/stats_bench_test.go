@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,6 +13,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/modelmesh/mesh/internal/proctest"
 )
 
 // BenchmarkMeshStatsMemory measures what the bootstrap's stats matcher saves. One mesh with
@@ -76,7 +79,7 @@ func mib(n int64) float64 { return float64(n) / (1 << 20) }
 // gateway is a gateway Envoy: its listener and admin addresses.
 type gateway struct {
 	name, admin, addr string
-	envoy             *process
+	envoy             *proctest.Process
 }
 
 // envoyFigures are one Envoy's memory and stats.
@@ -101,7 +104,7 @@ func (g *gateway) figures(b *testing.B) envoyFigures {
 		}
 		*field.to = n
 	}
-	f.rss = rss(b, g.envoy.cmd.Process.Pid)
+	f.rss = rss(b, g.envoy.Cmd.Process.Pid)
 	_, stats := get(b, "http://"+g.admin+"/stats")
 	f.stats = strings.Count(stats, "\n")
 	_, prom := get(b, "http://"+g.admin+"/stats/prometheus")
@@ -149,22 +152,14 @@ func (g *gateway) requestEveryModel(b *testing.B, models int) {
 	}
 }
 
-// rss is a process's resident set in bytes.
+// rss is a process's resident set in bytes (/proc/PID/statm).
 func rss(b *testing.B, pid int) int64 {
 	b.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := procfs.NewProc(pid)
 	must(b, err)
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			must(b, err)
-			return kb << 10
-		}
-	}
-	b.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
+	statm, err := p.Statm()
+	must(b, err)
+	return int64(statm.ResidentBytes())
 }
 
 // withoutStatsMatcher removes stats_config.stats_matcher from a bootstrap, so that Envoy
@@ -199,7 +194,7 @@ func (m *mesh) secondGateway(b *testing.B, edit func(testing.TB, string) string)
 			args[i+1] = gwPort
 		}
 	}
-	startProcess(b, "second control plane", filepath.Join(*binDir, "mesh-controlplane"), args, httpOK("http://"+metrics+"/healthz"))
+	startProcess(b, "second control plane", filepath.Join(*binDir, "mesh-controlplane"), args, proctest.HTTPOK("http://"+metrics+"/healthz"))
 	_, adminPort, _ := net.SplitHostPort(admin)
 	xdsHost, xdsPort, _ := net.SplitHostPort(xdsAddr)
 	boot := edit(b, render(b, "../manifests/local/envoy-bootstrap.yaml", map[string]string{
@@ -207,7 +202,7 @@ func (m *mesh) secondGateway(b *testing.B, edit func(testing.TB, string) string)
 	path := filepath.Join(b.TempDir(), "envoy.yaml")
 	must(b, os.WriteFile(path, []byte(boot), 0o644))
 	envoy := startProcess(b, "second envoy", envoyPath(b), []string{"-c", path, "--concurrency", "2", "--disable-hot-restart",
-		"--use-dynamic-base-id", "--log-level", "warn"}, httpOK("http://"+admin+"/ready"))
-	eventually(b, 30*time.Second, "the second gateway serves /v2/health/ready", httpOK("http://"+gw+"/v2/health/ready"))
+		"--use-dynamic-base-id", "--log-level", "warn"}, proctest.HTTPOK("http://"+admin+"/ready"))
+	eventually(b, 30*time.Second, "the second gateway serves /v2/health/ready", proctest.HTTPOK("http://"+gw+"/v2/health/ready"))
 	return &gateway{name: "without", admin: admin, addr: gw, envoy: envoy}
 }

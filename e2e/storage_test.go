@@ -168,7 +168,7 @@ func TestModelsFromObjectStorage(t *testing.T) {
 	}
 	// Secrets stay out of logs and metrics.
 	for _, secret := range []string{plain.SecretKey, "not-the-secret"} {
-		if strings.Contains(w.logs.String(), secret) || strings.Contains(metrics, secret) {
+		if strings.Contains(w.Logs(), secret) || strings.Contains(metrics, secret) {
 			t.Errorf("secret %q in the worker's logs or metrics", secret)
 		}
 	}
@@ -251,7 +251,7 @@ func TestDiskTier(t *testing.T) {
 		found, _ := filepath.Glob(filepath.Join(cache, ".tmp", "*", "data", "pad.bin"))
 		return len(found) == 1
 	})
-	w.kill()
+	w.Kill()
 	<-errc
 	w = startWorker(t, "tier", args...)
 	if left, _ := filepath.Glob(filepath.Join(cache, ".tmp", "*")); len(left) != 0 {
@@ -280,7 +280,7 @@ func TestDiskTier(t *testing.T) {
 		t.Fatal("big's eviction not counted")
 	}
 	// b again: from the tier; the restart kept c and b too.
-	w.kill()
+	w.Kill()
 	w = startWorker(t, "tier", args...)
 	must(t, load(w, "b", "", "b/model.onnx"))
 	if n := s.gets(t, "models", "b/"); n != 1 {

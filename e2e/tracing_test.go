@@ -175,8 +175,8 @@ func TestTracingColdThenHot(t *testing.T) {
 	}
 	// Stopping ext_proc and the worker flushes every span they still hold, so that what
 	// the traces lack is known to be absent.
-	m.extproc.stop(t)
-	m.workers[0].stop(t)
+	m.extproc.Stop(t)
+	m.workers[0].Stop(t)
 	for c, name := range hot {
 		tr := spanTree{t: t, spans: col.Trace(c.traceID)}
 		ingress := tr.one(gateway, serverKind, "")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/modelmesh/mesh/internal/proctest"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/inference"
 	"github.com/modelmesh/mesh/proto/meshv1"
@@ -21,7 +22,7 @@ import (
 
 // triton is a real tritonserver (CPU, Python backend) started with scripts/triton.sh.
 type triton struct {
-	*process
+	*proctest.Process
 	state, HTTP, GRPC, Metrics string
 	args                       []string
 }
@@ -43,20 +44,20 @@ func startTriton(t testing.TB) *triton {
 func (tr *triton) start(t testing.TB) {
 	t.Helper()
 	script, _ := filepath.Abs("../scripts/triton.sh")
-	tr.process = startProcess(t, "triton", script, tr.args, httpOK("http://"+tr.HTTP+"/v2/health/live"))
-	p := tr.process
+	tr.Process = startProcess(t, "triton", script, tr.args, proctest.HTTPOK("http://"+tr.HTTP+"/v2/health/live"))
+	p := tr.Process
 	t.Cleanup(func() { removeShm(p) })
 }
 
 // kill ends Triton and its model stubs as a crash would, and removes the shared memory
 // regions a killed Triton leaves behind (scripts/triton.sh names them after its pid).
 func (tr *triton) kill() {
-	tr.process.kill()
-	removeShm(tr.process)
+	tr.Process.Kill()
+	removeShm(tr.Process)
 }
 
-func removeShm(p *process) {
-	left, _ := filepath.Glob(fmt.Sprintf("/dev/shm/mesh%d-*", p.cmd.Process.Pid))
+func removeShm(p *proctest.Process) {
+	left, _ := filepath.Glob(fmt.Sprintf("/dev/shm/mesh%d-*", p.Cmd.Process.Pid))
 	for _, f := range left {
 		os.Remove(f)
 	}
@@ -201,7 +202,7 @@ func TestTritonWorkerBudgetFromMetrics(t *testing.T) {
 	if list.GetCapacity().GetHostBytes() <= 1<<20 {
 		t.Fatalf("capacity %d: --capacity was used instead of Triton's metrics", list.GetCapacity().GetHostBytes())
 	}
-	if !strings.Contains(w.logs.String(), "nv_cpu_memory_total_bytes") {
+	if !strings.Contains(w.Logs(), "nv_cpu_memory_total_bytes") {
 		t.Fatal("the worker did not say which metric set its budget")
 	}
 }

@@ -296,11 +296,11 @@ func TestRedisRestartAndShutdown(t *testing.T) {
 	// Two heartbeats, plus a second of slack for a busy CI machine.
 	eventually(t, 2*heartbeat+time.Second, "full state back after Redis restart", full)
 
-	w.stop(t)
+	w.Stop(t)
 	if n := rdb.Exists(ctx, keys.Worker(w.ID), keys.Replicas(w.ID)).Val(); n != 0 {
 		t.Fatalf("%d records left after SIGTERM", n)
 	}
-	if !strings.Contains(w.logs.String(), "shutting down") {
+	if !strings.Contains(w.Logs(), "shutting down") {
 		t.Fatal("no shutdown log line")
 	}
 }
@@ -320,7 +320,7 @@ func TestShutdownServesUntilUnrouted(t *testing.T) {
 	must(t, residency.RenewControlPlane(ctx, rdb, keys, "cp-1", []string{w.ID}, time.Minute))
 	must(t, residency.WriteRouted(ctx, rdb, keys, "cp-1", map[string][]string{w.ID: {"iris:1"}}, nil, time.Minute))
 
-	w.cmd.Process.Signal(syscall.SIGTERM)
+	w.Cmd.Process.Signal(syscall.SIGTERM)
 	eventually(t, 5*time.Second, "the worker's records removed", func() bool { return rdb.Exists(ctx, keys.Worker(w.ID)).Val() == 0 })
 	// A new connection, as Envoy opens for a request it still routes here, is served.
 	for range 3 {
@@ -331,16 +331,15 @@ func TestShutdownServesUntilUnrouted(t *testing.T) {
 		http.DefaultClient.CloseIdleConnections()
 	}
 	select {
-	case err := <-w.exited:
-		t.Fatalf("the worker exited (%v) while a gateway still routed iris to it", err)
+	case <-w.Done():
+		t.Fatalf("the worker exited (%v) while a gateway still routed iris to it", w.Err())
 	default:
 	}
 	// The gateways stop routing here: the worker closes and exits.
 	must(t, residency.WriteRouted(ctx, rdb, keys, "cp-1", map[string][]string{w.ID: nil}, nil, time.Minute))
 	select {
-	case err := <-w.exited:
-		w.exited <- err
-		if err != nil {
+	case <-w.Done():
+		if err := w.Err(); err != nil {
 			t.Fatalf("exit after the drain: %v", err)
 		}
 	case <-time.After(10 * time.Second):

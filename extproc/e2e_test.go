@@ -8,16 +8,14 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/modelmesh/mesh/internal/proctest"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/meshv1"
 )
@@ -55,30 +53,11 @@ func TestColdRequestLoadsOnTheRealWorker(t *testing.T) {
 	m := newMesh(t, mustRegistry(t, fmt.Sprintf("models:\n  - name: iris\n    versions: [{version: \"1\", storageUri: \"file://%s\"}]\n", iris)))
 
 	redisAddr := m.rdb.Options().Addr
-	cmd := exec.Command(filepath.Join(*binDir, "mesh-worker"),
+	proctest.Start(t, "mesh-worker", filepath.Join(*binDir, "mesh-worker"),
 		"--worker-id", "w1", "--listen", "127.0.0.1:0", "--management-listen", "127.0.0.1:0",
 		"--redis-addr", redisAddr, "--redis-prefix", m.keys.Prefix, "--heartbeat", "500ms",
 		"--model-roots", models, "--cache-dir", t.TempDir(), "--ort-library", ortLibrary(t), "--capacity", "256MiB",
 		"--log-format", "text")
-	var logs strings.Builder
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start mesh-worker (build it: go build -o bin/ ./runtime-worker/cmd/...): %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("mesh-worker logs:\n%s", logs.String())
-		}
-	})
 
 	loader := NewGRPCLoader()
 	defer loader.Close()
