@@ -11,13 +11,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/internal/proctest"
 	"github.com/modelmesh/mesh/proto/inference"
 )
 
@@ -25,7 +26,6 @@ import (
 type server struct {
 	http, grpc, metrics string
 	repo                string
-	cmd                 *exec.Cmd
 }
 
 func freePort(t *testing.T) string {
@@ -50,37 +50,22 @@ func startTriton(t *testing.T) *server {
 		gp, mp = freePort(t), freePort(t)
 	}
 	s := &server{http: "127.0.0.1:" + hp, grpc: "127.0.0.1:" + gp, metrics: "127.0.0.1:" + mp, repo: filepath.Join(state, "models")}
-	s.cmd = exec.Command("../../scripts/triton.sh", state, hp, gp, mp)
-	log, err := os.Create(filepath.Join(state, "triton.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.cmd.Stdout, s.cmd.Stderr = log, log
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(log.Name())
-			t.Logf("triton log:\n%s", b)
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + s.http + "/v2/health/live")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return s
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("tritonserver not live after 60s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	// GPU metrics on (the script turns them off), so that Triton reports its GPUs as it does
+	// for a worker's --triton-metrics; a later flag wins.
+	p := proctest.Start(t, "triton", "../../scripts/triton.sh", state, hp, gp, mp, "--allow-gpu-metrics=true")
+	p.Await(t, 60*time.Second, proctest.HTTPOK("http://"+s.http+"/v2/health/live"))
+	return s
+}
+
+// infer posts the input [1, 2, 3, 4] to model on Triton's HTTP port and returns the answer.
+func (s *server) infer(t *testing.T, model string) (int, string) {
+	t.Helper()
+	resp, err := http.Post("http://"+s.http+"/v2/models/"+model+"/infer", "application/json",
+		strings.NewReader(`{"inputs":[{"name":"INPUT0","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`))
+	must(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
 
 // pythonModel writes a Triton Python-backend model directory: OUTPUT0 = INPUT0 * factor,
@@ -125,10 +110,31 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	defer cancel()
 	src := t.TempDir()
 
+	// Capacity from Triton's own metrics, less a reserve: one budget per GPU Triton reports,
+	// or, on a host without GPUs, its host memory. The rest of the test branches on the GPUs.
+	var capacity placement.Memory
+	var metric string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		capacity, metric, err = Capacity(ctx, "http://"+s.metrics+"/metrics", 1<<30)
+		if !errors.Is(err, ErrNotYet) || time.Now().After(deadline) {
+			break
+		}
+	}
+	must(t, err)
+	gpus := len(capacity.GPU)
+	t.Logf("triton reports %d GPUs: %s from %s", gpus, capacity, metric)
+	if gpus == 0 && (metric != "nv_cpu_memory_total_bytes" || capacity.Host <= 0) ||
+		gpus > 0 && (metric != "nv_gpu_memory_total_bytes" || capacity.Host != 0 || slices.Min(capacity.GPU) <= 0) {
+		t.Fatalf("capacity %s from %q", capacity, metric)
+	}
+	if _, _, err := Capacity(ctx, "http://"+s.metrics+"/metrics", 1<<62); err == nil {
+		t.Fatal("a reserve larger than the memory was accepted")
+	}
+
 	double := placement.ModelVersion{Name: "double", Version: "1"}
 	doubleDir := pythonModel(t, src, "double", 2, "")
-	// Asked for GPU 0 on this CPU-only server: the model's own KIND_CPU instance group wins,
-	// so it loads, and its memory is host memory.
+	// Asked for GPU 0: the model's own KIND_CPU instance group wins, so it loads, and its
+	// memory is host memory, with or without GPUs.
 	loaded, err := b.Load(ctx, double, doubleDir, 0)
 	must(t, err)
 	var files int64
@@ -147,13 +153,8 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 		t.Fatalf("measured %s for a numpy model on CPU", loaded.Memory)
 	}
 	// Triton serves it on its own port.
-	resp, err := http.Post("http://"+s.http+"/v2/models/double/infer", "application/json",
-		strings.NewReader(`{"inputs":[{"name":"INPUT0","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}`))
-	must(t, err)
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), "[2.0,4.0,6.0,8.0]") {
-		t.Fatalf("infer through triton: %d %s", resp.StatusCode, body)
+	if code, body := s.infer(t, "double"); code != 200 || !strings.Contains(body, "[2.0,4.0,6.0,8.0]") {
+		t.Fatalf("infer through triton: %d %s", code, body)
 	}
 	// Triton updates its statistics just after answering.
 	var stats []Usage
@@ -195,17 +196,33 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	if !b.Live(ctx) {
 		t.Fatal("triton not live after bad models")
 	}
-	// A model that leaves placement to Triton is pinned to the GPU the worker chose: this
-	// server has none, so Triton refuses it, which shows the placement reached Triton.
+	// A model that leaves placement to Triton is pinned to the GPU the worker chose. Pinned
+	// to one past Triton's last GPU (GPU 0 on a server without GPUs), Triton refuses it,
+	// which shows the placement reached Triton.
+	unplacedModel := placement.ModelVersion{Name: "unplaced", Version: "1"}
 	unplaced := pythonModel(t, src, "unplaced", 1, "")
 	config, err := os.ReadFile(filepath.Join(unplaced, "config.pbtxt"))
 	must(t, err)
 	must(t, os.WriteFile(filepath.Join(unplaced, "config.pbtxt"), []byte(strings.ReplaceAll(string(config), "instance_group [ { count: 1 kind: KIND_CPU } ]\n", "")), 0o644))
-	_, err = b.Load(ctx, placement.ModelVersion{Name: "unplaced", Version: "1"}, unplaced, 0)
+	_, err = b.Load(ctx, unplacedModel, unplaced, gpus)
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "gpu") {
-		t.Fatalf("a model pinned to GPU 0 on a server without GPUs: %v, want Triton's refusal naming the GPU", err)
+		t.Fatalf("a model pinned to GPU %d, where Triton's metrics report %d GPUs: %v, want Triton's refusal naming the GPU", gpus, gpus, err)
 	}
 	t.Logf("pinned to a missing GPU: %v", err)
+	if gpus > 0 {
+		// Pinned to a GPU Triton has, it loads there and serves.
+		_, err := b.Load(ctx, unplacedModel, unplaced, 0)
+		must(t, err)
+		installed, err := os.ReadFile(filepath.Join(s.repo, "unplaced", "config.pbtxt"))
+		must(t, err)
+		if !strings.Contains(string(installed), "kind: KIND_GPU, count: 1, gpus: [ 0 ]") {
+			t.Fatalf("installed config.pbtxt not pinned to GPU 0:\n%s", installed)
+		}
+		if code, body := s.infer(t, "unplaced"); code != 200 || !strings.Contains(body, "[1.0,2.0,3.0,4.0]") {
+			t.Fatalf("infer on GPU 0: %d %s", code, body)
+		}
+		must(t, b.Unload(ctx, unplacedModel))
+	}
 	if _, err := b.Load(ctx, placement.ModelVersion{Name: "double", Version: "2"}, pythonModel(t, src, "double", 2, ""), -1); err == nil {
 		t.Fatal("a second version of a held model loaded")
 	}
@@ -218,23 +235,6 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	must(t, err)
 	if len(got) != 1 || got[0] != "orphan" {
 		t.Fatalf("reconcile unloaded %v, want [orphan]", got)
-	}
-
-	// Capacity from Triton's own metrics: on this CPU-only host, its host memory less a reserve.
-	var capacity placement.Memory
-	var metric string
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		capacity, metric, err = Capacity(ctx, "http://"+s.metrics+"/metrics", 1<<30)
-		if !errors.Is(err, ErrNotYet) || time.Now().After(deadline) {
-			break
-		}
-	}
-	must(t, err)
-	if metric != "nv_cpu_memory_total_bytes" || capacity.Host <= 0 || len(capacity.GPU) != 0 {
-		t.Fatalf("capacity %s from %q", capacity, metric)
-	}
-	if _, _, err := Capacity(ctx, "http://"+s.metrics+"/metrics", 1<<62); err == nil {
-		t.Fatal("a reserve larger than the memory was accepted")
 	}
 
 	must(t, b.Unload(ctx, double))
