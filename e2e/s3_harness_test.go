@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/md5"
@@ -23,6 +24,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/modelmesh/mesh/internal/proctest"
 )
@@ -168,6 +172,33 @@ func (s *s3Server) putFile(t testing.TB, bucket, key, src string) {
 	must(t, os.RemoveAll(metaDir))
 	must(t, os.MkdirAll(metaDir, 0o755))
 	must(t, os.WriteFile(filepath.Join(metaDir, "etag"), []byte(`"`+hex.EncodeToString(sum.Sum(nil))+`"`), 0o644))
+}
+
+// upload stores the local file src as s3://bucket/key through the S3 API (minio-go's
+// PutObject, multipart above 16 MiB), as users upload models: the server keeps the checksum
+// it computes (versitygw, like AWS S3, a full-object CRC64NVME). The bucket must exist (put
+// creates it). Plain-HTTP servers only.
+func (s *s3Server) upload(t testing.TB, bucket, key, src string) {
+	t.Helper()
+	c, err := minio.New(strings.TrimPrefix(s.Endpoint, "http://"), &minio.Options{
+		Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""), Region: s.Region})
+	must(t, err)
+	_, err = c.FPutObject(context.Background(), bucket, key, src, minio.PutObjectOptions{PartSize: 16 << 20})
+	must(t, err)
+}
+
+// tamper flips one byte of s3://bucket/key in the backend directory, keeping its size and
+// whatever the server recorded of it: corruption at rest, behind the server's back.
+func (s *s3Server) tamper(t testing.TB, bucket, key string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(s.dir, bucket, filepath.FromSlash(key)), os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+	b := make([]byte, 1)
+	_, err = f.ReadAt(b, 0)
+	must(t, err)
+	_, err = f.WriteAt([]byte{b[0] ^ 0xff}, 0)
+	must(t, err)
 }
 
 // gets counts the GetObject requests, ranged or whole and whatever their status, that the

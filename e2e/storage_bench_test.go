@@ -29,12 +29,13 @@ const storageBenchBytes = 256 << 20
 //
 //   - download throughput: a 256 MiB object of random bytes read with a plain minio-go
 //     GetObject copied to a file (the baseline), against the worker's own fetch of the
-//     same object into its disk tier. The object is a pad file beside the iris model under
-//     one prefix, so the worker downloads it whole through its real path (list, GET, MD5
-//     check, rename into the tier) and the load then succeeds: ONNX Runtime opens only
-//     <dir>/model.onnx. The worker's download is timed by its own histogram
-//     (mesh_worker_storage_download_seconds), apart from the load. Rounds alternate which
-//     of the two goes first.
+//     same bytes into its disk tier. The object is a pad file beside the iris model under
+//     one prefix, so the worker downloads it whole through its real path (list, GET,
+//     checksum, rename into the tier) and the load then succeeds: ONNX Runtime opens only
+//     <dir>/model.onnx. The worker fetches two copies: one uploaded through the S3 API,
+//     checked by the store's CRC64NVME, and one with an MD5 ETag only, checked by MD5. The
+//     worker's download is timed by its own histogram (mesh_worker_storage_download_seconds),
+//     apart from the load. Rounds alternate which goes first.
 //   - the disk tier: the first load from S3 (download and load) against the reload of the
 //     same model after an unload from memory, served from the tier without a GET, for the
 //     256 MiB prefix and for the synthetic 32 MiB model (a real model, whose session
@@ -53,13 +54,19 @@ func BenchmarkMeshStorage(b *testing.B) {
 	src := b.TempDir()
 	must(b, os.WriteFile(filepath.Join(src, "model.onnx"), mustRead(b, iris), 0o644))
 	writeRandom(b, filepath.Join(src, "pad.bin"), storageBenchBytes)
-	s.put(b, "models", "big", src)
+	// big is uploaded through the S3 API, so the store keeps a CRC64NVME of each object (as
+	// AWS S3 does of every object written since 2025) and the worker checks that; big-md5 is
+	// written behind the server with an MD5 ETag only, as older objects are, and the worker
+	// checks the MD5.
+	s.put(b, "models", "big-md5", src)
+	s.upload(b, "models", "big/model.onnx", filepath.Join(src, "model.onnx"))
+	s.upload(b, "models", "big/pad.bin", filepath.Join(src, "pad.bin"))
 	s.put(b, "models", "synthetic/model.onnx", synthetic)
 	bigBytes := int64(storageBenchBytes + len(mustRead(b, iris)))
 
 	cfg := storageConfig(b, map[string]map[string]any{"default": s.entry("models")})
 	w := startWorker(b, "storage-bench", "--capacity", "1GiB", "--log-level", "warn", "--storage-config", cfg,
-		"--disk-cache-size", fmt.Sprint(bigBytes+1<<20))
+		"--disk-cache-size", fmt.Sprint(bigBytes+1<<20)) // one of the big prefixes at a time
 	raw, err := minio.New(strings.TrimPrefix(s.Endpoint, "http://"), &minio.Options{
 		Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, ""), Region: s.Region})
 	must(b, err)
@@ -110,10 +117,10 @@ func BenchmarkMeshStorage(b *testing.B) {
 		}
 		return cold, tier
 	}
-	workerGet := func() (mbps float64, cold, tier time.Duration) {
+	workerGet := func(name string) (mbps float64, cold, tier time.Duration) {
 		secs := sumMetric(b, w.MgmtAddr, "mesh_worker_storage_download_seconds_sum")
 		bytes := sumMetric(b, w.MgmtAddr, "mesh_worker_storage_download_bytes_total")
-		cold, tier = coldThenTier("big", "big", 2)
+		cold, tier = coldThenTier(name, name, 2)
 		secs = sumMetric(b, w.MgmtAddr, "mesh_worker_storage_download_seconds_sum") - secs
 		bytes = sumMetric(b, w.MgmtAddr, "mesh_worker_storage_download_bytes_total") - bytes
 		if int64(bytes) != bigBytes {
@@ -122,31 +129,35 @@ func BenchmarkMeshStorage(b *testing.B) {
 		return bytes / secs / 1e6, cold, tier
 	}
 
-	var rawMBps, workerMBps []float64
+	var rawMBps, workerMBps, md5MBps []float64
 	var bigCold, bigTier, synCold, synTier []time.Duration
 	for range b.N {
 		for r := range rounds {
-			var mbps float64
+			var mbps, md5 float64
 			var cold, tier time.Duration
 			if r%2 == 0 {
 				settle()
 				rawMBps = append(rawMBps, rawGet())
 				settle()
-				mbps, cold, tier = workerGet()
+				mbps, cold, tier = workerGet("big")
+				settle()
+				md5, _, _ = workerGet("big-md5") // evicts big from the tier
 			} else {
 				settle()
-				mbps, cold, tier = workerGet()
+				md5, _, _ = workerGet("big-md5")
+				settle()
+				mbps, cold, tier = workerGet("big") // evicts big-md5 from the tier
 				settle()
 				rawMBps = append(rawMBps, rawGet())
 			}
 			settle()
-			workerMBps, bigCold, bigTier = append(workerMBps, mbps), append(bigCold, cold), append(bigTier, tier)
+			workerMBps, md5MBps, bigCold, bigTier = append(workerMBps, mbps), append(md5MBps, md5), append(bigCold, cold), append(bigTier, tier)
 			cold, tier = coldThenTier("synthetic", "synthetic/model.onnx", 1) // evicts big from the tier
 			synCold, synTier = append(synCold, cold), append(synTier, tier)
 		}
 	}
-	rawMed, workerMed := median(rawMBps), median(workerMBps)
-	rawBest, workerBest := slices.Max(rawMBps), slices.Max(workerMBps)
+	rawMed, workerMed, md5Med := median(rawMBps), median(workerMBps), median(md5MBps)
+	rawBest, workerBest, md5Best := slices.Max(rawMBps), slices.Max(workerMBps), slices.Max(md5MBps)
 	bigColdMed, bigTierMed := median(bigCold), median(bigTier)
 	synColdMed, synTierMed := median(synCold), median(synTier)
 	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
@@ -154,22 +165,25 @@ func BenchmarkMeshStorage(b *testing.B) {
 	b.ReportMetric(workerMed, "worker-MB/s")
 	b.ReportMetric(workerMed/rawMed, "worker/raw")
 	b.ReportMetric(workerBest/rawBest, "best-worker/raw")
+	b.ReportMetric(md5Med/rawMed, "worker-md5/raw")
 	b.ReportMetric(ms(bigColdMed), "256MiB-cold-ms")
 	b.ReportMetric(ms(bigTierMed), "256MiB-tier-ms")
 	b.ReportMetric(ms(synColdMed), "32MiB-cold-ms")
 	b.ReportMetric(ms(synTierMed), "32MiB-tier-ms")
 	b.ReportMetric(float64(synColdMed)/float64(synTierMed), "32MiB-cold/tier")
 
-	ratios := make([]float64, len(rawMBps))
+	ratios, md5Ratios := make([]float64, len(rawMBps)), make([]float64, len(rawMBps))
 	for i := range ratios {
-		ratios[i] = workerMBps[i] / rawMBps[i]
+		ratios[i], md5Ratios[i] = workerMBps[i]/rawMBps[i], md5MBps[i]/rawMBps[i]
 	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "model storage, versitygw on loopback, %d rounds, MB = 10^6 bytes\n", len(rawMBps))
 	fmt.Fprintf(&sb, "%-36s %7s %7s   %s\n", "256 MiB object into a file, MB/s", "median", "best", "rounds")
 	fmt.Fprintf(&sb, "%-36s %7.0f %7.0f   %s\n", "raw: minio-go GetObject + io.Copy", rawMed, rawBest, fmtFloats(rawMBps))
-	fmt.Fprintf(&sb, "%-36s %7.0f %7.0f   %s\n", "worker: fetch into the disk tier", workerMed, workerBest, fmtFloats(workerMBps))
-	fmt.Fprintf(&sb, "%-36s %6.2fx %6.2fx   %s\n", "worker/raw", workerMed/rawMed, workerBest/rawBest, fmtRatios(ratios))
+	fmt.Fprintf(&sb, "%-36s %7.0f %7.0f   %s\n", "worker, checked by CRC64NVME", workerMed, workerBest, fmtFloats(workerMBps))
+	fmt.Fprintf(&sb, "%-36s %7.0f %7.0f   %s\n", "worker, checked by MD5 (ETag only)", md5Med, md5Best, fmtFloats(md5MBps))
+	fmt.Fprintf(&sb, "%-36s %6.2fx %6.2fx   %s\n", "worker (CRC64NVME)/raw", workerMed/rawMed, workerBest/rawBest, fmtRatios(ratios))
+	fmt.Fprintf(&sb, "%-36s %6.2fx %6.2fx   %s\n", "worker (MD5)/raw", md5Med/rawMed, md5Best/rawBest, fmtRatios(md5Ratios))
 	fmt.Fprintf(&sb, "%-36s %9s %9s %7s\n", "load (median)", "from S3", "from tier", "ratio")
 	fmt.Fprintf(&sb, "%-36s %7.1fms %7.1fms %6.1fx\n", "256 MiB prefix (iris + pad file)", ms(bigColdMed), ms(bigTierMed), float64(bigColdMed)/float64(bigTierMed))
 	fmt.Fprintf(&sb, "%-36s %7.1fms %7.1fms %6.1fx", "synthetic-32mb", ms(synColdMed), ms(synTierMed), float64(synColdMed)/float64(synTierMed))

@@ -36,6 +36,11 @@ func TestModelsFromObjectStorage(t *testing.T) {
 	for _, s := range []*s3Server{plain, secure} {
 		s.put(t, "models", "demo", models(t))
 	}
+	// Uploaded through the S3 API, the store keeps a CRC64NVME of the object; a byte changed
+	// at rest then fails that check.
+	plain.upload(t, "models", "uploaded/iris/1/model.onnx", filepath.Join(models(t), "iris", "1", "model.onnx"))
+	plain.upload(t, "models", "rotten/iris/1/model.onnx", filepath.Join(models(t), "iris", "1", "model.onnx"))
+	plain.tamper(t, "models", "rotten/iris/1/model.onnx")
 	hung := blackhole(t)
 	irisSum := sha256.Sum256(mustRead(t, filepath.Join(models(t), "breast-cancer", "1", "model.onnx")))
 
@@ -67,6 +72,10 @@ func TestModelsFromObjectStorage(t *testing.T) {
     versions: [{version: "1", storage: {key: tls-unknown, path: demo/iris/1/model.onnx}}]
   - name: corrupt
     versions: [{version: "1", storage: {path: demo/iris/1/model.onnx}, sha256: "%s"}]
+  - name: uploaded
+    versions: [{version: "1", storage: {path: uploaded/iris/1/model.onnx}}]
+  - name: rotten
+    versions: [{version: "1", storage: {path: rotten/iris/1/model.onnx}}]
   - name: hung
     versions: [{version: "1", storage: {key: hung, bucket: models, path: demo/iris/1/model.onnx}}]
 `, hex.EncodeToString(irisSum[:]), strings.Repeat("0", 64))
@@ -90,6 +99,10 @@ func TestModelsFromObjectStorage(t *testing.T) {
 	}
 	if secure.gets(t, "models", "demo/digits/") != 1 {
 		t.Fatal("digits was not read from the TLS store")
+	}
+
+	if code, out := inferREST(t, m.Gateway, "uploaded", irisSetosa, nil); code != 200 || label(t, out) != 0 {
+		t.Fatalf("iris uploaded through the S3 API, checked by its CRC64NVME: %d %v", code, out)
 	}
 
 	// Evicted from memory, iris reloads from the disk tier: the store sees no request.
@@ -136,6 +149,7 @@ func TestModelsFromObjectStorage(t *testing.T) {
 		{"missing", "model files not found"},
 		{"untrusted", "storage TLS failure"},
 		{"corrupt", "failed their checksum"},
+		{"rotten", "crc64nvme"},
 	}
 	for _, tt := range tests {
 		code, header, body, err := sendInfer(m.Gateway, tt.model, irisSetosa, nil)

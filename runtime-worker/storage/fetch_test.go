@@ -7,9 +7,12 @@ import (
 	"context"
 	"crypto/md5"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -29,7 +32,11 @@ type fakeStore struct {
 	mu      sync.Mutex
 	objects map[string][]byte
 	badMD5  map[string]bool // the store announces a wrong MD5
-	opens   map[string]int
+	// crc32c, when set, gives every open a CRC32C of the body (as S3 does with checksum mode),
+	// wrong for the keys in badCRC.
+	crc32c bool
+	badCRC map[string]bool
+	opens  map[string]int
 	// openErr, when set, answers the n-th open (from 1) of key; nil lets it through.
 	openErr func(key string, n int) error
 	// short cuts every body to half its length.
@@ -41,7 +48,7 @@ type fakeStore struct {
 }
 
 func newFake(objects map[string]string) *fakeStore {
-	f := &fakeStore{objects: map[string][]byte{}, badMD5: map[string]bool{}, opens: map[string]int{}}
+	f := &fakeStore{objects: map[string][]byte{}, badMD5: map[string]bool{}, badCRC: map[string]bool{}, opens: map[string]int{}}
 	for k, v := range objects {
 		f.objects[k] = []byte(v)
 	}
@@ -71,33 +78,42 @@ func (f *fakeStore) object(key, rel string, b []byte) object {
 	if f.badMD5[key] {
 		sum = md5.Sum(append(b, 'x'))
 	}
-	return object{rel: rel, key: key, size: int64(len(b)), md5: sum[:]}
+	return object{rel: rel, key: key, size: int64(len(b)), sum: checksum{name: "md5", want: sum[:], hash: md5.New}}
 }
 
-func (f *fakeStore) open(ctx context.Context, _ target, o object) (io.ReadCloser, error) {
+func (f *fakeStore) open(ctx context.Context, _ target, o object) (io.ReadCloser, checksum, error) {
 	f.mu.Lock()
 	f.opens[o.key]++
 	n, gate, b := f.opens[o.key], f.gate, f.objects[o.key]
+	var sum checksum
+	if f.crc32c {
+		table := crc32.MakeTable(crc32.Castagnoli)
+		want := crc32.Checksum(b, table)
+		if f.badCRC[o.key] {
+			want++
+		}
+		sum = checksum{name: "crc32c", want: binary.BigEndian.AppendUint32(nil, want), hash: func() hash.Hash { return crc32.New(table) }}
+	}
 	f.mu.Unlock()
 	if gate != nil {
 		select {
 		case <-gate:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, checksum{}, ctx.Err()
 		}
 	}
 	if f.openErr != nil {
 		if err := f.openErr(o.key, n); err != nil {
-			return nil, err
+			return nil, checksum{}, err
 		}
 	}
 	if f.short {
 		b = b[:len(b)/2]
 	}
 	if f.stall {
-		return io.NopCloser(stallReader{ctx}), nil
+		return io.NopCloser(stallReader{ctx}), sum, nil
 	}
-	return io.NopCloser(bytes.NewReader(b)), nil
+	return io.NopCloser(bytes.NewReader(b)), sum, nil
 }
 
 func (f *fakeStore) openCount(key string) int {
@@ -251,6 +267,10 @@ func TestBadDownloadsLeaveNothingServed(t *testing.T) {
 		wantErr error
 	}{
 		{"store's MD5 differs", func(f *fakeStore) { f.badMD5["a.onnx"] = true }, s3("a.onnx"), ErrChecksum},
+		{"store's CRC32C differs", func(f *fakeStore) { f.crc32c, f.badCRC["a.onnx"] = true, true }, s3("a.onnx"), ErrChecksum},
+		{"store's CRC32C is checked instead of its MD5", func(f *fakeStore) { f.crc32c, f.badMD5["a.onnx"] = true, true }, s3("a.onnx"), nil},
+		{"a declared sha256 replaces the store's MD5", func(f *fakeStore) { f.badMD5["a.onnx"] = true },
+			Location{URI: "s3://bucket/a.onnx", SHA256: hex.EncodeToString(sum[:])}, nil},
 		{"declared sha256 differs", nil, Location{URI: "s3://bucket/a.onnx", SHA256: strings.Repeat("0", 64)}, ErrChecksum},
 		{"body cut short", func(f *fakeStore) { f.short = true }, s3("a.onnx"), ErrUnavailable},
 		{"store stalls", func(f *fakeStore) { f.stall = true }, s3("a.onnx"), ErrUnavailable},

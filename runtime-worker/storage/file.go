@@ -145,12 +145,12 @@ func (s *fileStore) list(_ context.Context, t target) ([]object, bool, error) {
 	return objs, false, nil
 }
 
-func (s *fileStore) open(_ context.Context, _ target, o object) (io.ReadCloser, error) {
+func (s *fileStore) open(_ context.Context, _ target, o object) (io.ReadCloser, checksum, error) {
 	f, err := os.Open(o.key)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+		return nil, checksum{}, fmt.Errorf("%w: %v", ErrNotFound, err)
 	}
-	return f, err
+	return f, checksum{}, err
 }
 
 func stamp(fi fs.FileInfo) string {

@@ -3,6 +3,7 @@ package storage
 import (
 	"compress/gzip"
 	"context"
+	"crypto/md5"
 	"errors"
 	"fmt"
 	"io"
@@ -157,7 +158,15 @@ func gcsObject(rel string, attrs *gcs.ObjectAttrs) object {
 	if attrs.ContentEncoding == "gzip" {
 		return object{rel: rel, key: attrs.Name, size: -1}
 	}
-	return object{rel: rel, key: attrs.Name, size: attrs.Size, md5: attrs.MD5}
+	return object{rel: rel, key: attrs.Name, size: attrs.Size, sum: gcsMD5(attrs.MD5)}
+}
+
+// gcsMD5 is the MD5 GCS keeps of an object (none for composite objects).
+func gcsMD5(sum []byte) checksum {
+	if len(sum) == 0 {
+		return checksum{}
+	}
+	return checksum{name: "md5", want: sum, hash: md5.New}
 }
 
 func (s *gcsStore) list(ctx context.Context, t target) ([]object, bool, error) {
@@ -205,10 +214,10 @@ func (s *gcsStore) list(ctx context.Context, t target) ([]object, bool, error) {
 	return objs, false, nil
 }
 
-func (s *gcsStore) open(ctx context.Context, t target, o object) (io.ReadCloser, error) {
+func (s *gcsStore) open(ctx context.Context, t target, o object) (io.ReadCloser, checksum, error) {
 	c, err := s.client(ctx, t)
 	if err != nil {
-		return nil, err
+		return nil, checksum{}, err
 	}
 	// The request accepts no compression, so a gzip-encoded object comes decompressed by
 	// the store (its CRC32C, of the compressed bytes, cannot be checked), unless the store
@@ -216,7 +225,7 @@ func (s *gcsStore) open(ctx context.Context, t target, o object) (io.ReadCloser,
 	// checked by CRC32C, and are decompressed here, checked by gzip's CRC.
 	r, err := c.Bucket(t.bucket).Object(o.key).NewReader(ctx)
 	if err != nil {
-		return nil, gcsError(err, t)
+		return nil, checksum{}, gcsError(err, t)
 	}
 	body := &gcsBody{src: r, t: t}
 	if r.Attrs.ContentEncoding == "gzip" {
@@ -224,13 +233,13 @@ func (s *gcsStore) open(ctx context.Context, t target, o object) (io.ReadCloser,
 		if err != nil {
 			r.Close()
 			if body.srcErr != nil {
-				return nil, body.srcErr
+				return nil, checksum{}, body.srcErr
 			}
-			return nil, fmt.Errorf("%w: %s: stored with gzip content encoding but not gzip: %v", ErrChecksum, t.name(), err)
+			return nil, checksum{}, fmt.Errorf("%w: %s: stored with gzip content encoding but not gzip: %v", ErrChecksum, t.name(), err)
 		}
 		body.zr = zr
 	}
-	return body, nil
+	return body, checksum{}, nil
 }
 
 // gcsBody is an object's bytes, decompressed when it is stored gzip-encoded, with the

@@ -65,20 +65,20 @@ func (s *httpStore) list(ctx context.Context, t target) ([]object, bool, error) 
 	return []object{o}, true, nil
 }
 
-func (s *httpStore) open(ctx context.Context, t target, o object) (io.ReadCloser, error) {
+func (s *httpStore) open(ctx context.Context, t target, o object) (io.ReadCloser, checksum, error) {
 	resp, err := s.do(ctx, t, http.MethodGet)
 	if err != nil {
-		return nil, err
+		return nil, checksum{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
-		return nil, httpError(resp, t)
+		return nil, checksum{}, httpError(resp, t)
 	}
 	if o.size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != o.size {
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: %s: %d bytes announced, %d at the first request", ErrUnavailable, t.name(), resp.ContentLength, o.size)
+		return nil, checksum{}, fmt.Errorf("%w: %s: %d bytes announced, %d at the first request", ErrUnavailable, t.name(), resp.ContentLength, o.size)
 	}
-	return resp.Body, nil
+	return resp.Body, checksum{}, nil
 }
 
 func (s *httpStore) do(ctx context.Context, t target, method string) (*http.Response, error) {

@@ -2,10 +2,12 @@ package storage
 
 import (
 	"context"
+	"crypto/md5"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"net/http"
@@ -22,9 +24,9 @@ type object struct {
 	// key is the store's name for it (object key, file path or URL path).
 	key  string
 	size int64 // -1: unknown until read
-	// md5 is the store's digest of the content when it keeps one (an S3 ETag of a single-part
-	// upload, GCS's MD5), nil otherwise.
-	md5 []byte
+	// sum is the store's digest of the content as listed (an S3 ETag of a single-part
+	// upload, GCS's MD5); none when it keeps none. open may find a cheaper one.
+	sum checksum
 	// stamp changes when the object is replaced: a file's modification time. Stores whose
 	// objects are immutable per model version leave it empty (see docs/storage.md).
 	stamp string
@@ -36,22 +38,32 @@ type remote interface {
 	// list returns the objects t names: one (single) when t names an object, every object
 	// under the prefix otherwise. No objects is ErrNotFound.
 	list(ctx context.Context, t target) (objs []object, single bool, err error)
-	// open streams one object; the caller closes it.
-	open(ctx context.Context, t target, o object) (io.ReadCloser, error)
+	// open streams one object; the caller closes it. sum is a digest of the whole object
+	// the store gave with it, cheaper to check than the listed one (S3's CRC64NVME), or none.
+	open(ctx context.Context, t target, o object) (rc io.ReadCloser, sum checksum, err error)
 }
+
+// checksum is a digest a store keeps of an object's whole content. The zero value is none.
+type checksum struct {
+	name string // "md5", "crc64nvme", "crc32c", "crc32", "sha256": for messages
+	want []byte
+	hash func() hash.Hash
+}
+
+func (c checksum) none() bool { return c.hash == nil }
 
 // md5OfETag reads an ETag that is a plain MD5 of the content (a single-part S3 upload);
 // multipart ETags ("...-N") and others carry none.
-func md5OfETag(etag string) []byte {
+func md5OfETag(etag string) checksum {
 	etag = strings.Trim(etag, `"`)
 	if len(etag) != 32 {
-		return nil
+		return checksum{}
 	}
 	b, err := hex.DecodeString(etag)
 	if err != nil {
-		return nil
+		return checksum{}
 	}
-	return b
+	return checksum{name: "md5", want: b, hash: md5.New}
 }
 
 // Timeouts bound how long a store may take to answer.

@@ -2,8 +2,11 @@ package storage
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -98,7 +101,7 @@ func (s *s3Store) list(ctx context.Context, t target) ([]object, bool, error) {
 	if t.key != "" && !strings.HasSuffix(t.key, "/") {
 		info, err := c.StatObject(ctx, t.bucket, t.key, minio.StatObjectOptions{})
 		if err == nil {
-			return []object{{rel: baseName(t.key), key: t.key, size: info.Size, md5: md5OfETag(info.ETag)}}, true, nil
+			return []object{{rel: baseName(t.key), key: t.key, size: info.Size, sum: md5OfETag(info.ETag)}}, true, nil
 		}
 		if err := s3Error(err, t); !errors.Is(err, ErrNotFound) {
 			return nil, false, err
@@ -121,7 +124,7 @@ func (s *s3Store) list(ctx context.Context, t target) ([]object, bool, error) {
 		if err := checkKey(rel); err != nil {
 			return nil, false, fmt.Errorf("%w: object %q under %s: %v", ErrBadURI, info.Key, t.name(), err)
 		}
-		objs = append(objs, object{rel: rel, key: info.Key, size: info.Size, md5: md5OfETag(info.ETag)})
+		objs = append(objs, object{rel: rel, key: info.Key, size: info.Size, sum: md5OfETag(info.ETag)})
 	}
 	if len(objs) == 0 {
 		return nil, false, fmt.Errorf("%w: no object or prefix %s", ErrNotFound, t.name())
@@ -129,20 +132,48 @@ func (s *s3Store) list(ctx context.Context, t target) ([]object, bool, error) {
 	return objs, false, nil
 }
 
-func (s *s3Store) open(ctx context.Context, t target, o object) (io.ReadCloser, error) {
+func (s *s3Store) open(ctx context.Context, t target, o object) (io.ReadCloser, checksum, error) {
 	c, err := s.client(t)
 	if err != nil {
-		return nil, err
+		return nil, checksum{}, err
 	}
-	obj, err := c.GetObject(ctx, t.bucket, o.key, minio.GetObjectOptions{})
+	var opts minio.GetObjectOptions
+	// Ask for the object's additional checksum: AWS S3 and others keep a CRC64NVME of every
+	// object written since 2025, and a CRC is checked at memory speed where an MD5 is not.
+	opts.Set("x-amz-checksum-mode", "ENABLED")
+	obj, err := c.GetObject(ctx, t.bucket, o.key, opts)
 	if err != nil {
-		return nil, s3Error(err, t)
+		return nil, checksum{}, s3Error(err, t)
 	}
-	if _, err := obj.Stat(); err != nil { // sends the request: its errors come here, not mid-copy
+	info, err := obj.Stat() // sends the request: its errors come here, not mid-copy
+	if err != nil {
 		obj.Close()
-		return nil, s3Error(err, t)
+		return nil, checksum{}, s3Error(err, t)
 	}
-	return s3Body{obj, t}, nil
+	return s3Body{obj, t}, s3Checksum(info), nil
+}
+
+// s3Checksum is the cheapest full-object checksum an S3 answer carries, or none. A
+// multipart object's checksum of part checksums (type COMPOSITE) cannot be checked against
+// the whole stream; one without a type is whole unless its ETag says multipart.
+func s3Checksum(info minio.ObjectInfo) checksum {
+	if info.ChecksumMode != "FULL_OBJECT" && (info.ChecksumMode != "" || strings.Contains(info.ETag, "-")) {
+		return checksum{}
+	}
+	for _, c := range []struct {
+		name, value string
+		hash        func() hash.Hash
+	}{
+		{"crc64nvme", info.ChecksumCRC64NVME, minio.ChecksumCRC64NVME.Hasher},
+		{"crc32c", info.ChecksumCRC32C, minio.ChecksumCRC32C.Hasher},
+		{"crc32", info.ChecksumCRC32, minio.ChecksumCRC32.Hasher},
+		{"sha256", info.ChecksumSHA256, sha256.New},
+	} {
+		if want, err := base64.StdEncoding.DecodeString(c.value); c.value != "" && err == nil {
+			return checksum{name: c.name, want: want, hash: c.hash}
+		}
+	}
+	return checksum{}
 }
 
 // s3Body classifies errors met while reading, as open does.

@@ -8,7 +8,6 @@ package storage
 
 import (
 	"context"
-	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -391,7 +390,7 @@ func (s *Store) download(ctx context.Context, t target, rem remote, id string) (
 func (s *Store) copyObject(ctx context.Context, t target, rem remote, o object, dst string) (int64, []byte, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	rc, err := rem.open(ctx, t, o)
+	rc, opened, err := rem.open(ctx, t, o)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -405,10 +404,11 @@ func (s *Store) copyObject(ctx context.Context, t target, rem remote, o object, 
 	}
 	defer f.Close()
 	ws := []io.Writer{f}
-	var md5h, shah hash.Hash
-	if o.md5 != nil {
-		md5h = md5.New()
-		ws = append(ws, md5h)
+	sum := pickChecksum(o.sum, opened, t.sha256 != "")
+	var sumh, shah hash.Hash
+	if !sum.none() {
+		sumh = sum.hash()
+		ws = append(ws, sumh)
 	}
 	if t.sha256 != "" {
 		shah = sha256.New()
@@ -433,13 +433,27 @@ func (s *Store) copyObject(ctx context.Context, t target, rem remote, o object, 
 		return n, nil, err
 	case o.size >= 0 && n != o.size:
 		return n, nil, fmt.Errorf("%w: %s: received %d of %d bytes", ErrUnavailable, o.key, n, o.size)
-	case md5h != nil && !slices.Equal(md5h.Sum(nil), o.md5):
-		return n, nil, fmt.Errorf("%w: %s: MD5 %x, the store says %x", ErrChecksum, o.key, md5h.Sum(nil), o.md5)
+	case sumh != nil && !slices.Equal(sumh.Sum(nil), sum.want):
+		return n, nil, fmt.Errorf("%w: %s: %s %x, the store says %x", ErrChecksum, o.key, sum.name, sumh.Sum(nil), sum.want)
 	}
 	if shah != nil {
 		return n, shah.Sum(nil), nil
 	}
 	return n, nil, nil
+}
+
+// pickChecksum chooses the store's digest a download is checked by: the one given when the
+// object was opened (a CRC, checked at memory speed) over the listed one (an MD5, slower than
+// a fast network); none for an MD5 when the registry declared a sha256, which is stronger
+// and checked anyway.
+func pickChecksum(listed, opened checksum, declared bool) checksum {
+	switch {
+	case !opened.none():
+		return opened
+	case declared && listed.name == "md5":
+		return checksum{}
+	}
+	return listed
 }
 
 // checkSHA256 compares the declared digest with the file's (one object) or with the
