@@ -176,7 +176,9 @@ type replica struct {
 
 func (m *mesh) startReplica(cfg Config, loader Loader) *replica {
 	t := m.t
-	view := NewView()
+	reg := prometheus.NewRegistry()
+	metrics := NewMetrics(reg, 100)
+	view := NewView(metrics.SnapshotRead)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -186,8 +188,7 @@ func (m *mesh) startReplica(cfg Config, loader Loader) *replica {
 	if cfg.LockPoll == 0 {
 		cfg.LockPoll = 20 * time.Millisecond
 	}
-	reg := prometheus.NewRegistry()
-	srv := New(cfg, view, loader, NewLocks(m.rdb, m.keys, 10*time.Second), quiet, NewMetrics(reg, 100))
+	srv := New(cfg, view, loader, NewLocks(m.rdb, m.keys, 10*time.Second), quiet, metrics)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -27,7 +27,7 @@ func TestPruneClosesConnectionsOfWorkersThatLeft(t *testing.T) {
 		}
 		conns[addr] = c
 	}
-	view := NewView()
+	view := NewView(nil)
 	view.Set(residency.Snapshot{Workers: map[string]residency.Worker{"w1": {ID: "w1", MgmtAddr: live}}})
 
 	ctx, cancel := context.WithCancel(t.Context())

@@ -1,6 +1,8 @@
 package extproc
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modelmesh/mesh/internal/modellabel"
@@ -22,6 +24,9 @@ type Metrics struct {
 	coldStarts      *prometheus.CounterVec
 	models          *modellabel.Set
 }
+
+// SnapshotRead records the time of the latest residency snapshot; give it to NewView.
+func (m *Metrics) SnapshotRead(t time.Time) { m.snapshotTime.Set(float64(t.UnixNano()) / 1e9) }
 
 // Outcomes are the values of the outcome label.
 var Outcomes = []string{"routed_ready", "server_level", "cold_loaded", "not_found", "no_worker", "load_failed", "model_files", "deadline", "queue_full", "canceled"}

@@ -113,9 +113,6 @@ type flight struct {
 // New returns a server reading state from view, loading through loader and coordinating
 // with other replicas through locks (nil: coalesce within this process only).
 func New(cfg Config, view *View, loader Loader, locks *Locks, log *slog.Logger, metrics *Metrics) *Server {
-	view.mu.Lock()
-	view.onSet = func(t time.Time) { metrics.snapshotTime.Set(float64(t.UnixNano()) / 1e9) }
-	view.mu.Unlock()
 	cfg = cfg.withDefaults()
 	return &Server{
 		cfg: cfg, view: view, loader: loader, locks: locks, log: log, metrics: metrics,

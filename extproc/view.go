@@ -16,12 +16,13 @@ type View struct {
 	mu   sync.Mutex
 	// changed is closed and replaced at every Set.
 	changed chan struct{}
-	// onSet is called after every Set (metrics); may be nil.
+	// onSet is called after every Set; may be nil.
 	onSet func(time.Time)
 }
 
-// NewView returns a view with no snapshot: until the first Set, Snapshot returns nil.
-func NewView() *View { return &View{changed: make(chan struct{})} }
+// NewView returns a view with no snapshot: until the first Set, Snapshot returns nil. onSet,
+// when not nil, is called after every Set with its time (Metrics.SnapshotRead records it).
+func NewView(onSet func(time.Time)) *View { return &View{changed: make(chan struct{}), onSet: onSet} }
 
 // Snapshot is the latest snapshot, or nil before the first. Callers must not modify it.
 func (v *View) Snapshot() *residency.Snapshot { return v.snap.Load() }
@@ -39,10 +40,9 @@ func (v *View) Set(s residency.Snapshot) {
 	v.mu.Lock()
 	close(v.changed)
 	v.changed = make(chan struct{})
-	onSet := v.onSet
 	v.mu.Unlock()
-	if onSet != nil {
-		onSet(time.Now())
+	if v.onSet != nil {
+		v.onSet(time.Now())
 	}
 }
 

@@ -55,13 +55,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer tr.Close(context.WithoutCancel(ctx))
-	view := extproc.NewView()
+	metrics := extproc.NewMetrics(reg, cfg.MaxModelLabels)
+	view := extproc.NewView(metrics.SnapshotRead)
 	loader := extproc.NewGRPCLoader(tr.GRPCClient()...)
 	defer loader.Close()
 	srv := extproc.New(extproc.Config{
 		LoadDeadline: cfg.LoadDeadline, MaxMessageTimeout: cfg.MaxMessageTimeout, MaxWaiting: cfg.MaxWaiting,
 		RetryAfter: cfg.RetryAfter, LockTTL: cfg.LockTTL, TracerProvider: tr.Provider(),
-	}, view, loader, extproc.NewLocks(rdb, keys, cfg.LockTTL), log, extproc.NewMetrics(reg, cfg.MaxModelLabels))
+	}, view, loader, extproc.NewLocks(rdb, keys, cfg.LockTTL), log, metrics)
 	defer srv.Close()
 
 	gs := grpc.NewServer()
