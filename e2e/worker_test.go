@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -367,6 +366,6 @@ func TestDrain(t *testing.T) {
 		t.Fatalf("after drain the worker holds %v", list)
 	}
 	if got := w.metric(t, `mesh_worker_unloads_total{reason="drain"}`); got != 1 {
-		t.Fatal(fmt.Sprintf("drain unloads %v, want 1", got))
+		t.Fatalf("drain unloads %v, want 1", got)
 	}
 }

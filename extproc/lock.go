@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -85,19 +84,6 @@ func (l *Locks) Held(ctx context.Context, m placement.ModelVersion) (bool, error
 		return false, fmt.Errorf("check load lock for %s: %w", m, err)
 	}
 	return n == 1, nil
-}
-
-// Holder reads the fencing generation of m's current holder (0: unheld).
-func (l *Locks) Holder(ctx context.Context, m placement.ModelVersion) (int64, error) {
-	v, err := l.rdb.Get(ctx, l.keys.Lock(m)).Result()
-	if err == redis.Nil {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	_, gen, _ := strings.Cut(v, " ")
-	return strconv.ParseInt(gen, 10, 64)
 }
 
 // Release deletes the lock if this holding still owns it; it reports whether it did.

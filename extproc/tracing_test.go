@@ -96,7 +96,7 @@ func TestColdRequestSpans(t *testing.T) {
 			}
 			attrs := map[string]string{}
 			for _, kv := range decide.Attributes() {
-				attrs[string(kv.Key)] = kv.Value.Emit()
+				attrs[string(kv.Key)] = kv.Value.String()
 			}
 			for k, v := range map[string]string{"mesh.model": "digits", "mesh.version": "1", "mesh.outcome": "cold_loaded", "mesh.endpoint": "10.0.0.1:8000"} {
 				if attrs[k] != v {

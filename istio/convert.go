@@ -349,6 +349,7 @@ func unsupportedRoute(v *verdict, at string, h *networkingv1alpha3.HTTPRoute) {
 	if len(h.GetMirrors()) > 1 {
 		v.reject("%s.mirrors: %d mirrors; the mesh mirrors to one version", at, len(h.GetMirrors()))
 	}
+	//lint:ignore SA1019 Istio still accepts the deprecated mirrorPercent; so does the mesh
 	if h.GetMirror() == nil && (h.GetMirrorPercentage() != nil || h.GetMirrorPercent() != nil) {
 		v.warn("%s.mirrorPercentage is ignored without mirror", at)
 	}
@@ -466,10 +467,12 @@ func (c *converter) mirror(v *verdict, m registry.Model, at string, h *networkin
 	switch {
 	case h.GetMirror() != nil:
 		d, at = h.GetMirror(), at+".mirror"
+		//lint:ignore SA1019 the deprecated mirrorPercent, which Istio still accepts
+		legacy := h.GetMirrorPercent()
 		if p := h.GetMirrorPercentage(); p != nil {
 			percent = p.GetValue()
-		} else if p := h.GetMirrorPercent(); p != nil {
-			percent = float64(p.GetValue())
+		} else if legacy != nil {
+			percent = float64(legacy.GetValue())
 		}
 	case len(h.GetMirrors()) == 1:
 		d, at = h.GetMirrors()[0].GetDestination(), at+".mirrors[0].destination"
@@ -553,7 +556,7 @@ func fault(v *verdict, at string, f *networkingv1alpha3.HTTPFaultInjection) *reg
 	var out registry.Fault
 	kept := false
 	if d := f.GetDelay(); d.GetFixedDelay() != nil {
-		percent := float64(d.GetPercent()) // the deprecated integer form
+		percent := float64(d.GetPercent()) //lint:ignore SA1019 the deprecated integer form Istio still accepts
 		if p := d.GetPercentage(); p != nil {
 			percent = p.GetValue()
 		}

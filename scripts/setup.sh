@@ -69,50 +69,28 @@ setup_prometheus() {
 	$sudo systemctl disable --now prometheus >/dev/null 2>&1 || $sudo service prometheus stop >/dev/null 2>&1 || true
 }
 
-# The S3 server the e2e tests load models from. Built with the Go tool chain into a temporary
-# GOBIN that is renamed into place only when the build succeeds, so an interrupted build
-# leaves nothing behind and the next run starts over.
-versitygw_version="v1.8.0"
-fakegcs_version="v1.56.1"
-setup_versitygw() {
-	local dir="$cache/versitygw-$versitygw_version" link="$root/.bin/versitygw" tmp
-	if [[ ! -x "$dir/versitygw" ]]; then
-		log "building versitygw $versitygw_version into $dir (first run only)"
+# setup_go_tool NAME PACKAGE VERSION builds a Go program at a pinned version into
+# $cache/NAME-VERSION and links it as .bin/NAME. The build goes to a temporary GOBIN that is
+# renamed into place only when it succeeds, so an interrupted build leaves nothing behind and
+# the next run starts over.
+setup_go_tool() {
+	local name="$1" pkg="$2" version="$3"
+	local dir="$cache/$name-$version" link="$root/.bin/$name" tmp
+	if [[ ! -x "$dir/$name" ]]; then
+		log "building $name $version into $dir (first run only)"
 		mkdir -p "$cache"
 		rm -rf "$dir"
-		tmp="$(mktemp -d "$cache/.versitygw-build.XXXXXX")"
+		tmp="$(mktemp -d "$cache/.$name-build.XXXXXX")"
 		chmod 755 "$tmp"
-		if ! GOBIN="$tmp" go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version"; then
+		if ! GOBIN="$tmp" go install "$pkg@$version"; then
 			rm -rf "$tmp"
 			return 1
 		fi
 		mv "$tmp" "$dir"
 	fi
-	if [[ "$(readlink "$link" 2>/dev/null)" != "$dir/versitygw" ]]; then
+	if [[ "$(readlink "$link" 2>/dev/null)" != "$dir/$name" ]]; then
 		mkdir -p "$root/.bin"
-		ln -sfn "$dir/versitygw" "$link"
-	fi
-}
-
-# The GCS emulator the e2e tests load gs:// models from, built the same way (its main package
-# is the module's root).
-setup_fakegcs() {
-	local dir="$cache/fake-gcs-server-$fakegcs_version" link="$root/.bin/fake-gcs-server" tmp
-	if [[ ! -x "$dir/fake-gcs-server" ]]; then
-		log "building fake-gcs-server $fakegcs_version into $dir (first run only)"
-		mkdir -p "$cache"
-		rm -rf "$dir"
-		tmp="$(mktemp -d "$cache/.fake-gcs-server-build.XXXXXX")"
-		chmod 755 "$tmp"
-		if ! GOBIN="$tmp" go install "github.com/fsouza/fake-gcs-server@$fakegcs_version"; then
-			rm -rf "$tmp"
-			return 1
-		fi
-		mv "$tmp" "$dir"
-	fi
-	if [[ "$(readlink "$link" 2>/dev/null)" != "$dir/fake-gcs-server" ]]; then
-		mkdir -p "$root/.bin"
-		ln -sfn "$dir/fake-gcs-server" "$link"
+		ln -sfn "$dir/$name" "$link"
 	fi
 }
 
@@ -120,5 +98,7 @@ setup_venv requirements.txt .venv
 setup_venv requirements-triton.txt .venv-triton
 setup_redis
 setup_prometheus
-setup_versitygw
-setup_fakegcs
+# The S3 server and the GCS emulator the e2e tests load models from, and the linter.
+setup_go_tool versitygw github.com/versity/versitygw/cmd/versitygw v1.8.0
+setup_go_tool fake-gcs-server github.com/fsouza/fake-gcs-server v1.56.1
+setup_go_tool staticcheck honnef.co/go/tools/cmd/staticcheck v0.8.2

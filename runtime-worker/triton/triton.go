@@ -107,7 +107,7 @@ func (b *Backend) Live(ctx context.Context) bool {
 // model's instance on that GPU (see pinToGPU).
 func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path string, gpu int) (agent.Loaded, error) {
 	if v, err := strconv.ParseUint(m.Version, 10, 64); err != nil || v == 0 {
-		return agent.Loaded{}, fmt.Errorf("Triton model versions are positive integers, not %q", m.Version)
+		return agent.Loaded{}, fmt.Errorf("model versions on Triton are positive integers, not %q", m.Version)
 	}
 	b.mu.Lock()
 	other, busy := b.held[m.Name]
