@@ -9,12 +9,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -87,23 +85,7 @@ func (s *gcsServer) createBucket(t testing.TB, bucket string) {
 // keeps each object's MD5 and CRC32C, as GCS does.
 func (s *gcsServer) put(t testing.TB, bucket, key, src string) {
 	t.Helper()
-	info, err := os.Stat(src)
-	must(t, err)
-	if !info.IsDir() {
-		s.putObject(t, bucket, key, mustRead(t, src), "")
-		return
-	}
-	must(t, filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		s.putObject(t, bucket, path.Join(key, filepath.ToSlash(rel)), mustRead(t, p), "")
-		return nil
-	}))
+	eachFile(t, key, src, func(key, file string) { s.putObject(t, bucket, key, mustRead(t, file), "") })
 }
 
 // putObject stores data as gs://bucket/key with the given Content-Encoding ("" for none;

@@ -130,10 +130,17 @@ func (s *s3Server) put(t testing.TB, bucket, key, src string) {
 	if bucket == "" || strings.ContainsAny(bucket, `/\`) || !filepath.IsLocal(filepath.FromSlash(key)) {
 		t.Fatalf("put: bad bucket %q or key %q", bucket, key)
 	}
+	eachFile(t, key, src, func(key, file string) { s.putFile(t, bucket, key, file) })
+}
+
+// eachFile calls put(key, src) for a file src, or put(key/<path below src>, file) for each
+// file under the directory src: how the harnesses' put methods name objects.
+func eachFile(t testing.TB, key, src string, put func(key, file string)) {
+	t.Helper()
 	info, err := os.Stat(src)
 	must(t, err)
 	if !info.IsDir() {
-		s.putFile(t, bucket, key, src)
+		put(key, src)
 		return
 	}
 	must(t, filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
@@ -144,7 +151,7 @@ func (s *s3Server) put(t testing.TB, bucket, key, src string) {
 		if err != nil {
 			return err
 		}
-		s.putFile(t, bucket, path.Join(key, filepath.ToSlash(rel)), p)
+		put(path.Join(key, filepath.ToSlash(rel)), p)
 		return nil
 	}))
 }

@@ -185,10 +185,7 @@ func (s *gcsStore) list(ctx context.Context, t target) ([]object, bool, error) {
 		}
 		// Not an object: a prefix, below. A missing bucket fails the listing.
 	}
-	prefix := t.key
-	if prefix != "" && !strings.HasSuffix(prefix, "/") {
-		prefix += "/"
-	}
+	prefix := t.prefix()
 	var objs []object
 	it := b.Objects(ctx, &gcs.Query{Prefix: prefix})
 	for {

@@ -73,6 +73,15 @@ func (t target) id() string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// prefix is the object-store key t names read as a prefix: with its trailing slash, so
+// that "fraud/1" does not take in "fraud/10/"; "" for a whole bucket.
+func (t target) prefix() string {
+	if t.key == "" || strings.HasSuffix(t.key, "/") {
+		return t.key
+	}
+	return t.key + "/"
+}
+
 // resolve parses loc against configs; every error wraps ErrBadURI.
 func resolve(loc Location, configs Configs, allowHTTP bool) (target, error) {
 	if loc.SHA256 != "" && !sha256Hex.MatchString(loc.SHA256) {

@@ -108,10 +108,7 @@ func (s *s3Store) list(ctx context.Context, t target) ([]object, bool, error) {
 		}
 		// Not an object: a prefix, below.
 	}
-	prefix := t.key
-	if prefix != "" && !strings.HasSuffix(prefix, "/") {
-		prefix += "/"
-	}
+	prefix := t.prefix()
 	var objs []object
 	for info := range c.ListObjectsIter(ctx, t.bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
 		if info.Err != nil {
