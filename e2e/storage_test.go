@@ -5,9 +5,11 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -74,6 +76,8 @@ func TestModelsFromObjectStorage(t *testing.T) {
     versions: [{version: "1", storage: {path: demo/iris/1/model.onnx}, sha256: "%s"}]
   - name: uploaded
     versions: [{version: "1", storage: {path: uploaded/iris/1/model.onnx}}]
+  - name: external-data
+    versions: [{version: "1", storage: {path: demo/external-data/1}}]
   - name: rotten
     versions: [{version: "1", storage: {path: rotten/iris/1/model.onnx}}]
   - name: hung
@@ -99,6 +103,17 @@ func TestModelsFromObjectStorage(t *testing.T) {
 	}
 	if secure.gets(t, "models", "demo/digits/") != 1 {
 		t.Fatal("digits was not read from the TLS store")
+	}
+	// A prefix holding an ONNX model and its external data file: the runtime reads the
+	// weights from beside model.onnx, so the answer for ones is the sum of every weight.
+	ones := `{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[` + strings.TrimSuffix(strings.Repeat("1,", 64), ",") + `]}]}`
+	code, out := inferREST(t, m.Gateway, "external-data", ones, nil)
+	if code != 200 {
+		t.Fatalf("external-data from S3: %d %v", code, out)
+	}
+	want := weightSum(t, filepath.Join(models(t), "external-data", "1", "weights.bin"))
+	if got := out["outputs"].([]any)[0].(map[string]any)["data"].([]any)[0].(float64); math.Abs(got-want) > 1e-3*math.Max(1, math.Abs(want)) {
+		t.Fatalf("external-data answered %v for ones, want the sum of its weights, %v", got, want)
 	}
 
 	if code, out := inferREST(t, m.Gateway, "uploaded", irisSetosa, nil); code != 200 || label(t, out) != 0 {
@@ -196,6 +211,17 @@ func (m *mesh) evict(t testing.TB, w *worker, name string) {
 	eventually(t, 10*time.Second, name+" off the hot path", func() bool {
 		return m.envoyStat(t, "cluster.model|"+name+"|1.membership_healthy") == 0
 	})
+}
+
+// weightSum adds up the little-endian float32 values of an ONNX external data file.
+func weightSum(t testing.TB, p string) float64 {
+	t.Helper()
+	b := mustRead(t, p)
+	sum := 0.0
+	for i := 0; i+4 <= len(b); i += 4 {
+		sum += float64(math.Float32frombits(binary.LittleEndian.Uint32(b[i:])))
+	}
+	return sum
 }
 
 func mustRead(t testing.TB, p string) []byte {

@@ -89,10 +89,10 @@ def export_synthetic(mib, out):
     rng = np.random.default_rng(SEED + mib)
     weights = rng.standard_normal((64, cols), dtype=np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["product"]), helper.make_node("ReduceSum", ["product"], ["output"], keepdims=0)],
+        [helper.make_node("MatMul", ["input", "W"], ["product"]), helper.make_node("ReduceSum", ["product"], ["output"], keepdims=1)],
         f"synthetic_{mib}mb",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])],
         [numpy_helper.from_array(weights, "W")],
     )
     onx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -102,6 +102,46 @@ def export_synthetic(mib, out):
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / "model.onnx").write_bytes(onx.SerializeToString())
     print(f"synthetic-{mib}mb: {weights.nbytes} bytes of weights")
+
+
+def export_external(out):
+    """A 1 MiB synthetic model whose weights are ONNX external data: model.onnx names
+    weights.bin beside it, as large models are stored. Its output for an input of ones is the
+    sum of every weight."""
+    rng = np.random.default_rng(SEED + 1000)
+    weights = rng.standard_normal((64, 4096), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["product"]), helper.make_node("ReduceSum", ["product"], ["output"], keepdims=1)],
+        "external_data",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    onx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onx.ir_version = 8
+    onnx.checker.check_model(onx)
+    version_dir = out / "external-data" / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(onx, str(version_dir / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    print(f"external-data: {weights.nbytes} bytes of weights in weights.bin")
+
+
+def export_scalar_output(out):
+    """A model with a rank-0 output, which the worker's ONNX Runtime binding cannot return: the
+    worker refuses to load it (its tests check the reason)."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input"], ["output"], keepdims=0)],
+        "scalar_output",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [])],
+    )
+    onx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onx.ir_version = 8
+    onnx.checker.check_model(onx)
+    version_dir = out / "scalar-output" / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.onnx").write_bytes(onx.SerializeToString())
 
 
 def main():
@@ -115,6 +155,8 @@ def main():
         export_classifier(name, DATASETS[name][0], factory, args.out, version="2")
     for mib in filter(None, args.synthetic_mb.split(",")):
         export_synthetic(int(mib), args.out)
+    export_external(args.out)
+    export_scalar_output(args.out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 
 	"github.com/prometheus/procfs"
@@ -163,13 +164,7 @@ func (b *Backend) Infer(ctx context.Context, m placement.ModelVersion, req *tens
 		return nil, fmt.Errorf("no session for %s", m)
 	}
 	inputs := make([]ort.Value, len(s.meta.Inputs))
-	defer func() {
-		for _, v := range inputs {
-			if v != nil {
-				v.Destroy()
-			}
-		}
-	}()
+	defer destroy(inputs)
 	for i, spec := range s.meta.Inputs {
 		for _, t := range req.Inputs {
 			if t.Name == spec.Name {
@@ -182,13 +177,7 @@ func (b *Backend) Infer(ctx context.Context, m placement.ModelVersion, req *tens
 		}
 	}
 	outputs := make([]ort.Value, len(s.outputs))
-	defer func() {
-		for _, v := range outputs {
-			if v != nil {
-				v.Destroy()
-			}
-		}
-	}()
+	defer destroy(outputs)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -215,6 +204,16 @@ func (b *Backend) Infer(ctx context.Context, m placement.ModelVersion, req *tens
 		}
 	}
 	return resp, nil
+}
+
+// destroy releases the values a run made. A failed Run may leave a typed nil (a nil
+// *ort.Tensor in the interface) where it could not make an output: those are skipped.
+func destroy(values []ort.Value) {
+	for _, v := range values {
+		if v != nil && !reflect.ValueOf(v).IsNil() {
+			v.Destroy()
+		}
+	}
 }
 
 func toValue(t tensor.Tensor) (ort.Value, error) {
@@ -303,6 +302,11 @@ func specOf(info ort.InputOutputInfo) (tensor.Spec, error) {
 		dt = tensor.BYTES
 	default:
 		return tensor.Spec{}, fmt.Errorf("%q has element type %s, which is not served", info.Name, info.DataType)
+	}
+	if len(info.Dimensions) == 0 {
+		// The Go binding of ONNX Runtime makes no tensor of rank 0: such a model would load
+		// and then fail every request.
+		return tensor.Spec{}, fmt.Errorf("%q is a scalar (rank 0), which this runtime cannot pass; export it with shape [1]", info.Name)
 	}
 	return tensor.Spec{Name: info.Name, Datatype: dt, Shape: []int64(info.Dimensions.Clone())}, nil
 }

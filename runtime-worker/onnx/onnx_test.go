@@ -2,11 +2,15 @@ package onnx
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	ort "github.com/yalue/onnxruntime_go"
 
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
@@ -118,6 +122,20 @@ func TestLoadRejectsBadModels(t *testing.T) {
 	}
 }
 
+// TestScalarOutputIsRefusedAtLoad: a rank-0 output, which the binding cannot return, fails
+// the load with the reason rather than every request later.
+func TestScalarOutputIsRefusedAtLoad(t *testing.T) {
+	m := placement.ModelVersion{Name: "scalar-output", Version: "1"}
+	_, err := backend.Load(context.Background(), m, filepath.Join(modelsDir(t), "scalar-output", "1"), -1)
+	if err == nil {
+		backend.Unload(context.Background(), m)
+		t.Fatal("a model with a scalar output loaded")
+	}
+	if !strings.Contains(err.Error(), "scalar") || !strings.Contains(err.Error(), `"output"`) {
+		t.Fatalf("error %q does not name the scalar output", err)
+	}
+}
+
 func TestMeasuredSizeTracksWeights(t *testing.T) {
 	dir := modelsDir(t)
 	m := placement.ModelVersion{Name: "synthetic-32mb", Version: "1"}
@@ -130,4 +148,42 @@ func TestMeasuredSizeTracksWeights(t *testing.T) {
 	if got := loaded.Memory; got.Host < weights/2 || got.Host > 4*weights || got.GPUTotal() != 0 {
 		t.Fatalf("measured %s for a model with %d bytes of weights, all in host memory", got, weights)
 	}
+}
+
+// TestExternalData: a model whose weights are ONNX external data beside model.onnx loads
+// from its directory and computes with them.
+func TestExternalData(t *testing.T) {
+	dir := filepath.Join(modelsDir(t), "external-data", "1")
+	m := placement.ModelVersion{Name: "external-data", Version: "1"}
+	if _, err := backend.Load(context.Background(), m, dir, -1); err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Unload(context.Background(), m)
+	ones := make([]float32, 64)
+	for i := range ones {
+		ones[i] = 1
+	}
+	resp, err := backend.Infer(context.Background(), m, &tensor.Request{Inputs: []tensor.Tensor{{Name: "input", Datatype: tensor.FP32, Shape: []int64{1, 64}, Data: ones}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "weights.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0.0
+	for i := 0; i+4 <= len(raw); i += 4 {
+		want += float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[i:])))
+	}
+	out := resp.Outputs[0]
+	if got := float64(out.Data.([]float32)[0]); math.Abs(got-want) > 1e-3*math.Max(1, math.Abs(want)) {
+		t.Fatalf("output %v, want the sum of the weights %v", got, want)
+	}
+}
+
+// TestDestroySkipsTypedNils: a Run that fails part way leaves nil tensors in the outputs;
+// releasing them must not panic.
+func TestDestroySkipsTypedNils(t *testing.T) {
+	var missing *ort.Tensor[float32]
+	destroy([]ort.Value{nil, missing})
 }
