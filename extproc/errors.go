@@ -30,6 +30,10 @@ var (
 	// ErrNoRoom is returned by a Loader when the worker cannot make room for the model
 	// (the worker's RESOURCE_EXHAUSTED); the next candidate worker is then tried once.
 	ErrNoRoom = errors.New("worker has no room for the model")
+	// ErrWorkerGone is returned by a Loader when the worker's management port refuses
+	// connections: the process is dead. The server ends its lease and tries the next
+	// candidate.
+	ErrWorkerGone = errors.New("worker unreachable")
 )
 
 // Error is a failure of one kind with the message the client sees.

@@ -188,6 +188,9 @@ func (m *mesh) startReplica(cfg Config, loader Loader) *replica {
 	if cfg.LockPoll == 0 {
 		cfg.LockPoll = 20 * time.Millisecond
 	}
+	if cfg.EndLease == nil {
+		cfg.EndLease = func(ctx context.Context, id string) error { return residency.EndLease(ctx, m.rdb, m.keys, id) }
+	}
 	srv := New(cfg, view, loader, NewLocks(m.rdb, m.keys, 10*time.Second), quiet, metrics)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -2,8 +2,11 @@ package extproc
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -63,6 +66,9 @@ func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 		return nil
 	}
 	st := status.Convert(err)
+	if st.Code() == codes.Unavailable && refuses(ctx, w.MgmtAddr) {
+		return fmt.Errorf("%w: worker %s: its management port %s refuses connections", ErrWorkerGone, w.ID, w.MgmtAddr)
+	}
 	if st.Code() == codes.ResourceExhausted {
 		return fmt.Errorf("%w: worker %s: %s", ErrNoRoom, w.ID, st.Message())
 	}
@@ -72,6 +78,20 @@ func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 		}
 	}
 	return fmt.Errorf("worker %s: %s", w.ID, status.Convert(err).Message())
+}
+
+// refuses reports whether a TCP connection to addr fails at once: nothing listens there
+// (the worker process is gone). A worker that answers UNAVAILABLE itself (draining,
+// shutting down) still accepts connections.
+func refuses(ctx context.Context, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return ctx.Err() == nil || errors.Is(err, syscall.ECONNREFUSED)
+	}
+	c.Close()
+	return false
 }
 
 func (l *GRPCLoader) conn(addr string) (*grpc.ClientConn, error) {

@@ -22,6 +22,7 @@ type Metrics struct {
 	snapshotTime    prometheus.Gauge
 	warmLoads       *prometheus.CounterVec
 	coldStarts      *prometheus.CounterVec
+	unreachable     prometheus.Counter
 	models          *modellabel.Set
 }
 
@@ -57,7 +58,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 			Name: "mesh_extproc_held_requests", Help: "Requests held right now waiting for a load, every model version together.",
 		}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mesh_extproc_worker_loads_total", Help: "Load calls to workers, by result (ok, no_room, model_files, error).",
+			Name: "mesh_extproc_worker_loads_total", Help: "Load calls to workers, by result (ok, no_room, model_files, unreachable, error).",
 		}, []string{"result"}),
 		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mesh_extproc_coalesced_requests_total", Help: "Cold requests that joined a load already under way in this replica.",
@@ -68,11 +69,14 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		warmLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mesh_extproc_warm_loads_total", Help: "Loads made to keep models at their registry minReplicas, by result (ok, error).",
 		}, []string{"result"}),
+		unreachable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mesh_extproc_workers_unreachable_total", Help: "Workers whose management port refused a connection: left out and their lease ended.",
+		}),
 		snapshotTime: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mesh_extproc_snapshot_timestamp_seconds", Help: "Unix time of the last residency snapshot read from Redis.",
 		}),
 	}
-	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.held, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads, m.coldStarts)
+	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.held, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads, m.coldStarts, m.unreachable)
 	// Every label value exists from the start, at zero, so that rates and alerts over them
 	// have data before the first event.
 	for _, o := range Outcomes {
@@ -82,7 +86,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		m.coldWait.WithLabelValues(r)
 		m.warmLoads.WithLabelValues(r)
 	}
-	for _, r := range []string{"ok", "no_room", "model_files", "error"} {
+	for _, r := range []string{"ok", "no_room", "model_files", "unreachable", "error"} {
 		m.loads.WithLabelValues(r)
 	}
 	return m

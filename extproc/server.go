@@ -53,6 +53,13 @@ type Config struct {
 	Rand func(n uint64) uint64
 	// TracerProvider makes the spans of decisions and cold waits; default a no-op one.
 	TracerProvider trace.TracerProvider
+	// EndLease ends a worker's lease in Redis (residency.EndLease) when its management port
+	// refuses connections; nil ends none (the worker then leaves when its lease runs out).
+	EndLease func(ctx context.Context, worker string) error
+	// SuspectFor is how long this replica leaves out a worker found unreachable, whatever
+	// its snapshot says (default 3s: longer than a heartbeat, so a worker alive after all
+	// is back in the snapshot by then).
+	SuspectFor time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -67,6 +74,7 @@ func (c Config) withDefaults() Config {
 	def(&c.RetryAfter, time.Second)
 	def(&c.LockTTL, 10*time.Second)
 	def(&c.LockPoll, 100*time.Millisecond)
+	def(&c.SuspectFor, 3*time.Second)
 	if c.MaxWaiting <= 0 {
 		c.MaxWaiting = 1000
 	}
@@ -92,10 +100,11 @@ type Server struct {
 	// tracing is false with the no-op provider: no trace context is read then.
 	tracing bool
 
-	mu      sync.Mutex
-	flights map[placement.ModelVersion]*flight
-	closed  bool
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	flights  map[placement.ModelVersion]*flight
+	closed   bool
+	wg       sync.WaitGroup
+	suspects suspects
 }
 
 // flight is one coalesced load of a model version in this replica. Fields other than done
@@ -139,7 +148,7 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 	// One deadline for the whole request: the extension asks Envoy for Config.LoadDeadline
 	// (and a margin) from when it is sent, which is never before now.
 	deadline := time.Now().Add(s.cfg.LoadDeadline)
-	d, err := Decide(s.view.Snapshot(), req, s.cfg.Rand)
+	d, err := Decide(s.snapshot(), req, s.cfg.Rand)
 	if err != nil {
 		return Answer{}, err
 	}
@@ -176,7 +185,7 @@ func (s *Server) confirm(ctx context.Context, d Decision, extend func() error, d
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- s.loader.Load(ctx, d.Worker, d.Target) }()
+	go func() { done <- s.confirmOn(ctx, d.Worker, d.Target) }()
 	timer := time.NewTimer(s.cfg.ExtendAfter)
 	defer timer.Stop()
 	select {
@@ -189,6 +198,16 @@ func (s *Server) confirm(ctx context.Context, d Decision, extend func() error, d
 		return fmt.Errorf("%w: %w", errExtend, err)
 	}
 	return <-done
+}
+
+// confirmOn asks w to confirm a resident replica (a Load, answered at once); a worker found
+// gone is suspected.
+func (s *Server) confirmOn(ctx context.Context, w residency.Worker, t Target) error {
+	err := s.loader.Load(ctx, w, t)
+	if errors.Is(err, ErrWorkerGone) {
+		s.suspect(ctx, w)
+	}
+	return err
 }
 
 // hold joins (or starts) the flight for d's model version and waits for it, as the span
@@ -306,7 +325,7 @@ func (s *Server) ensure(ctx context.Context, d Decision) (residency.Worker, erro
 	log := s.log.With("model", d.Model.String())
 	for {
 		if w, ok := s.readyNow(d.Model); ok {
-			if err := s.loader.Load(ctx, w, d.Target); err == nil {
+			if err := s.confirmOn(ctx, w, d.Target); err == nil {
 				return w, nil // confirmed resident, and marked used
 			}
 			// The snapshot's replica is gone (its worker died or is stopping) and the snapshot
@@ -343,7 +362,7 @@ func (s *Server) ensure(ctx context.Context, d Decision) (residency.Worker, erro
 
 // readyNow picks a ready replica of m from the latest snapshot.
 func (s *Server) readyNow(m placement.ModelVersion) (residency.Worker, bool) {
-	snap := s.view.Snapshot()
+	snap := s.snapshot()
 	if snap == nil {
 		return residency.Worker{}, false
 	}
@@ -379,7 +398,7 @@ func (s *Server) awaitOther(ctx context.Context, m placement.ModelVersion) error
 // answered at once: releasing at once costs at most a confirmation, never a second load.
 func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *Lock) (residency.Worker, error) {
 	cands := d.Candidates
-	if snap := s.view.Snapshot(); snap != nil {
+	if snap := s.snapshot(); snap != nil {
 		cands = Candidates(snap, d.Target)
 	}
 	if len(cands) == 0 {
@@ -397,17 +416,24 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 		defer stop()
 	}
 	var lastErr error
-	for i, w := range cands {
-		if i == 2 || (i == 1 && !errors.Is(lastErr, ErrNoRoom)) {
+	tried := 0 // candidates tried that answered: the worker gone does not count
+	for _, w := range cands {
+		if tried == 2 || (tried == 1 && !errors.Is(lastErr, ErrNoRoom)) {
 			break
 		}
 		start := time.Now()
 		err := s.loader.Load(ctx, w, d.Target)
+		if !errors.Is(err, ErrWorkerGone) {
+			tried++
+		}
 		switch {
 		case err == nil:
 			s.metrics.loads.WithLabelValues("ok").Inc()
 			log.InfoContext(ctx, "model loaded", "worker", w.ID, "seconds", time.Since(start).Seconds())
 			return w, nil
+		case errors.Is(err, ErrWorkerGone):
+			s.metrics.loads.WithLabelValues("unreachable").Inc()
+			s.suspect(ctx, w)
 		case errors.Is(err, ErrNoRoom):
 			s.metrics.loads.WithLabelValues("no_room").Inc()
 		case errors.Is(err, ErrModelFiles):

@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -395,5 +396,53 @@ func TestRequestOfJoinsRepeatedHeaders(t *testing.T) {
 	}
 	if req.Path != "/v2/models/iris/infer" || !grpc {
 		t.Errorf("path %q, grpc %v", req.Path, grpc)
+	}
+}
+
+// TestUnreachableWorkerIsLeftOutAndItsLeaseEnded: the best candidate's management port
+// refuses connections (its process died, its lease has not run out): the load goes to the
+// next worker at once, the dead one's lease is ended and announced, so that the control
+// plane stops routing to it without waiting for the lease, and later decisions here leave
+// it out.
+func TestUnreachableWorkerIsLeftOutAndItsLeaseEnded(t *testing.T) {
+	m := newMesh(t, mustRegistry(t, testRegistry))
+	dead := m.addWorker(worker("w1", 1, ort, 1000, 0), nil)
+	live := m.addWorker(worker("w2", 2, ort, 1000, 500), nil) // fuller: ranked after w1
+	loader := &fakeLoader{workers: map[string]*fakeWorker{"w1": dead, "w2": live},
+		fail: map[string]error{"w1": fmt.Errorf("%w: worker w1: its management port refuses connections", ErrWorkerGone)}}
+	r := m.startReplica(Config{LoadDeadline: 5 * time.Second}, loader)
+	r.waitFor(t, workersLive(2))
+	sub := m.rdb.Subscribe(t.Context(), m.keys.Events())
+	defer sub.Close()
+	if _, err := sub.Receive(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	ex, err := r.send(t.Context(), rest("digits"))
+	checkAnswer(t, routedTo("10.0.0.2:8000", "1"), ex, err)
+	if calls := loader.Calls(); !slices.Equal(calls, []string{"w1/digits:1", "w2/digits:1"}) {
+		t.Fatalf("loads %v, want the dead worker first, then the next one", calls)
+	}
+	if got := count(r.srv.metrics.unreachable); got != 1 {
+		t.Errorf("unreachable workers counted %v, want 1", got)
+	}
+	timeout := time.After(5 * time.Second)
+	for ended := false; !ended; {
+		select {
+		case msg := <-sub.Channel():
+			var e residency.Event
+			if err := json.Unmarshal([]byte(msg.Payload), &e); err != nil {
+				t.Fatal(err)
+			}
+			ended = e.Worker == "w1" && e.State == "unreachable"
+		case <-timeout:
+			t.Fatal("the dead worker's lease end was not announced")
+		}
+	}
+	// Suspected here for SuspectFor: the next cold model skips it without asking it.
+	ex, err = r.send(t.Context(), rest("big"))
+	checkAnswer(t, routedTo("10.0.0.2:8000", "1"), ex, err)
+	if calls := loader.Calls(); len(calls) != 3 || calls[2] != "w2/big:1" {
+		t.Fatalf("loads %v: the suspected worker was asked again", calls)
 	}
 }

@@ -54,7 +54,8 @@ func (r *Reporter) Run(ctx context.Context, changed <-chan struct{}, snapshot fu
 	for {
 		st := snapshot()
 		last = st
-		if err := r.write(ctx, st); err != nil {
+		joined, err := r.writeState(ctx, st)
+		if err != nil {
 			if healthy && ctx.Err() == nil {
 				r.log.WarnContext(ctx, "write worker state to redis", "error", err)
 			}
@@ -62,6 +63,12 @@ func (r *Reporter) Run(ctx context.Context, changed <-chan struct{}, snapshot fu
 		} else {
 			if !healthy {
 				r.log.InfoContext(ctx, "worker state written to redis again", "replicas", len(st.Replicas))
+				r.publish(ctx, st.Worker, Event{Kind: "worker", State: "ready"})
+			}
+			if joined && published != nil && healthy {
+				// The lease was ended while this worker lived (ext_proc found it unreachable,
+				// EndLease): readers learn at once that it is back.
+				r.log.InfoContext(ctx, "worker lease restored after it was ended")
 				r.publish(ctx, st.Worker, Event{Kind: "worker", State: "ready"})
 			}
 			healthy = true
@@ -85,9 +92,17 @@ func (r *Reporter) Run(ctx context.Context, changed <-chan struct{}, snapshot fu
 func (r *Reporter) lease() time.Duration { return 3 * r.cfg.Heartbeat }
 
 func (r *Reporter) write(ctx context.Context, st State) error {
+	_, err := r.writeState(ctx, st)
+	return err
+}
+
+// writeState writes st whole; joined reports that the worker was not in the workers set
+// before (its first write, or its lease had been ended or had run out).
+func (r *Reporter) writeState(ctx context.Context, st State) (joined bool, err error) {
 	now := time.Now()
 	id := st.Worker.ID
-	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	var added *redis.IntCmd
+	_, err = r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, r.keys.Worker(id), st.Worker.fields(now.UnixMilli()))
 		p.PExpire(ctx, r.keys.Worker(id), r.lease())
 		p.Del(ctx, r.keys.Replicas(id))
@@ -100,7 +115,7 @@ func (r *Reporter) write(ctx context.Context, st State) error {
 			p.HSet(ctx, r.keys.Replicas(id), fields)
 			p.PExpire(ctx, r.keys.Replicas(id), r.lease())
 		}
-		p.ZAdd(ctx, r.keys.Workers(), redis.Z{Score: float64(now.Add(r.lease()).UnixMilli()), Member: id})
+		added = p.ZAdd(ctx, r.keys.Workers(), redis.Z{Score: float64(now.Add(r.lease()).UnixMilli()), Member: id})
 		if len(st.Measured) > 0 {
 			sizes := make(map[string]any, len(st.Measured))
 			for k, v := range st.Measured {
@@ -112,7 +127,22 @@ func (r *Reporter) write(ctx context.Context, st State) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("write worker %s: %w", id, err)
+		return false, fmt.Errorf("write worker %s: %w", id, err)
+	}
+	return added.Val() == 1, nil
+}
+
+// EndLease removes worker id from the live workers at once, as if its lease had run out,
+// and announces it: readers (ext_proc, the control plane) stop placing on it and routing to
+// it with their next snapshot. A worker that is in fact alive writes itself back at its
+// next heartbeat and announces that.
+func EndLease(ctx context.Context, rdb redis.UniversalClient, keys Keys, id string) error {
+	if err := rdb.ZRem(ctx, keys.Workers(), id).Err(); err != nil {
+		return fmt.Errorf("end lease of worker %s: %w", id, err)
+	}
+	b, _ := json.Marshal(Event{Worker: id, Kind: "worker", State: "unreachable"}) // plain struct
+	if err := rdb.Publish(ctx, keys.Events(), b).Err(); err != nil {
+		return fmt.Errorf("announce end of lease of worker %s: %w", id, err)
 	}
 	return nil
 }

@@ -62,6 +62,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	srv := extproc.New(extproc.Config{
 		LoadDeadline: cfg.LoadDeadline, MaxMessageTimeout: cfg.MaxMessageTimeout, MaxWaiting: cfg.MaxWaiting,
 		RetryAfter: cfg.RetryAfter, LockTTL: cfg.LockTTL, TracerProvider: tr.Provider(),
+		EndLease: func(ctx context.Context, worker string) error { return residency.EndLease(ctx, rdb, keys, worker) },
 	}, view, loader, extproc.NewLocks(rdb, keys, cfg.LockTTL), log, metrics)
 	defer srv.Close()
 
