@@ -96,13 +96,24 @@ func testsetRow(t testing.TB, name string) string {
 
 func label(t testing.TB, out map[string]any) int64 {
 	t.Helper()
-	for _, o := range out["outputs"].([]any) {
-		o := o.(map[string]any)
-		if o["name"] == "label" {
-			return int64(o["data"].([]any)[0].(float64))
+	l := labelOf(out)
+	if l < 0 {
+		t.Fatalf("no label in %v", out)
+	}
+	return l
+}
+
+// labelOf is the label an answer carries, or -1 when it has none.
+func labelOf(out map[string]any) int64 {
+	outputs, _ := out["outputs"].([]any)
+	for _, o := range outputs {
+		o, _ := o.(map[string]any)
+		if data, _ := o["data"].([]any); o["name"] == "label" && len(data) > 0 {
+			if v, ok := data[0].(float64); ok {
+				return int64(v)
+			}
 		}
 	}
-	t.Fatalf("no label in %v", out)
 	return -1
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/wire"
@@ -36,15 +37,15 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 		if _, ok := st.Registry.Model(m.Name); !ok {
 			continue // resident but no longer registered: not routed
 		}
-		c, err := edsCluster(wire.ClusterName(m), nil)
+		c, err := modelCluster(wire.ClusterName(m))
 		if err != nil {
 			return nil, nil, err
 		}
 		clusters = append(clusters, c)
-		endpoints = append(endpoints, assignment(wire.ClusterName(m), ready[m]))
+		endpoints = append(endpoints, withFallback(assignment(wire.ClusterName(m), ready[m])))
 		if split[m] {
 			name := wire.GRPCClusterName(m)
-			gc, err := edsCluster(name, nil)
+			gc, err := modelCluster(name)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -53,7 +54,7 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 				addrs = append(addrs, grpcAddr(st.GRPC, a))
 			}
 			clusters = append(clusters, gc)
-			endpoints = append(endpoints, assignment(name, sortedUnique(addrs)))
+			endpoints = append(endpoints, withFallback(assignment(name, sortedUnique(addrs))))
 		}
 	}
 	pool, err := workersCluster()
@@ -127,6 +128,48 @@ func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) (*clusterv3.
 	}
 	return c, nil
 }
+
+// modelCluster is a model version's cluster: its ready replicas, then the fallback
+// listener (withFallback). A replica is ejected at its first connection failure or timeout
+// (a dead or hung worker; split_external_local_origin_errors keeps the model's own 5xx
+// answers out of it), so that the request's retry, and the requests after it, go to the
+// other replicas, or to the cold path once none is left, instead of to the dead worker until
+// its lease runs out. The control plane removes the worker in its next push (ext_proc ends
+// its lease when its management port refuses) or when the lease runs out.
+func modelCluster(name string) (*clusterv3.Cluster, error) {
+	c, err := edsCluster(name, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.OutlierDetection = &clusterv3.OutlierDetection{
+		SplitExternalLocalOriginErrors:         true,
+		ConsecutiveLocalOriginFailure:          wrapperspb.UInt32(1),
+		EnforcingConsecutiveLocalOriginFailure: wrapperspb.UInt32(100),
+		EnforcingConsecutive_5Xx:               wrapperspb.UInt32(0),
+		EnforcingConsecutiveGatewayFailure:     wrapperspb.UInt32(0),
+		EnforcingSuccessRate:                   wrapperspb.UInt32(0),
+		EnforcingLocalOriginSuccessRate:        wrapperspb.UInt32(0),
+		BaseEjectionTime:                       durationpb.New(10 * time.Second),
+		MaxEjectionPercent:                     wrapperspb.UInt32(100),
+	}
+	return c, nil
+}
+
+// withFallback adds the fallback listener to a model cluster's endpoints at priority 1:
+// Envoy sends a request there only when no replica at priority 0 is healthy (all ejected).
+// The overprovisioning factor keeps every request on the replicas while any one of them
+// is healthy (Envoy's default, 1.4, would shift a share to the cold path as soon as one
+// of several replicas fails).
+func withFallback(cla *endpointv3.ClusterLoadAssignment) *endpointv3.ClusterLoadAssignment {
+	cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{Priority: 1, LbEndpoints: []*endpointv3.LbEndpoint{{
+		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: internalAddress()}}}}})
+	cla.Policy = &endpointv3.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(fallbackOverprovisioning)}
+	return cla
+}
+
+// fallbackOverprovisioning is 10000 times Envoy's unit (100): one healthy replica in ten
+// thousand still takes all the traffic of its priority.
+const fallbackOverprovisioning = 1_000_000
 
 // workersCluster is the pool of every live worker; the override_host policy sends each
 // request to the worker ext_proc chose (header or envoy.lb metadata). A chosen host that is

@@ -5,6 +5,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -40,20 +41,7 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	extProc, err := anypb.New(&extprocv3.ExternalProcessor{
-		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}}},
-		ProcessingMode: &extprocv3.ProcessingMode{
-			RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
-			ResponseHeaderMode:  extprocv3.ProcessingMode_SKIP,
-			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
-			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
-		},
-		MessageTimeout:    durationpb.New(cfg.ExtProcMessageTimeout),
-		MaxMessageTimeout: durationpb.New(cfg.MaxMessageTimeout),
-		// ext_proc unreachable: cold requests fail fast with 503, as for a failed load.
-		StatusOnError: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
-	})
+	extProc, err := extProcConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -95,4 +83,75 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}},
 	}, nil
+}
+
+// extProcConfig is the ext_proc filter of the cold path, on the gateway listener and on the
+// fallback listener alike.
+func extProcConfig(cfg Config) (*anypb.Any, error) {
+	return anypb.New(&extprocv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtProcCluster}}},
+		ProcessingMode: &extprocv3.ProcessingMode{
+			RequestHeaderMode:   extprocv3.ProcessingMode_SEND,
+			ResponseHeaderMode:  extprocv3.ProcessingMode_SKIP,
+			RequestTrailerMode:  extprocv3.ProcessingMode_SKIP,
+			ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+		},
+		MessageTimeout:    durationpb.New(cfg.ExtProcMessageTimeout),
+		MaxMessageTimeout: durationpb.New(cfg.MaxMessageTimeout),
+		// ext_proc unreachable: cold requests fail fast with 503, as for a failed load.
+		StatusOnError: &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable},
+	})
+}
+
+// buildFallback is the internal listener FallbackListener, the second priority of every
+// model cluster (clusters.go): a request none of whose ready replicas could take it (their
+// worker died or hangs, and Envoy ejected them) arrives here through Envoy's user-space
+// socket and takes the cold path, ext_proc then the router to the workers pool, where
+// ext_proc routes it to another replica or loads the model elsewhere. The gateway listener
+// already set the model headers, so there is no wasm filter here.
+func buildFallback(cfg Config) (*listenerv3.Listener, error) {
+	extProc, err := extProcConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: FallbackListener,
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: FallbackListener,
+			VirtualHosts: []*routev3.VirtualHost{{Name: FallbackListener, Domains: []string{"*"}, Routes: []*routev3.Route{{
+				Name:  "cold",
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: WorkersCluster},
+					Timeout:          durationpb.New(cfg.RouteTimeout),
+				}},
+			}}}},
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: extProc}},
+			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name: FallbackListener,
+		// No address: an internal listener is found by its name.
+		ListenerSpecifier: &listenerv3.Listener_InternalListener{InternalListener: &listenerv3.Listener_InternalListenerConfig{}},
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}},
+	}, nil
+}
+
+// internalAddress is the fallback listener's address in Envoy's user space.
+func internalAddress() *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_EnvoyInternalAddress{EnvoyInternalAddress: &corev3.EnvoyInternalAddress{
+		AddressNameSpecifier: &corev3.EnvoyInternalAddress_ServerListenerName{ServerListenerName: FallbackListener}}}}
 }

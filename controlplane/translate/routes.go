@@ -326,9 +326,11 @@ func withGRPCVariants(routes []*routev3.Route, split map[placement.ModelVersion]
 // grpcRouteSuffix ends the name of a route's gRPC twin.
 const grpcRouteSuffix = "|grpc"
 
-// retryOtherReplica retries a request that never reached a worker (connection refused or
-// reset before any answer) on another replica: a worker that died is still routed until its
-// lease ends. Requests a worker answered are never retried.
+// retryOtherReplica retries a request that got no answer (connection refused, or reset
+// before any answer: the worker died with it in flight, or its connection was already
+// closed) on another replica, or on the fallback listener once the model cluster ejected
+// every replica (clusters.go). Inference is idempotent; requests a worker answered, even
+// with an error, are never retried.
 func retryOtherReplica() *routev3.RetryPolicy {
 	previousHosts, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{}) // an empty message always marshals
 	return &routev3.RetryPolicy{
@@ -340,7 +342,7 @@ func retryOtherReplica() *routev3.RetryPolicy {
 	}
 }
 
-const defaultRetryOn = "connect-failure,refused-stream,reset-before-request"
+const defaultRetryOn = "connect-failure,refused-stream,reset"
 
 // retryPolicy is a rule route's retry policy. A hot route without retries in its rule keeps
 // retryOtherReplica, a cold one has none, and neither retries at 0 attempts. Hot routes

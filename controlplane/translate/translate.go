@@ -19,8 +19,10 @@ import (
 // Names shared with the other parts of the mesh. The headers, the metadata key and the
 // model clusters' names are the mesh's wire contract (package wire).
 const (
-	ListenerName    = "gateway"
-	RouteConfigName = "models"
+	ListenerName = "gateway"
+	// FallbackListener is the internal listener of the cold path behind the model clusters.
+	FallbackListener = "fallback"
+	RouteConfigName  = "models"
 	// WorkersCluster holds every live worker; ext_proc picks the host.
 	WorkersCluster = "workers"
 	// ExtProcCluster is the ext_proc service.
@@ -82,7 +84,11 @@ func Translate(cfg Config, st State) (Resources, error) {
 	if err != nil {
 		return res, err
 	}
-	res.Listeners = []types.Resource{listener}
+	fallback, err := buildFallback(cfg)
+	if err != nil {
+		return res, err
+	}
+	res.Listeners = []types.Resource{fallback, listener} // sorted by name
 
 	ready := map[placement.ModelVersion][]string{}
 	for m, addrs := range st.Ready {
