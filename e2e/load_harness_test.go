@@ -77,7 +77,7 @@ type loadReport struct {
 	// those sent before it that failed after (they may: they were on the worker that died);
 	// failedAfter those sent after it.
 	failedBefore, failedInFlight, failedAfter int
-	firstFailure                string
+	firstFailure                              string
 	// firstAfter is when the first request sent after the fault was answered, from the
 	// fault; slowestAfter the longest such request.
 	firstAfter, slowestAfter time.Duration
