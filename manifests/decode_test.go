@@ -74,7 +74,7 @@ func isIstioGroup(group string) bool {
 	return strings.HasSuffix(group, ".istio.io")
 }
 
-// decodeObject decodes one Kubernetes or Istio object strictly.
+// decodeObject decodes one Kubernetes, Istio or KEDA object strictly.
 func decodeObject(doc []byte) (runtime.Object, error) {
 	var tm metav1.TypeMeta
 	if err := yaml.Unmarshal(doc, &tm); err != nil {
@@ -89,6 +89,9 @@ func decodeObject(doc []byte) (runtime.Object, error) {
 	}
 	if isIstioGroup(gv.Group) {
 		return decodeIstio(doc, gv.WithKind(tm.Kind))
+	}
+	if gv.Group == kedaGroup {
+		return decodeKEDA(doc, gv.WithKind(tm.Kind))
 	}
 	obj, _, err := k8sDecoder.Decode(doc, nil, nil)
 	return obj, err
@@ -169,10 +172,12 @@ func decodeFileDoc(path string, doc []byte) (any, error) {
 		return registry.Parse(doc)
 	case filepath.Base(filepath.Dir(path)) == "rules":
 		return decodeRules(doc)
+	case base == "prometheus-adapter.yaml":
+		return decodeAdapterConfig(doc)
 	case strings.HasPrefix(base, "prometheus"):
 		return decodePrometheusConfig(doc)
 	}
-	return nil, errors.New("not a Kubernetes, Istio or kustomize object, an Envoy bootstrap, a registry, a Prometheus configuration or rule file")
+	return nil, errors.New("not a Kubernetes, Istio, KEDA or kustomize object, an Envoy bootstrap, a registry, a Prometheus configuration or rule file, or a prometheus-adapter configuration")
 }
 
 // yamlFiles lists the YAML files under the given directories, leaving out testdata
