@@ -278,7 +278,7 @@ func meshScale(b *testing.B, delta bool) {
 		start := time.Now()
 		f.ch <- struct{}{}
 		eventually(b, 30*time.Second, model+" routed", func() bool {
-			return m.envoyStat(b, "cluster.model|"+model+"|1.membership_total") == 1
+			return m.routedReplicas(b, "model|"+model+"|1") == 1
 		})
 		lat = append(lat, time.Since(start))
 	}

@@ -138,9 +138,15 @@ func TestMeshRichTrafficRules(t *testing.T) {
 		t.Fatalf("hot iris: %d %s", code, body)
 	}
 	checkCancer("hot")
-	slow("hot", "model|synthetic-16mb|1")
 	if after := m.decisions(t); after != decisions {
 		t.Errorf("ext_proc decided %v hot requests", after-decisions)
+	}
+	// A timed-out try ejects the replica (a hung worker looks the same): the two retries go
+	// to the fallback listener, the cold path, and time out there as well.
+	fallback := m.envoyStat(t, "http.fallback.downstream_rq_total")
+	slow("hot", "model|synthetic-16mb|1")
+	if got := m.envoyStat(t, "http.fallback.downstream_rq_total") - fallback; got != 2 || m.decisions(t)-decisions != 2 {
+		t.Errorf("%v tries fell back to the cold path and ext_proc decided %v, want the 2 retries", got, m.decisions(t)-decisions)
 	}
 	if n := sumMetric(t, m.CPMetrics, "mesh_controlplane_nacks_total"); n != 0 {
 		t.Errorf("Envoy rejected %v configurations", n)

@@ -146,6 +146,14 @@ func (m *mesh) ready(t testing.TB, name, version string) bool {
 	return false
 }
 
+// routedReplicas is how many replicas Envoy has in a model cluster: its members less the
+// fallback listener that every model cluster has at priority 1 (docs/architecture.md,
+// "Worker failure"); 0 when there is no such cluster.
+func (m *mesh) routedReplicas(t testing.TB, cluster string) int64 {
+	t.Helper()
+	return max(0, m.envoyStat(t, "cluster."+cluster+".membership_total")-1)
+}
+
 // waitHot waits until Envoy has a ready endpoint in the cluster of model version mv.
 func (m *mesh) waitHot(t testing.TB, name, version string) {
 	t.Helper()
@@ -339,7 +347,7 @@ func TestMeshMinReplicas(t *testing.T) {
 	m := startMesh(t, meshOptions{Registry: reg, Capacities: []string{"1GiB", "1GiB"}, ExtProcArgs: []string{"--warm-interval", "300ms"}})
 	m.waitHot(t, "iris", "1")
 	eventually(t, 15*time.Second, "iris on both workers", func() bool {
-		return m.envoyStat(t, "cluster.model|iris|1.membership_total") == 2
+		return m.routedReplicas(t, "model|iris|1") == 2
 	})
 	before := m.decisions(t)
 	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 || label(t, out) != 0 {

@@ -144,7 +144,7 @@ func TestTritonThroughTheMesh(t *testing.T) {
 		t.Fatalf("gRPC through the gateway: %v %v", resp, err)
 	}
 	eventually(t, 10*time.Second, "gRPC on its own cluster", func() bool {
-		return m.envoyStat(t, "cluster.model|double|1|grpc.membership_total") == 1
+		return m.routedReplicas(t, "model|double|1|grpc") == 1
 	})
 	if _, err := m.Infer.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "double",
 		Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "INPUT0", Datatype: "FP32", Shape: []int64{1, 4},

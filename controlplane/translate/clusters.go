@@ -37,7 +37,7 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 		if _, ok := st.Registry.Model(m.Name); !ok {
 			continue // resident but no longer registered: not routed
 		}
-		c, err := modelCluster(wire.ClusterName(m))
+		c, err := modelCluster(wire.ClusterName(m), len(ready[m]))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -45,7 +45,7 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 		endpoints = append(endpoints, withFallback(assignment(wire.ClusterName(m), ready[m])))
 		if split[m] {
 			name := wire.GRPCClusterName(m)
-			gc, err := modelCluster(name)
+			gc, err := modelCluster(name, len(ready[m]))
 			if err != nil {
 				return nil, nil, err
 			}
@@ -135,8 +135,11 @@ func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) (*clusterv3.
 // answers out of it), so that the request's retry, and the requests after it, go to the
 // other replicas, or to the cold path once none is left, instead of to the dead worker until
 // its lease runs out. The control plane removes the worker in its next push (ext_proc ends
-// its lease when its management port refuses) or when the lease runs out.
-func modelCluster(name string) (*clusterv3.Cluster, error) {
+// its lease when its management port refuses) or when the lease runs out. At most the
+// replicas are ejected, never the fallback as well: Envoy ejects a host only while the share
+// already ejected is below MaxEjectionPercent, so replicas/(replicas+1) lets every replica
+// go and keeps the last host.
+func modelCluster(name string, replicas int) (*clusterv3.Cluster, error) {
 	c, err := edsCluster(name, nil)
 	if err != nil {
 		return nil, err
@@ -150,7 +153,7 @@ func modelCluster(name string) (*clusterv3.Cluster, error) {
 		EnforcingSuccessRate:                   wrapperspb.UInt32(0),
 		EnforcingLocalOriginSuccessRate:        wrapperspb.UInt32(0),
 		BaseEjectionTime:                       durationpb.New(10 * time.Second),
-		MaxEjectionPercent:                     wrapperspb.UInt32(100),
+		MaxEjectionPercent:                     wrapperspb.UInt32(uint32(100 * replicas / (replicas + 1))),
 	}
 	return c, nil
 }
