@@ -187,8 +187,9 @@ type adapterRule struct {
 		IsNot string `json:"isNot,omitempty"`
 	} `json:"seriesFilters,omitempty"`
 	Resources struct {
-		Template  string `json:"template,omitempty"`
-		Overrides map[string]struct {
+		Namespaced *bool  `json:"namespaced,omitempty"`
+		Template   string `json:"template,omitempty"`
+		Overrides  map[string]struct {
 			Group    string `json:"group,omitempty"`
 			Resource string `json:"resource"`
 		} `json:"overrides,omitempty"`
@@ -308,7 +309,7 @@ func externalMetrics(t *testing.T) map[string]servedMetric {
 		if _, dup := served[name]; dup {
 			t.Errorf("external metric %s served twice", name)
 		}
-		if o, ok := r.Resources.Overrides["namespace"]; !ok || o.Resource != "namespace" || o.Group != "" {
+		if o, ok := r.Resources.Overrides["namespace"]; !ok || o.Resource != "namespace" || o.Group != "" || !ptrOr(r.Resources.Namespaced, true) {
 			t.Errorf("adapter rule for %s: the namespace label must map to the namespace resource, so that an HPA reads its own namespace", name)
 		}
 		if !slices.Contains(grouping(expr), "namespace") {
