@@ -105,6 +105,7 @@ type Server struct {
 	closed   bool
 	wg       sync.WaitGroup
 	suspects suspects
+	pending  pending
 }
 
 // flight is one coalesced load of a model version in this replica. Fields other than done
@@ -399,7 +400,7 @@ func (s *Server) awaitOther(ctx context.Context, m placement.ModelVersion) error
 func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *Lock) (residency.Worker, error) {
 	cands := d.Candidates
 	if snap := s.snapshot(); snap != nil {
-		cands = Candidates(snap, d.Target)
+		cands = s.candidates(snap, d.Target)
 	}
 	if len(cands) == 0 {
 		return residency.Worker{}, errorf(ErrNoWorker, "no live worker with runtime %s can hold model %s", d.Target.Runtime, d.Model)
@@ -422,7 +423,9 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 			break
 		}
 		start := time.Now()
+		done := s.pending.start(w.ID)
 		err := s.loader.Load(ctx, w, d.Target)
+		done()
 		if !errors.Is(err, ErrWorkerGone) {
 			tried++
 		}

@@ -20,6 +20,11 @@ type Node struct {
 	// Serves says the worker has a data address (requests can go there); Loads that it also
 	// has a management address (loads can be asked of it).
 	Serves, Loads bool
+	// Pending counts the loads the caller has asked of the node and not yet seen answered,
+	// which the node's record may not show yet: during a burst of cold models the records
+	// trail the loads, and a node whose loads finish fastest would look idle and take them
+	// all.
+	Pending int
 }
 
 // Capabilities are what a worker's runtime can do, advertised in its record so that
@@ -36,9 +41,9 @@ type Capabilities struct {
 // GPUs reports whether the node budgets GPU memory.
 func (n Node) GPUs() bool { return len(n.Capacity.GPU) > 0 }
 
-// Loading counts the node's loads in progress.
+// Loading counts the node's loads in progress: those its record shows and those pending.
 func (n Node) Loading() int {
-	c := 0
+	c := n.Pending
 	for _, s := range n.Replicas {
 		if s == StateLoading {
 			c++
@@ -126,8 +131,9 @@ func rendezvous(m ModelVersion, node string) uint64 {
 //  1. nodes where l is already loading (a load there joins the one in progress);
 //  2. nodes with free room (capacity - used) for l's size; when the size is unknown, any
 //     free byte counts as room;
-//  3. fewest loads in progress;
-//  4. spread: rendezvous hash of (model, node), then id.
+//  3. fewest loads in progress (Node.Loading);
+//  4. the least full (used/capacity in the fullest dimension);
+//  5. spread: rendezvous hash of (model, node), then id.
 //
 // Left out: nodes of another runtime, nodes whose whole capacity is below l's known size,
 // nodes that cannot serve and load, nodes that hold one version of a model at a time and
@@ -169,6 +175,9 @@ func Candidates(nodes []Node, l Load) []Node {
 			return boolFirst(a.room)
 		case a.loads != b.loads:
 			return cmp.Compare(a.loads, b.loads)
+		}
+		if c := cmp.Compare(fullness(a.n), fullness(b.n)); c != 0 {
+			return c
 		}
 		return spread(l.Model, a.n, b.n)
 	})

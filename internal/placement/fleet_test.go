@@ -87,6 +87,12 @@ func TestCandidatesOrder(t *testing.T) {
 			oneVersion(node("holds-v2", 100, 0, map[string]State{"iris:2": StateReady})),
 			node("side-by-side", 100, 50, map[string]State{"iris:2": StateReady}),
 		}, Load{Model: iris, Runtime: "onnxruntime"}, []string{"side-by-side"}},
+		{"loads the caller has pending count as in progress", []Node{
+			func() Node { n := node("asked", 100, 0, nil); n.Pending = 1; return n }(),
+			node("not-asked", 100, 0, nil),
+		}, Load{Model: iris, Runtime: "onnxruntime"}, []string{"not-asked", "asked"}},
+		{"equal loads: the least full first", []Node{node("fuller", 100, 60, nil), node("emptier", 100, 10, nil)},
+			Load{Model: iris, Runtime: "onnxruntime"}, []string{"emptier", "fuller"}},
 		{"fewer loads in progress", []Node{
 			node("busy", 100, 0, map[string]State{"a:1": StateLoading, "b:1": StateLoading}),
 			node("idle", 100, 0, nil),
