@@ -111,6 +111,36 @@ func TestMeshWorkerKilled(t *testing.T) {
 	}
 }
 
+// TestMeshWorkerHung: under steady load, the worker holding a model is paused (SIGSTOP): it
+// keeps its sockets and answers nothing. Every request is answered, those on it too: a try
+// that takes longer than --hot-try-timeout (1 s here) is retried, the replica is ejected,
+// the fallback listener takes the request to ext_proc, whose Load on the hung worker gets
+// no /healthz answer within --probe-timeout, and the model is loaded on the other worker.
+func TestMeshWorkerHung(t *testing.T) {
+	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}, ControlPlaneArgs: []string{"--hot-try-timeout", "1s"}})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("cold iris: %d %v", code, out)
+	}
+	m.waitHot(t, "iris", "1")
+	holder := m.onlyLoader(t)
+	load := steadyLoad(m.Gateway, "iris", irisSetosa, 100)
+	eventually(t, 10*time.Second, "traffic on the hot path first", func() bool { return load.sent() >= 100 })
+	paused := time.Now()
+	holder.Pause()
+	defer holder.Resume()
+	eventually(t, 15*time.Second, "iris ready on the other worker", func() bool { return m.ready(t, "iris", "1") })
+	time.Sleep(500 * time.Millisecond)
+	r := load.stop(paused)
+	t.Logf("%d requests: %d before the pause, %d after; failed: %d in flight, %d after; first answered %s after the pause, slowest %s",
+		r.total, r.before, r.after, r.failedInFlight, r.failedAfter, r.firstAfter, r.slowestAfter)
+	if r.failedBefore+r.failedInFlight+r.failedAfter != 0 {
+		t.Fatalf("%d requests failed while a worker hung; first: %s", r.failedBefore+r.failedInFlight+r.failedAfter, r.firstFailure)
+	}
+	if r.slowestAfter >= 60*time.Second {
+		t.Fatalf("a request took %s, the route's whole timeout", r.slowestAfter)
+	}
+}
+
 // TestMeshWorkerStoppedLosesNoRequest: a worker stopped gracefully (SIGTERM, as Kubernetes
 // does) keeps serving until the mesh routes its models elsewhere; clients sending all along
 // see not one failure.

@@ -133,9 +133,11 @@ func (m *mesh) loads(t testing.TB) float64 {
 func (m *mesh) ready(t testing.TB, name, version string) bool {
 	t.Helper()
 	for _, w := range m.workers {
-		list, err := w.Mgmt.List(context.Background(), &meshv1.ListRequest{})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		list, err := w.Mgmt.List(ctx, &meshv1.ListRequest{})
+		cancel()
 		if err != nil {
-			continue // a stopped worker holds nothing
+			continue // a stopped (or paused) worker serves nothing
 		}
 		for _, r := range list.GetReplicas() {
 			if r.GetModel().GetName() == name && r.GetModel().GetVersion() == version && r.GetState() == meshv1.ReplicaState_REPLICA_STATE_READY {

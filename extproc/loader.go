@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sync"
 	"syscall"
 	"time"
@@ -92,6 +93,23 @@ func refuses(ctx context.Context, addr string) bool {
 	}
 	c.Close()
 	return false
+}
+
+// answers reports whether the worker management server at addr answers GET /healthz with
+// 200 within timeout.
+func answers(ctx context.Context, addr string, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 func (l *GRPCLoader) conn(addr string) (*grpc.ClientConn, error) {

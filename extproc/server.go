@@ -56,6 +56,9 @@ type Config struct {
 	// EndLease ends a worker's lease in Redis (residency.EndLease) when its management port
 	// refuses connections; nil ends none (the worker then leaves when its lease runs out).
 	EndLease func(ctx context.Context, worker string) error
+	// ProbeAfter is how long a Load may run before the worker's liveness is checked, and how
+	// often after (default 1s); ProbeTimeout how long that check waits (default 500ms).
+	ProbeAfter, ProbeTimeout time.Duration
 	// SuspectFor is how long this replica leaves out a worker found unreachable, whatever
 	// its snapshot says (default 3s: longer than a heartbeat, so a worker alive after all
 	// is back in the snapshot by then).
@@ -75,6 +78,8 @@ func (c Config) withDefaults() Config {
 	def(&c.LockTTL, 10*time.Second)
 	def(&c.LockPoll, 100*time.Millisecond)
 	def(&c.SuspectFor, 3*time.Second)
+	def(&c.ProbeAfter, time.Second)
+	def(&c.ProbeTimeout, 500*time.Millisecond)
 	if c.MaxWaiting <= 0 {
 		c.MaxWaiting = 1000
 	}
@@ -201,14 +206,40 @@ func (s *Server) confirm(ctx context.Context, d Decision, extend func() error, d
 	return <-done
 }
 
-// confirmOn asks w to confirm a resident replica (a Load, answered at once); a worker found
-// gone is suspected.
+// confirmOn asks w to confirm a resident replica (a Load, answered at once, or after a
+// drain); a worker found gone is suspected.
 func (s *Server) confirmOn(ctx context.Context, w residency.Worker, t Target) error {
-	err := s.loader.Load(ctx, w, t)
+	err := s.loadOn(ctx, w, t)
 	if errors.Is(err, ErrWorkerGone) {
 		s.suspect(ctx, w)
 	}
 	return err
+}
+
+// loadOn is the loader's Load on w, watched: while it runs, every Config.ProbeAfter the
+// worker's management port is asked for /healthz, which a working worker answers at once
+// whatever it is loading. A worker that does not (its process is stopped or wedged: the
+// port accepts connections and nothing answers) is given up as gone: the Load is cancelled
+// and ErrWorkerGone returned.
+func (s *Server) loadOn(ctx context.Context, w residency.Worker, t Target) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.loader.Load(ctx, w, t) }()
+	probe := time.NewTicker(s.cfg.ProbeAfter)
+	defer probe.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-probe.C:
+			if !answers(ctx, w.MgmtAddr, s.cfg.ProbeTimeout) && ctx.Err() == nil {
+				cancel()
+				<-done
+				return fmt.Errorf("%w: worker %s: its management port %s did not answer /healthz within %s", ErrWorkerGone, w.ID, w.MgmtAddr, s.cfg.ProbeTimeout)
+			}
+		}
+	}
 }
 
 // hold joins (or starts) the flight for d's model version and waits for it, as the span
@@ -424,7 +455,7 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 		}
 		start := time.Now()
 		done := s.pending.start(w.ID)
-		err := s.loader.Load(ctx, w, d.Target)
+		err := s.loadOn(ctx, w, d.Target)
 		done()
 		if !errors.Is(err, ErrWorkerGone) {
 			tried++

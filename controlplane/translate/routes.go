@@ -37,7 +37,7 @@ func buildRoutes(cfg Config, reg *registry.Registry, ready map[placement.ModelVe
 		models = reg.Models
 	}
 	for _, m := range models {
-		r, err := modelRoutes(m, ready, cfg.RouteTimeout)
+		r, err := modelRoutes(m, ready, cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -62,7 +62,7 @@ func buildRoutes(cfg Config, reg *registry.Registry, ready map[placement.ModelVe
 // the default version unless the last rule matches every request, for requests that do not. A rule's routes are
 // emitted when some rule is hot or does something only Envoy can do (timeout, retries,
 // fault, header changes); otherwise the catch-all cold route serves the model alike.
-func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, timeout time.Duration) ([]*routev3.Route, error) {
+func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cfg Config) ([]*routev3.Route, error) {
 	disabled, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
 	if err != nil {
 		return nil, err
@@ -79,7 +79,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
 				Headers: []*routev3.HeaderMatcher{exact(wire.HeaderModel, m.Name), exact(wire.HeaderVersion, v.Version)}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)},
-				Timeout: durationpb.New(timeout), RetryPolicy: retryOtherReplica()}},
+				Timeout: durationpb.New(cfg.RouteTimeout), RetryPolicy: retryOtherReplica(cfg.HotTryTimeout)}},
 			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: disabled},
 		})
 	}
@@ -102,7 +102,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, ti
 	}
 	for i, rule := range rules {
 		hotRule := allHot(rule)
-		route, err := ruleRoute(rule, timeout, hotRule)
+		route, err := ruleRoute(rule, cfg, hotRule)
 		if err != nil {
 			return nil, fmt.Errorf("model %s traffic rule %d: %w", m.Name, i, err)
 		}
@@ -202,8 +202,8 @@ func stringMatcher(s registry.StringMatch) *matcherv3.StringMatcher {
 // ruleRoute is a rule's route without its match and destination: the rule's timeout (else
 // the default), retries, header changes and fault. The registry validated the rule; a
 // duration that does not parse is still reported rather than ignored.
-func ruleRoute(rule registry.Rule, timeout time.Duration, hot bool) (*routev3.Route, error) {
-	action := &routev3.RouteAction{Timeout: durationpb.New(timeout)}
+func ruleRoute(rule registry.Rule, cfg Config, hot bool) (*routev3.Route, error) {
+	action := &routev3.RouteAction{Timeout: durationpb.New(cfg.RouteTimeout)}
 	if rule.Timeout != "" {
 		d, err := parseDuration(rule.Timeout)
 		if err != nil {
@@ -212,7 +212,7 @@ func ruleRoute(rule registry.Rule, timeout time.Duration, hot bool) (*routev3.Ro
 		action.Timeout = d
 	}
 	var err error
-	if action.RetryPolicy, err = retryPolicy(rule.Retries, hot); err != nil {
+	if action.RetryPolicy, err = retryPolicy(rule.Retries, hot, cfg.HotTryTimeout); err != nil {
 		return nil, err
 	}
 	route := &routev3.Route{Action: &routev3.Route_Route{Route: action}, TypedPerFilterConfig: map[string]*anypb.Any{}}
@@ -331,11 +331,21 @@ const grpcRouteSuffix = "|grpc"
 // closed) on another replica, or on the fallback listener once the model cluster ejected
 // every replica (clusters.go). Inference is idempotent; requests a worker answered, even
 // with an error, are never retried.
-func retryOtherReplica() *routev3.RetryPolicy {
+//
+// A try that takes longer than tryTimeout (0: no bound but the route's) is given up and
+// retried the same way: a hung worker (stopped, or wedged) holds a request that long, once,
+// and its replica is ejected at that first timeout.
+func retryOtherReplica(tryTimeout time.Duration) *routev3.RetryPolicy {
 	previousHosts, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{}) // an empty message always marshals
+	var perTry *durationpb.Duration
+	retryOn := defaultRetryOn
+	if tryTimeout > 0 {
+		perTry, retryOn = durationpb.New(tryTimeout), defaultRetryOn+",gateway-error" // a timed-out try is a 504
+	}
 	return &routev3.RetryPolicy{
-		RetryOn:    defaultRetryOn,
-		NumRetries: wrapperspb.UInt32(2),
+		RetryOn:       retryOn,
+		PerTryTimeout: perTry,
+		NumRetries:    wrapperspb.UInt32(2),
 		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: previousHosts}}},
 		HostSelectionRetryMaxAttempts: 3,
@@ -348,16 +358,16 @@ const defaultRetryOn = "connect-failure,refused-stream,reset"
 // retryOtherReplica, a cold one has none, and neither retries at 0 attempts. Hot routes
 // retry on another replica; cold ones on the worker ext_proc chose, since the workers
 // cluster sends every try there and it is the worker that loaded the model.
-func retryPolicy(r *registry.Retries, hot bool) (*routev3.RetryPolicy, error) {
+func retryPolicy(r *registry.Retries, hot bool, tryTimeout time.Duration) (*routev3.RetryPolicy, error) {
 	switch {
 	case r == nil && hot:
-		return retryOtherReplica(), nil
+		return retryOtherReplica(tryTimeout), nil
 	case r == nil || r.Attempts == 0:
 		return nil, nil
 	}
 	p := &routev3.RetryPolicy{RetryOn: defaultRetryOn}
 	if hot {
-		p = retryOtherReplica()
+		p = retryOtherReplica(0)
 	}
 	p.NumRetries = wrapperspb.UInt32(r.Attempts)
 	if r.RetryOn != "" {

@@ -46,6 +46,10 @@ type Config struct {
 	// RouteTimeout bounds an upstream request (not the wait for a cold load, which ext_proc
 	// holds before routing).
 	RouteTimeout time.Duration
+	// HotTryTimeout bounds one try of a request on the hot path, after which it is retried
+	// on another replica or the cold path (routes.go); 0: no bound but RouteTimeout. A
+	// rule's perTryTimeout replaces it.
+	HotTryTimeout time.Duration
 	// ExtProcMessageTimeout is Envoy's wait for an ext_proc answer; MaxMessageTimeout is the
 	// most ext_proc may extend it to while a load runs.
 	ExtProcMessageTimeout time.Duration

@@ -29,7 +29,7 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 
 var cfg = Config{
 	ListenerAddress: "0.0.0.0", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
-	WasmPath: "/etc/mesh/modelid.wasm", WasmMaxModels: 1000, RouteTimeout: 60 * time.Second,
+	WasmPath: "/etc/mesh/modelid.wasm", WasmMaxModels: 1000, RouteTimeout: 60 * time.Second, HotTryTimeout: 20 * time.Second,
 	ExtProcMessageTimeout: 200 * time.Millisecond, MaxMessageTimeout: 120 * time.Second,
 }
 

@@ -108,6 +108,13 @@ func (p *Process) Kill() {
 	<-p.done
 }
 
+// Pause stops the process and its children (SIGSTOP): they hold their sockets and answer
+// nothing, as a wedged process does. Resume undoes it.
+func (p *Process) Pause() { syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGSTOP) }
+
+// Resume lets a paused process run again (SIGCONT).
+func (p *Process) Resume() { syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGCONT) }
+
 // Stop sends SIGTERM to the process and waits for it to exit, failing the test if it exits
 // with an error or runs on for 30 s.
 func (p *Process) Stop(t testing.TB) {
