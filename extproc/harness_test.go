@@ -188,6 +188,9 @@ func (m *mesh) startReplica(cfg Config, loader Loader) *replica {
 	if cfg.LockPoll == 0 {
 		cfg.LockPoll = 20 * time.Millisecond
 	}
+	if cfg.ProbeAfter == 0 {
+		cfg.ProbeAfter = time.Hour // the fake workers have no management server to probe
+	}
 	if cfg.EndLease == nil {
 		cfg.EndLease = func(ctx context.Context, id string) error { return residency.EndLease(ctx, m.rdb, m.keys, id) }
 	}

@@ -57,7 +57,9 @@ type Config struct {
 	// refuses connections; nil ends none (the worker then leaves when its lease runs out).
 	EndLease func(ctx context.Context, worker string) error
 	// ProbeAfter is how long a Load may run before the worker's liveness is checked, and how
-	// often after (default 1s); ProbeTimeout how long that check waits (default 500ms).
+	// often after (default 250ms); ProbeTimeout how long that check waits (default 1s). A
+	// hung worker is given up after about both together: a request that fell back from a
+	// model cluster must be answered within the gateway's --hot-try-timeout.
 	ProbeAfter, ProbeTimeout time.Duration
 	// SuspectFor is how long this replica leaves out a worker found unreachable, whatever
 	// its snapshot says (default 3s: longer than a heartbeat, so a worker alive after all
@@ -78,8 +80,8 @@ func (c Config) withDefaults() Config {
 	def(&c.LockTTL, 10*time.Second)
 	def(&c.LockPoll, 100*time.Millisecond)
 	def(&c.SuspectFor, 3*time.Second)
-	def(&c.ProbeAfter, time.Second)
-	def(&c.ProbeTimeout, 500*time.Millisecond)
+	def(&c.ProbeAfter, 250*time.Millisecond)
+	def(&c.ProbeTimeout, time.Second)
 	if c.MaxWaiting <= 0 {
 		c.MaxWaiting = 1000
 	}
