@@ -188,19 +188,21 @@ func TestMeshWorkerStoppedLosesNoRequest(t *testing.T) {
 	t.Logf("%d requests while a worker stopped, 0 failed", sent.Load())
 }
 
-// TestMeshExtProcStopped: with ext_proc gone, resident models are still served and cold
-// ones get 503 at once.
+// TestMeshExtProcStopped: with ext_proc killed under steady load, resident models are still
+// served, not one request lost, and cold ones get 503 at once.
 func TestMeshExtProcStopped(t *testing.T) {
 	m := startMesh(t, meshOptions{})
 	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}
 	m.waitHot(t, "iris", "1")
+	load := steadyLoad(m.Gateway, "iris", irisSetosa, 200)
+	eventually(t, 10*time.Second, "hot traffic first", func() bool { return load.sent() >= 100 })
+	killed := time.Now()
 	m.extproc.Kill()
-	for range 10 {
-		if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
-			t.Fatalf("hot iris without ext_proc: %d %v", code, out)
-		}
+	time.Sleep(time.Second)
+	if r := load.stop(killed); r.failedBefore+r.failedInFlight+r.failedAfter != 0 || r.after < 100 {
+		t.Fatalf("hot iris across ext_proc's death: %d of %d requests failed (%d after it); first: %s", r.failedBefore+r.failedInFlight+r.failedAfter, r.total, r.after, r.firstFailure)
 	}
 	start := time.Now()
 	code, _ := rawPost(t, "http://"+m.Gateway+"/v2/models/digits/infer", `{"inputs":[]}`)
@@ -273,7 +275,14 @@ func TestMeshRedisDown(t *testing.T) {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}
 	m.waitHot(t, "iris", "1")
+	load := steadyLoad(m.Gateway, "iris", irisSetosa, 200)
+	eventually(t, 10*time.Second, "hot traffic first", func() bool { return load.sent() >= 100 })
+	killed := time.Now()
 	m.redis.Stop()
+	time.Sleep(time.Second)
+	if r := load.stop(killed); r.failedBefore+r.failedInFlight+r.failedAfter != 0 || r.after < 100 {
+		t.Fatalf("hot iris across Redis's death: %d of %d requests failed (%d after it); first: %s", r.failedBefore+r.failedInFlight+r.failedAfter, r.total, r.after, r.firstFailure)
+	}
 	for range 20 {
 		if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
 			t.Fatalf("hot iris with Redis down: %d %v", code, out)
