@@ -76,6 +76,7 @@ func TestMakeRunRestartsADeadWorker(t *testing.T) {
 	workerPort, managementPort := freePortPair(t), freePortPair(t)
 	env := []string{
 		"MESH_RUN_DIR=" + state,
+		"MESH_STORAGE=file",
 		"MESH_GATEWAY_PORT=" + addrPort(t, gateway),
 		"MESH_ENVOY_ADMIN_PORT=" + addrPort(t, admin),
 		"MESH_REDIS_PORT=" + addrPort(t, freePort(t)),
