@@ -17,7 +17,7 @@
 #     and management ports; the second worker's are one more (8002, 8012)
 #   MESH_PROMETHEUS_PORT (9090): Prometheus, scraping everything with the mesh's rules
 # MESH_RUN_DIR (.run): the state directory (logs, pid files, caches, Redis, Prometheus data);
-# emptied at start.
+# emptied at start (another directory only if run.sh made it, or it is empty).
 # MESH_STORAGE=s3 (make run S3=1) serves the demo models from a local S3 server instead of the
 # file system: versitygw on MESH_S3_PORT (9000), bucket "models", and the workers read them
 # through the storage key "local-s3" of a storage-config directory (docs/storage.md).
@@ -26,9 +26,15 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 state="${MESH_RUN_DIR:-$root/.run}"
+# The directory is emptied: one that run.sh did not make must be empty already.
+if [[ -n ${MESH_RUN_DIR:-} && -d $state && ! -e $state/.mesh-run && -n "$(ls -A "$state")" ]]; then
+	echo "MESH_RUN_DIR=$state is not empty and was not made by run.sh: not removing it" >&2
+	exit 2
+fi
 rm -rf "$state"
 mkdir -p "$state"
 state="$(cd "$state" && pwd)"
+touch "$state/.mesh-run"
 gateway_port="${MESH_GATEWAY_PORT:-8080}"
 admin_port="${MESH_ENVOY_ADMIN_PORT:-9901}"
 redis_port="${MESH_REDIS_PORT:-16379}"
