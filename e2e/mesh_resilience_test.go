@@ -113,12 +113,12 @@ func TestMeshWorkerKilled(t *testing.T) {
 
 // TestMeshWorkerHung: under steady load, the worker holding a model is paused (SIGSTOP): it
 // keeps its sockets and answers nothing. Every request is answered, those on it too: a try
-// that takes longer than --hot-try-timeout (2 s here) is retried, the replica is ejected,
+// that takes longer than --hot-try-timeout (5 s here) is retried, the replica is ejected,
 // the fallback listener takes the request to ext_proc, whose Load on the hung worker gets
 // no /healthz answer (probed after 250 ms, for 1 s), and the model is loaded on the other
 // worker.
 func TestMeshWorkerHung(t *testing.T) {
-	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}, ControlPlaneArgs: []string{"--hot-try-timeout", "2s"}})
+	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}, ControlPlaneArgs: []string{"--hot-try-timeout", "5s"}})
 	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}
