@@ -78,6 +78,19 @@ func (m *mesh) onlyLoader(t testing.TB) *worker {
 	return nil
 }
 
+// irisOnOneOfTwo starts a mesh of two 1 GiB workers, has iris loaded and hot on one of them
+// and returns that one.
+func irisOnOneOfTwo(t *testing.T, opts meshOptions) (*mesh, *worker) {
+	t.Helper()
+	opts.Capacities = []string{"1GiB", "1GiB"}
+	m := startMesh(t, opts)
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("cold iris: %d %v", code, out)
+	}
+	m.waitHot(t, "iris", "1")
+	return m, m.onlyLoader(t)
+}
+
 // TestMeshWorkerKilled: under steady open-loop load, SIGKILL of the worker holding a model
 // loses only the requests in flight on it. Every request sent after the kill is answered,
 // rightly: Envoy ejects the dead replica at its first refused connection and sends the
@@ -85,12 +98,7 @@ func (m *mesh) onlyLoader(t testing.TB) *worker {
 // refusing, ends its lease and loads the model on the other worker. Nothing waits for the
 // lease to run out (1.5 s here).
 func TestMeshWorkerKilled(t *testing.T) {
-	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}})
-	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
-		t.Fatalf("cold iris: %d %v", code, out)
-	}
-	m.waitHot(t, "iris", "1")
-	holder := m.onlyLoader(t)
+	m, holder := irisOnOneOfTwo(t, meshOptions{})
 	load := steadyLoad(m.Gateway, "iris", irisSetosa, 200)
 	eventually(t, 10*time.Second, "traffic on the hot path first", func() bool { return load.sent() >= 200 })
 	killed := time.Now()
@@ -118,12 +126,7 @@ func TestMeshWorkerKilled(t *testing.T) {
 // no /healthz answer (probed after 250 ms, for 1 s), and the model is loaded on the other
 // worker.
 func TestMeshWorkerHung(t *testing.T) {
-	m := startMesh(t, meshOptions{Capacities: []string{"1GiB", "1GiB"}, ControlPlaneArgs: []string{"--hot-try-timeout", "5s"}})
-	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
-		t.Fatalf("cold iris: %d %v", code, out)
-	}
-	m.waitHot(t, "iris", "1")
-	holder := m.onlyLoader(t)
+	m, holder := irisOnOneOfTwo(t, meshOptions{ControlPlaneArgs: []string{"--hot-try-timeout", "5s"}})
 	load := steadyLoad(m.Gateway, "iris", irisSetosa, 100)
 	eventually(t, 10*time.Second, "traffic on the hot path first", func() bool { return load.sent() >= 100 })
 	paused := time.Now()

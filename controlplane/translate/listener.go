@@ -71,7 +71,7 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 			{Name: wasmFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wasm}},
 			{Name: faultFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: fault}},
 			{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: extProc}},
-			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
+			routerFilter(router),
 		},
 	})
 	if err != nil {
@@ -135,7 +135,7 @@ func buildFallback(cfg Config) (*listenerv3.Listener, error) {
 		}},
 		HttpFilters: []*hcmv3.HttpFilter{
 			{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: extProc}},
-			{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}},
+			routerFilter(router),
 		},
 	})
 	if err != nil {
@@ -154,4 +154,8 @@ func buildFallback(cfg Config) (*listenerv3.Listener, error) {
 func internalAddress() *corev3.Address {
 	return &corev3.Address{Address: &corev3.Address_EnvoyInternalAddress{EnvoyInternalAddress: &corev3.EnvoyInternalAddress{
 		AddressNameSpecifier: &corev3.EnvoyInternalAddress_ServerListenerName{ServerListenerName: FallbackListener}}}}
+}
+
+func routerFilter(router *anypb.Any) *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}
 }
