@@ -156,6 +156,7 @@ func internalAddress() *corev3.Address {
 		AddressNameSpecifier: &corev3.EnvoyInternalAddress_ServerListenerName{ServerListenerName: FallbackListener}}}}
 }
 
+// routerFilter is the router, last of both listeners' filters.
 func routerFilter(router *anypb.Any) *hcmv3.HttpFilter {
 	return &hcmv3.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}
 }
