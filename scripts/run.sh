@@ -90,7 +90,9 @@ supervise() {
 			say "$name exited $how; restart $restarts in ${delay}s (log: $state/$name.log)"
 			sleep "$delay" &
 			nap=$!
-			wait $nap
+			# Twice: when a signal cuts the first wait short, the second reaps the killed sleep.
+			wait $nap 2>/dev/null
+			wait $nap 2>/dev/null
 			nap=
 			if ((stopping)) || [[ -e $state/stopping ]]; then exit 0; fi
 			echo "--- run.sh: $name exited $how; restart $restarts at $(date '+%F %T') ---" >>"$state/$name.log"
@@ -129,12 +131,14 @@ cleanup() {
 trap 'cleanup 0' INT TERM
 trap 'cleanup $?' EXIT
 
+# wait_http URL: until URL answers 2xx, for at most 60 s (each try at most 2 s).
 wait_http() {
-	for _ in $(seq 200); do
-		curl -sf -o /dev/null "$1" && return 0
+	local deadline=$((SECONDS + 60))
+	while ((SECONDS < deadline)); do
+		curl -sf -m 2 -o /dev/null "$1" && return 0
 		sleep 0.1
 	done
-	echo "$1 did not answer; logs are in $state/" >&2
+	echo "$1 did not answer within 60 s; logs are in $state/" >&2
 	exit 1
 }
 
