@@ -345,7 +345,7 @@ func retryOtherReplica(tryTimeout time.Duration) *routev3.RetryPolicy {
 	return &routev3.RetryPolicy{
 		RetryOn:       retryOn,
 		PerTryTimeout: perTry,
-		NumRetries:    wrapperspb.UInt32(2),
+		NumRetries:    wrapperspb.UInt32(3),
 		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: previousHosts}}},
 		HostSelectionRetryMaxAttempts: 3,

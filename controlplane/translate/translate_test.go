@@ -250,14 +250,14 @@ func TestRuleRoutes(t *testing.T) {
 			"fraud#3":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true}, // the default version
 		}},
 		{"hot", map[placement.ModelVersion][]string{mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"}}, map[string]summary{
-			"fraud@1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 2, Previous: true},
-			"fraud@2":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 2, Previous: true},
+			"fraud@1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 3, Previous: true},
+			"fraud@2":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 3, Previous: true},
 			"fraud#0.0": {Cluster: "model|fraud|2", Timeout: "2.5s", Retries: 3, Previous: true, Headers: []string{"x-model-version", "x-route", "x-trace", "-x-debug"}},
 			"fraud#0.1": {Cluster: "model|fraud|2", Timeout: "2.5s", Retries: 3, Previous: true, Headers: []string{"x-model-version", "x-route", "x-trace", "-x-debug"}},
-			"fraud#1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 2, Previous: true, Fault: true, Headers: []string{"x-model-version"}},
+			"fraud#1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 3, Previous: true, Fault: true, Headers: []string{"x-model-version"}},
 			"fraud#2.0": {Timeout: "1m0s", Retries: -1},
 			"fraud#2.1": {Timeout: "1m0s", Retries: -1},
-			"fraud#3":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 2, Previous: true, Headers: []string{"x-model-version"}},
+			"fraud#3":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 3, Previous: true, Headers: []string{"x-model-version"}},
 		}},
 	}
 	for _, tt := range tests {
