@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -329,8 +330,10 @@ const grpcRouteSuffix = "|grpc"
 // retryOtherReplica retries a request that got no answer (connection refused, or reset
 // before any answer: the worker died with it in flight, or its connection was already
 // closed) on another replica, or on the fallback listener once the model cluster ejected
-// every replica (clusters.go). Inference is idempotent; requests a worker answered, even
-// with an error, are never retried.
+// every replica (clusters.go). Inference is idempotent. Of the answers a worker gives, only
+// 404 is retried: on a hot route it means the replica is gone from that worker (unloaded as
+// it drained, a moment before the gateway's configuration caught up), and another replica,
+// or the cold path, has the model.
 //
 // A try that takes longer than tryTimeout (0: no bound but the route's) is given up and
 // retried the same way: a hung worker (stopped, or wedged) holds a request that long, once,
@@ -338,14 +341,15 @@ const grpcRouteSuffix = "|grpc"
 func retryOtherReplica(tryTimeout time.Duration) *routev3.RetryPolicy {
 	previousHosts, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{}) // an empty message always marshals
 	var perTry *durationpb.Duration
-	retryOn := defaultRetryOn
+	retryOn := defaultRetryOn + ",retriable-status-codes"
 	if tryTimeout > 0 {
-		perTry, retryOn = durationpb.New(tryTimeout), defaultRetryOn+",gateway-error" // a timed-out try is a 504
+		perTry, retryOn = durationpb.New(tryTimeout), retryOn+",gateway-error" // a timed-out try is a 504
 	}
 	return &routev3.RetryPolicy{
-		RetryOn:       retryOn,
-		PerTryTimeout: perTry,
-		NumRetries:    wrapperspb.UInt32(3),
+		RetryOn:              retryOn,
+		RetriableStatusCodes: []uint32{http.StatusNotFound},
+		PerTryTimeout:        perTry,
+		NumRetries:           wrapperspb.UInt32(3),
 		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: previousHosts}}},
 		HostSelectionRetryMaxAttempts: 3,
