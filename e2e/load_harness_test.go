@@ -105,7 +105,7 @@ func (l *openLoad) stop(fault time.Time) loadReport {
 		if !q.ok {
 			r.failedAfter++
 			if r.firstFailure == "" {
-				r.firstFailure = q.failure
+				r.firstFailure = fmt.Sprintf("sent %s after the fault, failed after %s: %s", q.start.Sub(fault), q.end.Sub(q.start), q.failure)
 			}
 			continue
 		}
