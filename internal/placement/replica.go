@@ -1,11 +1,5 @@
 package placement
 
-import (
-	"cmp"
-	"slices"
-	"time"
-)
-
 // State is where a replica is in its life: loading, then ready, then draining before unload.
 type State int
 
@@ -61,66 +55,3 @@ const (
 	// SizeEstimated is derived from the size of the model files.
 	SizeEstimated SizeSource = "estimated"
 )
-
-// Candidate is a resident replica as the eviction policy sees it.
-type Candidate struct {
-	Model    ModelVersion
-	State    State
-	Memory   Memory
-	LastUsed time.Time
-	InFlight int
-	Pinned   bool
-	// Recent marks a replica used too recently to evict: requests may be on their way to it.
-	Recent bool
-}
-
-// Evictable reports whether the replica may be evicted now: ready, idle, not used recently
-// and not pinned.
-func (c Candidate) Evictable() bool {
-	return c.State == StateReady && c.InFlight == 0 && !c.Pinned && !c.Recent
-}
-
-// ChooseEvictions picks replicas to evict so that every positive dimension of need is freed,
-// least recently used first (ties broken by id, so the choice is deterministic). A replica
-// that frees nothing where memory is short (a host-only model when a GPU is full, or a model
-// on another GPU) is never chosen. It returns nil and false, choosing nothing, when the
-// evictable replicas together cannot free need.
-func ChooseEvictions(cands []Candidate, need Memory) ([]Candidate, bool) {
-	need = need.Positive()
-	if need.IsZero() {
-		return nil, true
-	}
-	var pool []Candidate
-	for _, c := range cands {
-		if c.Evictable() {
-			pool = append(pool, c)
-		}
-	}
-	slices.SortFunc(pool, func(a, b Candidate) int {
-		if c := a.LastUsed.Compare(b.LastUsed); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Model.String(), b.Model.String())
-	})
-	var chosen []Candidate
-	for _, c := range pool {
-		if !c.Memory.Helps(need) {
-			continue
-		}
-		chosen = append(chosen, c)
-		need = need.Minus(c.Memory).Positive()
-		if need.IsZero() {
-			return chosen, true
-		}
-	}
-	return nil, false
-}
-
-// Freed is the memory the candidates hold together.
-func Freed(cands []Candidate) Memory {
-	var m Memory
-	for _, c := range cands {
-		m = m.Plus(c.Memory)
-	}
-	return m
-}
