@@ -108,6 +108,13 @@ func newFixture(t *testing.T, capacity int64) *fixture {
 // newFixtureMemory is newFixture with a budget in several dimensions.
 func newFixtureMemory(t *testing.T, capacity placement.Memory) *fixture {
 	t.Helper()
+	return newFixtureWith(t, capacity, nil)
+}
+
+// newFixtureWith is newFixtureMemory with the agent's configuration changed by configure
+// (nil: none) before the agent starts.
+func newFixtureWith(t *testing.T, capacity placement.Memory, configure func(*Config)) *fixture {
+	t.Helper()
 	root := t.TempDir()
 	for _, n := range []string{"a", "b", "c", "d", "e"} {
 		if err := os.WriteFile(filepath.Join(root, n+".onnx"), make([]byte, 1000), 0o644); err != nil {
@@ -121,14 +128,19 @@ func newFixtureMemory(t *testing.T, capacity placement.Memory) *fixture {
 	fx := &fixture{backend: newFakeBackend(), root: root}
 	now := time.Unix(1_000_000, 0)
 	fx.clock = &now
-	fx.agent = New(Config{Capacity: capacity, LoadConcurrency: 2, LoadTimeout: 5 * time.Second, EstimateFactor: 2},
-		fx.backend, store, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	cfg := Config{Capacity: capacity, LoadConcurrency: 2, LoadTimeout: 5 * time.Second, EstimateFactor: 2}
+	if configure != nil {
+		configure(&cfg)
+	}
+	fx.agent = New(cfg, fx.backend, store, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	fx.agent.mu.Lock() // the headroom loop may be reading the clock already
 	fx.agent.now = func() time.Time {
 		fx.mu.Lock()
 		defer fx.mu.Unlock()
 		*fx.clock = fx.clock.Add(time.Millisecond)
 		return *fx.clock
 	}
+	fx.agent.mu.Unlock()
 	t.Cleanup(func() { fx.agent.Close(context.Background()); store.Close() })
 	return fx
 }

@@ -1,6 +1,7 @@
 // Package agent keeps a worker's models: it loads them on request within a memory budget,
-// evicts least-recently-used idle ones to make room, drains them before unloading, and
-// counts requests in flight. Runtimes plug in behind Backend; storage behind Fetcher.
+// evicts idle ones to make room (in placement's cost-aware order, and ahead of demand down to
+// a free-memory watermark), drains them before unloading, and counts requests in flight.
+// Runtimes plug in behind Backend; storage behind Fetcher.
 package agent
 
 import (

@@ -14,16 +14,18 @@ import (
 // Metrics are the agent's Prometheus metrics. Labels are bounded: load result, unload reason
 // and replica state take a handful of fixed values each, dimension one per GPU plus host.
 type Metrics struct {
-	capacity      *prometheus.GaugeVec
-	used          *prometheus.GaugeVec
-	models        *prometheus.GaugeVec
-	loads         *prometheus.CounterVec
-	loadDuration  prometheus.Histogram
-	unloads       *prometheus.CounterVec
-	evictions     prometheus.Counter
-	evictedAge    prometheus.Histogram
-	drainWait     prometheus.Histogram
-	drainTimeouts prometheus.Counter
+	capacity     *prometheus.GaugeVec
+	used         *prometheus.GaugeVec
+	models       *prometheus.GaugeVec
+	loads        *prometheus.CounterVec
+	loadDuration prometheus.Histogram
+	unloads      *prometheus.CounterVec
+	evictions    prometheus.Counter
+	// headroomEvictions counts the evictions made ahead of demand, a part of evictions.
+	headroomEvictions prometheus.Counter
+	evictedAge        prometheus.Histogram
+	drainWait         prometheus.Histogram
+	drainTimeouts     prometheus.Counter
 	// reg is where watch registers the gauges read from an agent at each scrape; nil: none.
 	reg prometheus.Registerer
 	// maxModels bounds the distinct model label values of mesh_worker_model_replicas.
@@ -48,7 +50,9 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		unloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mesh_worker_unloads_total",
 			Help: "Model unloads by reason: unload, drain, evict, shutdown, runtime_lost."}, []string{"reason"}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_worker_evictions_total",
-			Help: "Idle models evicted to make room for a load."}),
+			Help: "Idle models evicted: to make room for a load, or ahead of demand to keep --free-watermark free."}),
+		headroomEvictions: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_worker_headroom_evictions_total",
+			Help: "Idle models evicted ahead of demand, to keep --free-watermark free (counted in mesh_worker_evictions_total too)."}),
 		evictedAge: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_evicted_idle_seconds",
 			Help: "How long an evicted model had been idle.", Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
 		drainWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_drain_wait_seconds",
@@ -68,7 +72,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		m.models.WithLabelValues(s.String())
 	}
 	if reg != nil {
-		reg.MustRegister(m.capacity, m.used, m.models, m.loads, m.loadDuration, m.unloads, m.evictions, m.evictedAge, m.drainWait, m.drainTimeouts)
+		reg.MustRegister(m.capacity, m.used, m.models, m.loads, m.loadDuration, m.unloads, m.evictions, m.headroomEvictions, m.evictedAge, m.drainWait, m.drainTimeouts)
 	}
 	m.reg, m.maxModels = reg, maxModels
 	return m
@@ -81,7 +85,7 @@ func (m *Metrics) watch(a *Agent) {
 		return
 	}
 	m.reg.MustRegister(lruCollector{agent: a, desc: prometheus.NewDesc("mesh_worker_lru_age_seconds",
-		"Time since the least recently used ready, unpinned model (the next eviction victim) was used; absent when there is none.", nil, nil)})
+		"Time since the least recently used ready, unpinned model was used; absent when there is none.", nil, nil)})
 	m.reg.MustRegister(replicaCollector{agent: a, maxModels: m.maxModels, desc: prometheus.NewDesc("mesh_worker_model_replicas",
 		"Replicas on this worker by model, version and state (1 each): where a model is resident. Models beyond --metrics-max-models are summed as model _other, version _other.",
 		[]string{"model", "version", "state"}, nil)})

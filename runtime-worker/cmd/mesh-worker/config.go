@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/modelmesh/mesh/internal/cli"
+	"github.com/modelmesh/mesh/internal/placement"
 )
 
 // envPrefix: every flag --some-flag can also be set as MESH_WORKER_SOME_FLAG (internal/cli).
@@ -33,7 +34,10 @@ type Config struct {
 	EstimateFactor   float64
 	DrainGrace       time.Duration
 	DrainTimeout     time.Duration
+	RouteSettle      time.Duration
 	MinIdle          time.Duration
+	FreeWatermark    watermark
+	HalfLife         time.Duration
 	RedisAddr        string
 	RedisPrefix      string
 	Redis            cli.Redis
@@ -71,9 +75,13 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.LoadConcurrency, "load-concurrency", 2, "loads running at once")
 	fs.DurationVar(&c.LoadTimeout, "load-timeout", 2*time.Minute, "longest one load may take")
 	fs.Float64Var(&c.EstimateFactor, "estimate-factor", 2, "memory reserved per byte of model file when no size is declared or learned")
-	fs.DurationVar(&c.DrainGrace, "drain-grace", time.Second, "how long a draining model keeps serving requests already on their way once the mesh stopped routing it here")
+	fs.DurationVar(&c.DrainGrace, "drain-grace", time.Second, "at shutdown: how long the worker keeps serving, once the mesh stopped routing its models here, for requests already on their way (a drained or evicted model unloads once unrouted and idle, without it)")
 	fs.DurationVar(&c.MinIdle, "eviction-min-idle", time.Second, "how long a model must go unused before it may be evicted")
+	c.FreeWatermark = watermark{fraction: 0.1}
+	fs.Var(&c.FreeWatermark, "free-watermark", "memory kept free ahead of demand in each budget (host, each GPU) by evicting idle models in the background: a fraction (10%, 0.1) or bytes (8MiB), at most half of each budget; 0: evict only when a load needs room")
+	fs.DurationVar(&c.HalfLife, "eviction-half-life", 10*time.Minute, "age of a request at which it counts half for eviction (0: requests never age)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "longest wait for the mesh to stop routing a draining model here")
+	fs.DurationVar(&c.RouteSettle, "drain-settle", 150*time.Millisecond, "how long after a model turned ready the routed sets are first believed when they say the mesh does not route it here (a control plane may not have recorded the push that routes the new replica yet); more than the control plane's --batch plus one translation")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for residency records (empty: run without Redis)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
 	c.Redis.RegisterFlags(fs)
@@ -144,6 +152,12 @@ func (c *Config) Validate() error {
 	if c.LoadTimeout <= 0 || c.Heartbeat <= 0 || c.DrainGrace < 0 || c.DrainTimeout <= 0 {
 		errs = append(errs, errors.New("--load-timeout, --heartbeat and --drain-timeout must be positive, --drain-grace not negative"))
 	}
+	if c.RouteSettle < 0 {
+		errs = append(errs, errors.New("--drain-settle must not be negative"))
+	}
+	if c.HalfLife < 0 {
+		errs = append(errs, errors.New("--eviction-half-life must not be negative"))
+	}
 	if c.EstimateFactor <= 0 {
 		errs = append(errs, errors.New("--estimate-factor must be positive"))
 	}
@@ -175,6 +189,57 @@ func parseLabels(s string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
+}
+
+// watermark is the memory kept free in each budget: a fraction of it, or bytes.
+type watermark struct {
+	fraction float64
+	bytes    int64
+}
+
+func (w *watermark) String() string {
+	if w.bytes > 0 {
+		return strconv.FormatInt(w.bytes, 10)
+	}
+	return strconv.FormatFloat(w.fraction*100, 'f', -1, 64) + "%"
+}
+
+// Set reads "10%" or "0.1" (a fraction, at most one half) or a byte size ("8MiB").
+func (w *watermark) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if p, ok := strings.CutSuffix(s, "%"); ok || strings.Contains(s, ".") {
+		f, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if ok {
+			f /= 100
+		}
+		if err != nil || f < 0 || f > 0.5 {
+			return fmt.Errorf("%q is not a fraction from 0 to one half (10%%, 0.1) or a size in bytes (8MiB)", s)
+		}
+		*w = watermark{fraction: f}
+		return nil
+	}
+	var b byteSize
+	if err := b.Set(s); err != nil {
+		return err
+	}
+	*w = watermark{bytes: int64(b)}
+	return nil
+}
+
+// of is the memory to keep free in each dimension of capacity: the fraction of each budget,
+// or the bytes, at most half of each budget (more would leave the models little room).
+func (w watermark) of(capacity placement.Memory) placement.Memory {
+	keep := func(budget int64) int64 {
+		if w.bytes > 0 {
+			return min(w.bytes, budget/2)
+		}
+		return int64(w.fraction * float64(budget))
+	}
+	out := placement.Memory{Host: keep(capacity.Host)}
+	for _, b := range capacity.GPU {
+		out.GPU = append(out.GPU, keep(b))
+	}
+	return out
 }
 
 // byteSizes is a comma-separated list of byteSize values.

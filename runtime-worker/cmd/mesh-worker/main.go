@@ -110,8 +110,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	capacity := placement.Memory{Host: int64(cfg.Capacity), GPU: cfg.GPUCapacity}
 	models := agent.New(agent.Config{
 		Capacity: capacity, LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
-		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout, MinIdle: cfg.MinIdle,
-		TracerProvider: tr.Provider(),
+		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout, RouteSettle: cfg.RouteSettle, MinIdle: cfg.MinIdle,
+		FreeWatermark: cfg.FreeWatermark.of(capacity), HalfLife: cfg.HalfLife, TracerProvider: tr.Provider(),
 	}, backend, store, router, log, agent.NewMetrics(reg, cfg.MaxModelLabels))
 
 	lns, err := cli.Listen([]string{"inference", "management"}, []string{cfg.Listen, cfg.ManagementAddr})
