@@ -81,7 +81,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(&c.FreeWatermark, "free-watermark", "memory kept free ahead of demand in each budget (host, each GPU) by evicting idle models in the background: a fraction (10%, 0.1) or bytes (8MiB), at most half of each budget; 0: evict only when a load needs room")
 	fs.DurationVar(&c.HalfLife, "eviction-half-life", 10*time.Minute, "age of a request at which it counts half for eviction (0: requests never age)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "longest wait for the mesh to stop routing a draining model here")
-	fs.DurationVar(&c.RouteSettle, "drain-settle", 150*time.Millisecond, "how long after a model turned ready the routed sets are first believed when they say the mesh does not route it here (a control plane may not have recorded the push that routes the new replica yet); more than the control plane's --batch plus one translation")
+	fs.DurationVar(&c.RouteSettle, "drain-settle", 100*time.Millisecond, "how long after a model turned ready the routed sets are first believed when they say the mesh does not route it here (a control plane may not have recorded the push that routes the new replica yet); more than the control plane's --batch plus one translation")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for residency records (empty: run without Redis)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
 	c.Redis.RegisterFlags(fs)
