@@ -169,21 +169,25 @@ func parseLoads(b *testing.B, logs string) []workerLoad {
 }
 
 // cold lists the latency of the requests that waited for a load of their model: those
-// outstanding when one of its loads finished (the log's millisecond clock may read up to
-// 1 ms early).
-func (r zipfRun) cold() []time.Duration {
-	ready := map[string][]time.Time{}
+// outstanding when one of its loads finished (allowing the log's clock 1 ms). roomy is the
+// part of them whose load did not wait for room.
+func (r zipfRun) cold() (all, roomy []time.Duration) {
+	loads := map[string][]workerLoad{}
 	for _, l := range r.loads {
-		ready[l.model] = append(ready[l.model], l.ready)
+		loads[l.model] = append(loads[l.model], l)
 	}
-	var out []time.Duration
 	for _, q := range r.requests {
 		from := q.start.Add(-time.Millisecond)
-		if slices.ContainsFunc(ready[zipfName(q.model)], func(t time.Time) bool { return !t.Before(from) && !t.After(q.end) }) {
-			out = append(out, q.end.Sub(q.start))
+		i := slices.IndexFunc(loads[zipfName(q.model)], func(l workerLoad) bool { return !l.ready.Before(from) && !l.ready.After(q.end) })
+		if i < 0 {
+			continue
+		}
+		all = append(all, q.end.Sub(q.start))
+		if loads[zipfName(q.model)][i].room == 0 {
+			roomy = append(roomy, q.end.Sub(q.start))
 		}
 	}
-	return out
+	return all, roomy
 }
 
 // percentile is the q-quantile (0 < q <= 1) of ds, nearest rank; 0 for none.
@@ -218,7 +222,7 @@ func (r zipfRun) report(b *testing.B, tr zipfTrace, offline map[string]int) {
 			wrong++
 		}
 	}
-	cold := r.cold()
+	cold, roomy := r.cold()
 	var own, total, waited []time.Duration
 	for _, l := range r.loads {
 		total = append(total, l.total)
@@ -248,7 +252,8 @@ func (r zipfRun) report(b *testing.B, tr zipfTrace, offline map[string]int) {
 			ms(percentile(own, .5)), ms(percentile(own, .99)), float64(percentile(cold, .99))/float64(max(percentile(own, .99), time.Millisecond)))
 	}
 	if len(waited) > 0 {
-		fmt.Fprintf(&sb, "\nloads that waited for room (drains): %d, the wait p50 %s p99 %s", len(waited), ms(percentile(waited, .5)), ms(percentile(waited, .99)))
+		fmt.Fprintf(&sb, "\nloads that waited for room (drains): %d, the wait p50 %s p99 %s; cold requests whose load did not wait: %d, p50 %s p99 %s",
+			len(waited), ms(percentile(waited, .5)), ms(percentile(waited, .99)), len(roomy), ms(percentile(roomy, .5)), ms(percentile(roomy, .99)))
 	}
 	fmt.Fprintf(&sb, "\nevictions: %.0f, of which ahead of demand %.0f; a drain waited %s on average for the gateway to stop routing its model\n",
 		r.evictions, r.ahead, ms(time.Duration(r.drainWait/max(r.drains, 1)*float64(time.Second))))
