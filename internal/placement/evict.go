@@ -78,12 +78,50 @@ func ChooseEvictions(cands []Candidate, need Memory) ([]Candidate, bool) {
 	return chosen, true
 }
 
+// WaitsForRecent reports whether the eviction order, were no replica recent, would take a
+// recent one to free need: the caller had better wait for it (its protection ends soon) than
+// evict replicas worth more in its place.
+func WaitsForRecent(cands []Candidate, need Memory) bool {
+	patient := make([]Candidate, len(cands))
+	for i, c := range cands {
+		patient[i] = c
+		patient[i].Recent = false
+	}
+	chosen, _ := chooseInOrder(patient, need)
+	for _, c := range chosen {
+		for _, o := range cands {
+			if o.Model == c.Model && o.Recent {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // ChooseHeadroom is ChooseEvictions for memory wanted ahead of demand: it picks in the same
-// order, as far as the evictable replicas go, even when they cannot free all of need. Each
-// replica it frees is room the next load does not have to wait for.
+// order, even when the evictable replicas cannot free all of need, and stops before a recent
+// replica the order would take next (it goes once its protection ends, rather than one worth
+// more now). Each replica it frees is room the next load does not have to wait for.
 func ChooseHeadroom(cands []Candidate, need Memory) []Candidate {
-	chosen, _ := chooseInOrder(cands, need)
-	return chosen
+	patient := make([]Candidate, len(cands))
+	for i, c := range cands {
+		patient[i] = c
+		patient[i].Recent = false
+	}
+	order, _ := chooseInOrder(patient, need)
+	recent := map[ModelVersion]bool{}
+	for _, c := range cands {
+		recent[c.Model] = c.Recent
+	}
+	for i, c := range order {
+		if recent[c.Model] {
+			if i == 0 {
+				return nil
+			}
+			return order[:i:i]
+		}
+	}
+	return order
 }
 
 // chooseInOrder takes evictable replicas that help, in eviction order, until need is paid;

@@ -87,7 +87,7 @@ func TestChooseHeadroomTakesWhatIsIdle(t *testing.T) {
 	cands := []Candidate{
 		gdsf("a", 1, 1, time.Millisecond, 0, 0),
 		gdsf("b", 1, 2, time.Millisecond, 0, 0),
-		{Model: ModelVersion{Name: "recent", Version: "1"}, State: StateReady, Memory: HostMemory(4 * mib), Recent: true},
+		func() Candidate { c := gdsf("recent", 4, 9, time.Millisecond, 0, 0); c.Recent = true; return c }(), // worth more than a and b
 		{Model: ModelVersion{Name: "pinned", Version: "1"}, State: StateReady, Memory: HostMemory(4 * mib), Pinned: true},
 	}
 	tests := []struct {
@@ -100,11 +100,40 @@ func TestChooseHeadroomTakesWhatIsIdle(t *testing.T) {
 		{"short by more than the idle hold: every idle one, in order", HostMemory(8 * mib), []string{"a", "b"}},
 		{"a shortfall on a GPU is not paid by host memory", Memory{GPU: []int64{mib}}, nil},
 	}
+	lowRecent := append([]Candidate{func() Candidate { c := gdsf("new", 1, 0, 0, 0, 9); c.Recent = true; return c }()}, cands...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			if diff := cmp.Diff(tt.want, names(ChooseHeadroom(cands, tt.need))); diff != "" {
 				t.Errorf("ChooseHeadroom (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// A recent replica first in the order is waited for: nothing worth more goes before it.
+	if got := ChooseHeadroom(lowRecent, HostMemory(8*mib)); got != nil {
+		t.Errorf("ChooseHeadroom past a recent replica worth least: %v", names(got))
+	}
+}
+
+func TestWaitsForRecent(t *testing.T) {
+	t.Parallel()
+	recent := func(c Candidate) Candidate { c.Recent = true; return c }
+	tests := []struct {
+		name string
+		give []Candidate
+		need Memory
+		want bool
+	}{
+		{"nothing recent", []Candidate{gdsf("a", 1, 1, time.Millisecond, 0, 0)}, HostMemory(mib), false},
+		{"the one to go is recent", []Candidate{recent(gdsf("new", 1, 0, 0, 0, 9)), gdsf("used", 1, 5, time.Millisecond, 0, 0)}, HostMemory(mib), true},
+		{"a recent one worth more is not waited for", []Candidate{recent(gdsf("hot", 1, 50, time.Millisecond, 0, 9)), gdsf("cold", 1, 1, time.Millisecond, 0, 0)}, HostMemory(mib), false},
+		{"busy is not recent: not waited for", []Candidate{{Model: ModelVersion{Name: "busy", Version: "1"}, State: StateReady, Memory: HostMemory(mib), InFlight: 1}, gdsf("b", 1, 5, time.Millisecond, 0, 0)}, HostMemory(mib), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := WaitsForRecent(tt.give, tt.need); got != tt.want {
+				t.Errorf("WaitsForRecent = %v, want %v", got, tt.want)
 			}
 		})
 	}

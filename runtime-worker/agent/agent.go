@@ -656,6 +656,9 @@ func (a *Agent) chooseVictims(choices []choice) (victims []placement.Candidate, 
 	for i, c := range choices {
 		need := a.outlook().Plus(c.mem).Minus(a.cfg.Capacity)
 		possible = possible || reclaimable.Covers(need)
+		if placement.WaitsForRecent(cands, need) {
+			continue // the model to go was just handed out: wait for it, not for a better one
+		}
 		v, ok := placement.ChooseEvictions(cands, need)
 		if ok && (best < 0 || a.better(c, v, choices[best], victims)) {
 			best, victims = i, v
