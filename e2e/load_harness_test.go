@@ -5,6 +5,7 @@ package e2e
 import (
 	"fmt"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -68,6 +69,14 @@ func (l *openLoad) sent() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.results)
+}
+
+// await waits until n more requests have been answered, whatever the answers: the load
+// went on that long after whatever just happened.
+func (l *openLoad) await(t testing.TB, n int) {
+	t.Helper()
+	want := l.sent() + n
+	eventually(t, 30*time.Second, fmt.Sprintf("%d more requests answered", n), func() bool { return l.sent() >= want })
 }
 
 // loadReport sorts a load's requests around a fault at one instant.

@@ -104,7 +104,7 @@ func TestMeshWorkerKilled(t *testing.T) {
 	killed := time.Now()
 	holder.Kill()
 	eventually(t, 10*time.Second, "iris ready on the other worker", func() bool { return m.ready(t, "iris", "1") })
-	time.Sleep(500 * time.Millisecond) // steady traffic on the new replica too
+	load.await(t, 100) // steady traffic on the new replica too
 	r := load.stop(killed)
 	t.Logf("%d requests: %d before the kill, %d after; %d of those in flight at the kill failed; after it: %d failed, first answered %s after the kill, slowest %s",
 		r.total, r.before, r.after, r.failedInFlight, r.failedAfter, r.firstAfter, r.slowestAfter)
@@ -133,7 +133,7 @@ func TestMeshWorkerHung(t *testing.T) {
 	holder.Pause()
 	defer holder.Resume()
 	eventually(t, 15*time.Second, "iris ready on the other worker", func() bool { return m.ready(t, "iris", "1") })
-	time.Sleep(500 * time.Millisecond)
+	load.await(t, 50)
 	r := load.stop(paused)
 	t.Logf("%d requests: %d before the pause, %d after; failed: %d in flight, %d after; first answered %s after the pause, slowest %s",
 		r.total, r.before, r.after, r.failedInFlight, r.failedAfter, r.firstAfter, r.slowestAfter)
@@ -213,7 +213,7 @@ func TestMeshExtProcStopped(t *testing.T) {
 	eventually(t, 10*time.Second, "hot traffic first", func() bool { return load.sent() >= 100 })
 	killed := time.Now()
 	m.extproc.Kill()
-	time.Sleep(time.Second)
+	load.await(t, 150)
 	if r := load.stop(killed); r.failedBefore+r.failedInFlight+r.failedAfter != 0 || r.after < 100 {
 		t.Fatalf("hot iris across ext_proc's death: %d of %d requests failed (%d after it); first: %s", r.failedBefore+r.failedInFlight+r.failedAfter, r.total, r.after, r.firstFailure)
 	}
@@ -292,7 +292,7 @@ func TestMeshRedisDown(t *testing.T) {
 	eventually(t, 10*time.Second, "hot traffic first", func() bool { return load.sent() >= 100 })
 	killed := time.Now()
 	m.redis.Stop()
-	time.Sleep(time.Second)
+	load.await(t, 150)
 	if r := load.stop(killed); r.failedBefore+r.failedInFlight+r.failedAfter != 0 || r.after < 100 {
 		t.Fatalf("hot iris across Redis's death: %d of %d requests failed (%d after it); first: %s", r.failedBefore+r.failedInFlight+r.failedAfter, r.total, r.after, r.firstFailure)
 	}
