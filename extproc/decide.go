@@ -70,6 +70,9 @@ type Target struct {
 	// Size is the registry's declared size and the footprint learned at an earlier load.
 	Size   placement.Size
 	Pinned bool
+	// Extra asks for a copy beside the model's other replicas, for its demand (the scaler):
+	// the worker takes it only into free memory and evicts it first.
+	Extra bool
 }
 
 // load is t as placement sees it.

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/meshv1"
 )
@@ -58,6 +59,7 @@ func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 		LearnedHostBytes: t.Size.Learned.Host,
 		LearnedGpuBytes:  t.Size.Learned.GPU,
 		Pinned:           t.Pinned,
+		Extra:            t.Extra,
 	}
 	if st := t.Files.Storage; st != nil {
 		req.StorageKey, req.StorageBucket, req.StoragePath = st.Key, st.Bucket, st.Path
@@ -79,6 +81,20 @@ func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 		}
 	}
 	return fmt.Errorf("worker %s: %s", w.ID, status.Convert(err).Message())
+}
+
+// Drain asks worker w to drain model version m (meshv1.WorkerService/Drain): out of the
+// gateway's routes, then unloaded once nothing is in flight on it. Blocks until it is gone
+// or ctx ends (the drain goes on).
+func (l *GRPCLoader) Drain(ctx context.Context, w residency.Worker, m placement.ModelVersion) error {
+	conn, err := l.conn(w.MgmtAddr)
+	if err != nil {
+		return err
+	}
+	if _, err := meshv1.NewWorkerServiceClient(conn).Drain(ctx, &meshv1.DrainRequest{Model: &meshv1.ModelRef{Name: m.Name, Version: m.Version}}); err != nil {
+		return fmt.Errorf("drain %s on worker %s: %s", m, w.ID, status.Convert(err).Message())
+	}
+	return nil
 }
 
 // refuses reports whether a TCP connection to addr fails at once: nothing listens there

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -97,4 +98,28 @@ func (k *Lock) Release(ctx context.Context) (bool, error) {
 func (k *Lock) Expire(ctx context.Context, d time.Duration) (bool, error) {
 	n, err := expireScript.Run(ctx, k.locks.rdb, []string{k.key}, k.value, d.Milliseconds()).Int64()
 	return n == 1, err
+}
+
+// KeepAlive extends the lock to its full life every third of it until the returned stop is
+// called; stop waits for the renewals to end. A renewal that finds the lock lost is logged.
+func (k *Lock) KeepAlive(ctx context.Context, log *slog.Logger) (stop func()) {
+	ttl := k.locks.ttl
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(ttl / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if ok, err := k.Expire(ctx, ttl); err == nil && !ok {
+					log.WarnContext(ctx, "lock lost while held", "fence", k.Generation)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }

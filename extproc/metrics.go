@@ -23,6 +23,7 @@ type Metrics struct {
 	warmLoads       *prometheus.CounterVec
 	coldStarts      *prometheus.CounterVec
 	unreachable     prometheus.Counter
+	scale           *prometheus.CounterVec
 	models          *modellabel.Set
 }
 
@@ -72,11 +73,14 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		unreachable: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mesh_extproc_workers_unreachable_total", Help: "Workers whose management port refused a connection: left out and their lease ended.",
 		}),
+		scale: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mesh_extproc_scale_total", Help: "Replica changes the scaler made for demand, by direction (up: an extra replica added, down: one drained) and result (ok, no_room, error).",
+		}, []string{"direction", "result"}),
 		snapshotTime: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mesh_extproc_snapshot_timestamp_seconds", Help: "Unix time of the last residency snapshot read from Redis.",
 		}),
 	}
-	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.held, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads, m.coldStarts, m.unreachable)
+	reg.MustRegister(m.decisions, m.decisionSeconds, m.coldWait, m.loadsInFlight, m.held, m.loads, m.coalesced, m.lockWaits, m.snapshotTime, m.warmLoads, m.coldStarts, m.unreachable, m.scale)
 	// Every label value exists from the start, at zero, so that rates and alerts over them
 	// have data before the first event.
 	for _, o := range Outcomes {
@@ -88,6 +92,11 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 	}
 	for _, r := range []string{"ok", "no_room", "model_files", "unreachable", "error"} {
 		m.loads.WithLabelValues(r)
+	}
+	for _, d := range []string{"up", "down"} {
+		for _, r := range []string{"ok", "no_room", "error"} {
+			m.scale.WithLabelValues(d, r)
+		}
 	}
 	return m
 }

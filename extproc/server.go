@@ -39,9 +39,6 @@ type Config struct {
 	MaxMessageTimeout time.Duration
 	// RetryAfter is the Retry-After sent with 503 answers (default 1s, rounded up to seconds).
 	RetryAfter time.Duration
-	// LockTTL is the life of the Redis load lock, extended every third of it while the
-	// load runs (default 10s); a crashed holder blocks others at most this long.
-	LockTTL time.Duration
 	// LockPoll is how often a replica waiting on another's lock checks whether it is gone
 	// (default 100ms); readiness itself arrives with residency snapshots.
 	LockPoll time.Duration
@@ -77,7 +74,6 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxMessageTimeout, 120*time.Second)
 	def(&c.ExtendAfter, 100*time.Millisecond)
 	def(&c.RetryAfter, time.Second)
-	def(&c.LockTTL, 10*time.Second)
 	def(&c.LockPoll, 100*time.Millisecond)
 	def(&c.SuspectFor, 3*time.Second)
 	def(&c.ProbeAfter, 250*time.Millisecond)
@@ -446,7 +442,7 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 				log.WarnContext(ctx, "release load lock", "error", err)
 			}
 		}()
-		stop := s.keepAlive(ctx, lock)
+		stop := lock.KeepAlive(ctx, s.log)
 		defer stop()
 	}
 	var lastErr error
@@ -491,29 +487,6 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 		kind = ErrModelFiles
 	}
 	return residency.Worker{}, errorf(kind, "load model %s: %v", d.Model, lastErr)
-}
-
-// keepAlive extends lock every third of its TTL until the returned stop is called; stop
-// waits for the goroutine to end.
-func (s *Server) keepAlive(ctx context.Context, lock *Lock) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(s.cfg.LockTTL / 3)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if ok, err := lock.Expire(ctx, s.cfg.LockTTL); err == nil && !ok {
-					s.log.WarnContext(ctx, "load lock lost while loading", "fence", lock.Generation)
-				}
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
 }
 
 // Close cancels every load under way (their requests get a 503) and waits for the

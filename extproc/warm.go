@@ -74,7 +74,7 @@ func (s *Server) warmOnce(ctx context.Context) {
 			if err != nil || lock == nil {
 				continue // Redis away, or another replica is loading it: next round
 			}
-			stop := s.keepAlive(ctx, lock)
+			stop := lock.KeepAlive(ctx, s.log)
 			s.warmModel(ctx, byModel[m])
 			stop()
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)

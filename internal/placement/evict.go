@@ -18,6 +18,10 @@ import (
 // many requests they once had: recency enters through the clock. Requests are counted since
 // the replica was loaded and aged (Frequency). With no requests and no load time counted,
 // every priority is the clock, and the order is least recently used first.
+//
+// Extra replicas (copies added for demand, beside a model's first) come before every other
+// in that order, and may go while busy: the model keeps its other replicas, and a victim
+// drains before it unloads.
 
 // MinLoadCost is the least load time a candidate counts: a replica whose load measured
 // nothing is still worth its requests.
@@ -31,6 +35,8 @@ type Candidate struct {
 	LastUsed time.Time
 	InFlight int
 	Pinned   bool
+	// Extra marks a copy added for demand beside the model's other replicas.
+	Extra bool
 	// Recent marks a replica used too recently to evict: requests may be on their way to it.
 	Recent bool
 	// Requests is how often the replica has been used since it was loaded, aged
@@ -43,10 +49,10 @@ type Candidate struct {
 	Clock float64
 }
 
-// Evictable reports whether the replica may be evicted now: ready, idle, not used recently
-// and not pinned.
+// Evictable reports whether the replica may be evicted now: ready, not pinned, and idle and
+// not used recently unless it is an extra copy.
 func (c Candidate) Evictable() bool {
-	return c.State == StateReady && c.InFlight == 0 && !c.Pinned && !c.Recent
+	return c.State == StateReady && !c.Pinned && (c.Extra || c.InFlight == 0 && !c.Recent)
 }
 
 // Priority is the replica's GDSF priority: Clock + Requests × LoadTime (seconds, at least
@@ -138,6 +144,9 @@ func chooseInOrder(cands []Candidate, need Memory) ([]Candidate, Memory) {
 		}
 	}
 	slices.SortFunc(pool, func(a, b Candidate) int {
+		if a.Extra != b.Extra {
+			return boolFirst(a.Extra)
+		}
 		if c := cmp.Compare(a.Priority(), b.Priority()); c != 0 {
 			return c
 		}

@@ -184,3 +184,23 @@ func TestFrequencyAges(t *testing.T) {
 		t.Errorf("two uses aged one half-life, plus one: %v, want 2", got)
 	}
 }
+
+func TestExtraReplicasGoFirstEvenBusy(t *testing.T) {
+	t.Parallel()
+	cold := gdsf("cold", 1, 0, 0, 0, 0) // idle, worth least by GDSF
+	extra := gdsf("extra", 1, 50, time.Second, 9, 9)
+	extra.Extra, extra.InFlight, extra.Recent = true, 3, true
+	got, ok := ChooseEvictions([]Candidate{cold, extra}, HostMemory(mib))
+	if !ok || !cmp.Equal(names(got), []string{"extra"}) {
+		t.Fatalf("chose %v (%v), want the busy extra copy before the idle model", names(got), ok)
+	}
+	busy := gdsf("busy", 1, 0, 0, 0, 0)
+	busy.InFlight = 1
+	if busy.Evictable() {
+		t.Error("a busy replica that is not extra is evictable")
+	}
+	extra.Pinned = true
+	if extra.Evictable() {
+		t.Error("a pinned extra replica is evictable")
+	}
+}

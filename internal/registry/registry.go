@@ -37,6 +37,9 @@ type Model struct {
 	// Pinned models are never evicted once loaded.
 	Pinned      bool `json:"pinned,omitempty"`
 	MinReplicas int  `json:"minReplicas,omitempty"`
+	// MaxReplicas bounds the replicas of each version that its demand may add (ext_proc's
+	// --scale-max-replicas when 0; 1 keeps one replica whatever the demand).
+	MaxReplicas int `json:"maxReplicas,omitempty"`
 	// DefaultVersion takes the traffic that no rule sends elsewhere; defaults to the newest.
 	DefaultVersion string    `json:"defaultVersion,omitempty"`
 	Versions       []Version `json:"versions"`
@@ -228,6 +231,12 @@ func (m *Model) validate() error {
 	}
 	if m.MinReplicas < 0 {
 		fail("minReplicas %d is negative", m.MinReplicas)
+	}
+	if m.MaxReplicas < 0 {
+		fail("maxReplicas %d is negative", m.MaxReplicas)
+	}
+	if m.MaxReplicas > 0 && m.MaxReplicas < m.MinReplicas {
+		fail("maxReplicas %d is below minReplicas %d", m.MaxReplicas, m.MinReplicas)
 	}
 	if len(m.Versions) == 0 {
 		fail("no versions")

@@ -115,6 +115,8 @@ func TestParseRejects(t *testing.T) {
 		{"upper-case header", model(v1 + "    traffic: [{match: {X-Canary: \"1\"}, split: [{version: \"1\", weight: 1}]}]\n"), "lower-case"},
 		{"bad mirror", model(v1 + "    traffic: [{split: [{version: \"1\", weight: 1}], mirror: {version: \"1\", percent: 150}}]\n"), "mirror"},
 		{"negative min replicas", model(v1 + "    minReplicas: -1\n"), "negative"},
+		{"negative max replicas", model(v1 + "    maxReplicas: -1\n"), "maxReplicas -1 is negative"},
+		{"max below min", model(v1 + "    minReplicas: 3\n    maxReplicas: 2\n"), "maxReplicas 2 is below minReplicas 3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

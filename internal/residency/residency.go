@@ -126,6 +126,10 @@ type Replica struct {
 	Memory      placement.Memory `json:"memory"`
 	SizeSource  string           `json:"size_source"`
 	SinceUnixMs int64            `json:"since_unix_ms"`
+	// Extra: a copy added for demand (agent.Spec.Extra), first to go under memory pressure.
+	Extra bool `json:"extra,omitempty"`
+	// Demand is what the replica serves, as its worker measured it at the write.
+	Demand placement.Demand `json:"demand,omitzero"`
 }
 
 // Event is published on the events channel. Seq grows by one per event of one worker epoch

@@ -148,7 +148,12 @@ type LoadRequest struct {
 	StorageBucket    string `protobuf:"bytes,8,opt,name=storage_bucket,json=storageBucket,proto3" json:"storage_bucket,omitempty"`
 	StoragePath      string `protobuf:"bytes,9,opt,name=storage_path,json=storagePath,proto3" json:"storage_path,omitempty"`
 	// Lower-case hex SHA-256 the files must have (docs/storage.md); empty: none declared.
-	Sha256        string `protobuf:"bytes,10,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Sha256 string `protobuf:"bytes,10,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// An extra copy of a model served elsewhere, added for its demand: loaded only into free
+	// memory (the free watermark kept), evicting nothing, and the first replica to go under
+	// memory pressure. A load without it of a resident extra replica makes that one a replica
+	// like any other.
+	Extra         bool `protobuf:"varint,11,opt,name=extra,proto3" json:"extra,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +256,13 @@ func (x *LoadRequest) GetSha256() string {
 		return x.Sha256
 	}
 	return ""
+}
+
+func (x *LoadRequest) GetExtra() bool {
+	if x != nil {
+		return x.Extra
+	}
+	return false
 }
 
 type LoadResponse struct {
@@ -789,6 +801,12 @@ type Replica struct {
 	InFlight       int64   `protobuf:"varint,7,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
 	Pinned         bool    `protobuf:"varint,8,opt,name=pinned,proto3" json:"pinned,omitempty"`
 	Memory         *Memory `protobuf:"bytes,9,opt,name=memory,proto3" json:"memory,omitempty"`
+	Extra          bool    `protobuf:"varint,10,opt,name=extra,proto3" json:"extra,omitempty"`
+	// Demand over the worker's --demand-window: mean requests in flight (running or queued),
+	// mean requests waiting for a slot, requests per second.
+	DemandInFlight float64 `protobuf:"fixed64,11,opt,name=demand_in_flight,json=demandInFlight,proto3" json:"demand_in_flight,omitempty"`
+	DemandQueued   float64 `protobuf:"fixed64,12,opt,name=demand_queued,json=demandQueued,proto3" json:"demand_queued,omitempty"`
+	DemandRate     float64 `protobuf:"fixed64,13,opt,name=demand_rate,json=demandRate,proto3" json:"demand_rate,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -886,6 +904,34 @@ func (x *Replica) GetMemory() *Memory {
 	return nil
 }
 
+func (x *Replica) GetExtra() bool {
+	if x != nil {
+		return x.Extra
+	}
+	return false
+}
+
+func (x *Replica) GetDemandInFlight() float64 {
+	if x != nil {
+		return x.DemandInFlight
+	}
+	return 0
+}
+
+func (x *Replica) GetDemandQueued() float64 {
+	if x != nil {
+		return x.DemandQueued
+	}
+	return 0
+}
+
+func (x *Replica) GetDemandRate() float64 {
+	if x != nil {
+		return x.DemandRate
+	}
+	return 0
+}
+
 var File_meshv1_worker_proto protoreflect.FileDescriptor
 
 const file_meshv1_worker_proto_rawDesc = "" +
@@ -893,7 +939,7 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\x13meshv1/worker.proto\x12\amesh.v1\"8\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"\xef\x02\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"\x85\x03\n" +
 	"\vLoadRequest\x12'\n" +
 	"\x05model\x18\x01 \x01(\v2\x11.mesh.v1.ModelRefR\x05model\x12\x1f\n" +
 	"\vstorage_uri\x18\x02 \x01(\tR\n" +
@@ -907,7 +953,8 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\x0estorage_bucket\x18\b \x01(\tR\rstorageBucket\x12!\n" +
 	"\fstorage_path\x18\t \x01(\tR\vstoragePath\x12\x16\n" +
 	"\x06sha256\x18\n" +
-	" \x01(\tR\x06sha256\"\x7f\n" +
+	" \x01(\tR\x06sha256\x12\x14\n" +
+	"\x05extra\x18\v \x01(\bR\x05extra\"\x7f\n" +
 	"\fLoadResponse\x12*\n" +
 	"\areplica\x18\x01 \x01(\v2\x10.mesh.v1.ReplicaR\areplica\x12+\n" +
 	"\aevicted\x18\x02 \x03(\v2\x11.mesh.v1.ModelRefR\aevicted\x12\x16\n" +
@@ -939,7 +986,7 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\x06Memory\x12\x1d\n" +
 	"\n" +
 	"host_bytes\x18\x01 \x01(\x03R\thostBytes\x12\x1b\n" +
-	"\tgpu_bytes\x18\x02 \x03(\x03R\bgpuBytes\"\xd0\x02\n" +
+	"\tgpu_bytes\x18\x02 \x03(\x03R\bgpuBytes\"\xd6\x03\n" +
 	"\aReplica\x12'\n" +
 	"\x05model\x18\x01 \x01(\v2\x11.mesh.v1.ModelRefR\x05model\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.mesh.v1.ReplicaStateR\x05state\x12!\n" +
@@ -950,7 +997,13 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\x11last_used_unix_ms\x18\x06 \x01(\x03R\x0elastUsedUnixMs\x12\x1b\n" +
 	"\tin_flight\x18\a \x01(\x03R\binFlight\x12\x16\n" +
 	"\x06pinned\x18\b \x01(\bR\x06pinned\x12'\n" +
-	"\x06memory\x18\t \x01(\v2\x0f.mesh.v1.MemoryR\x06memory*}\n" +
+	"\x06memory\x18\t \x01(\v2\x0f.mesh.v1.MemoryR\x06memory\x12\x14\n" +
+	"\x05extra\x18\n" +
+	" \x01(\bR\x05extra\x12(\n" +
+	"\x10demand_in_flight\x18\v \x01(\x01R\x0edemandInFlight\x12#\n" +
+	"\rdemand_queued\x18\f \x01(\x01R\fdemandQueued\x12\x1f\n" +
+	"\vdemand_rate\x18\r \x01(\x01R\n" +
+	"demandRate*}\n" +
 	"\fReplicaState\x12\x1d\n" +
 	"\x19REPLICA_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REPLICA_STATE_LOADING\x10\x01\x12\x17\n" +

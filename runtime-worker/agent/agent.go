@@ -74,6 +74,13 @@ type Config struct {
 	// HalfLife ages the request counts eviction weighs (placement.Frequency): a request
 	// counts half as much per HalfLife since it was made. Zero: never aged.
 	HalfLife time.Duration
+	// Concurrency bounds the requests one replica runs at once; more wait for a slot, in
+	// arrival order, for as long as their deadline allows (the wait is the replica's queue
+	// in its Demand). Zero: no bound.
+	Concurrency int
+	// DemandWindow is the time constant of each replica's Demand (exponential averages of
+	// its requests in flight, queued, and arriving). Zero: the figures at the moment.
+	DemandWindow time.Duration
 	// TracerProvider makes the spans of a load's steps (fetch, reservation and evictions,
 	// backend load), children of the caller's span; nil: no spans.
 	TracerProvider trace.TracerProvider
@@ -90,6 +97,12 @@ type Spec struct {
 	// Learned, when not zero, was measured at an earlier load and is reserved before this one.
 	Learned placement.Footprint
 	Pinned  bool
+	// Extra marks a copy beyond the model's first, added because its demand grew (ext_proc's
+	// scaler): it loads only into memory that is free with the free watermark kept, evicting
+	// nothing, and is the first replica to go under memory pressure, busy or not (it drains
+	// first, as any eviction). A load without Extra of a resident extra replica makes it a
+	// replica like any other.
+	Extra bool
 }
 
 // Replica is a snapshot of one resident model version.
@@ -104,6 +117,9 @@ type Replica struct {
 	LastUsed time.Time
 	InFlight int
 	Pinned   bool
+	Extra    bool
+	// Demand is what the replica was asked to serve over the demand window.
+	Demand placement.Demand
 }
 
 // LoadResult is what Load did.
@@ -127,7 +143,15 @@ type replica struct {
 	// handout protects the requests on their way here that the worker has not seen yet.
 	handout  handout
 	inFlight int
-	readyAt  time.Time
+	// extra: a copy added for demand (Spec.Extra).
+	extra bool
+	// slots bounds the requests running at once (Config.Concurrency); nil: no bound.
+	slots chan struct{}
+	// busy counts the requests in flight and queued those waiting for a slot, averaged;
+	// arrivals counts requests with the rate's ageing. They make the replica's Demand.
+	busy, queued placement.Level
+	arrivals     placement.Frequency
+	readyAt      time.Time
 	meta     tensor.Metadata
 	// requests counts uses since the load, aged; clock is the eviction clock at the last
 	// use; loadTime what the load took (fetch and runtime, no waits). Eviction weighs them.
@@ -150,9 +174,12 @@ type replica struct {
 	gone chan struct{}
 }
 
-func (r *replica) snapshot() Replica {
+// snapshot is r at now, its demand averaged over window.
+func (r *replica) snapshot(now time.Time, window time.Duration) Replica {
 	return Replica{Model: r.model, State: r.state, Memory: r.mem, GPU: r.gpu, Source: r.source, Since: r.since,
-		LastUsed: r.lastUsed, InFlight: r.inFlight, Pinned: r.pinned}
+		LastUsed: r.lastUsed, InFlight: r.inFlight, Pinned: r.pinned, Extra: r.extra,
+		Demand: placement.Demand{InFlight: r.busy.Mean(now, window), Queued: r.queued.Mean(now, window),
+			Rate: placement.Rate(r.arrivals, now, window)}}
 }
 
 // Agent owns the models of one worker. All methods are safe for concurrent use. Loads run on
@@ -252,8 +279,9 @@ func (a *Agent) Snapshot() ([]Replica, placement.Memory) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := make([]Replica, 0, len(a.replicas))
+	now := a.now()
 	for _, r := range a.replicas {
-		out = append(out, r.snapshot())
+		out = append(out, r.snapshot(now, a.cfg.DemandWindow))
 	}
 	return out, a.used
 }

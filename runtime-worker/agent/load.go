@@ -40,7 +40,11 @@ func (a *Agent) Load(ctx context.Context, spec Spec) (LoadResult, error) {
 		}
 	}
 	if !exists {
-		r = &replica{model: spec.Model, state: placement.StateLoading, gpu: -1, pinned: spec.Pinned, since: a.now(), done: make(chan struct{}), gone: make(chan struct{})}
+		r = &replica{model: spec.Model, state: placement.StateLoading, gpu: -1, pinned: spec.Pinned && !spec.Extra, extra: spec.Extra,
+			since: a.now(), done: make(chan struct{}), gone: make(chan struct{})}
+		if a.cfg.Concurrency > 0 {
+			r.slots = make(chan struct{}, a.cfg.Concurrency)
+		}
 		a.replicas[spec.Model] = r
 		a.loads.Add(1)
 		go a.runLoad(context.WithoutCancel(ctx), r, spec)
@@ -62,10 +66,13 @@ func (a *Agent) Load(ctx context.Context, spec Spec) (LoadResult, error) {
 	defer a.mu.Unlock()
 	// Whoever asked for the model is about to send it requests.
 	r.lastUsed, r.handout, r.clock = a.now(), handout{at: a.now()}, a.clock
-	if spec.Pinned && !r.pinned {
-		r.pinned = true // a later caller may pin a model someone else loaded
+	if !spec.Extra {
+		// A later caller may pin a model someone else loaded, and make an extra copy one
+		// like any other.
+		r.pinned = r.pinned || spec.Pinned
+		r.extra = false
 	}
-	res := LoadResult{Replica: r.snapshot(), Loaded: !exists}
+	res := LoadResult{Replica: r.snapshot(a.now(), a.cfg.DemandWindow), Loaded: !exists}
 	if !exists {
 		res.Evicted = r.evicted
 	}

@@ -26,6 +26,7 @@ type Metrics struct {
 	evictedAge        prometheus.Histogram
 	drainWait         prometheus.Histogram
 	drainTimeouts     prometheus.Counter
+	queueWait         prometheus.Histogram
 	// reg is where watch registers the gauges read from an agent at each scrape; nil: none.
 	reg prometheus.Registerer
 	// maxModels bounds the distinct model label values of mesh_worker_model_replicas.
@@ -59,6 +60,9 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 			Help: "Time from draining a model until the mesh stopped routing it here.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
 		drainTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_worker_drain_timeouts_total",
 			Help: "Drains that gave up waiting for the mesh to stop routing the model here."}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_queue_wait_seconds",
+			Help: "Time a request waited for one of its replica's --model-concurrency slots (0 when one was free).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
 	// Every result and reason exists from the start, at zero, so that rates and alerts over
 	// them have data before the first event.
@@ -72,7 +76,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		m.models.WithLabelValues(s.String())
 	}
 	if reg != nil {
-		reg.MustRegister(m.capacity, m.used, m.models, m.loads, m.loadDuration, m.unloads, m.evictions, m.headroomEvictions, m.evictedAge, m.drainWait, m.drainTimeouts)
+		reg.MustRegister(m.capacity, m.used, m.models, m.loads, m.loadDuration, m.unloads, m.evictions, m.headroomEvictions, m.evictedAge, m.drainWait, m.drainTimeouts, m.queueWait)
 	}
 	m.reg, m.maxModels = reg, maxModels
 	return m

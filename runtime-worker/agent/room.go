@@ -53,7 +53,11 @@ func (a *Agent) reserve(ctx context.Context, r *replica, choices []choice) ([]pl
 			a.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if c, ok := a.takeable(choices, promise); ok {
+		var keep placement.Memory // what an extra replica leaves free
+		if r.extra {
+			keep = a.cfg.FreeWatermark
+		}
+		if c, ok := a.takeable(choices, promise, keep); ok {
 			a.breakPromise(promise) // kept: the promised room turns into used
 			r.mem, r.gpu = r.mem.Plus(c.mem), c.gpu
 			a.used = a.used.Plus(c.mem)
@@ -62,6 +66,12 @@ func (a *Agent) reserve(ctx context.Context, r *replica, choices []choice) ([]pl
 			a.notify()
 			a.squeezed()
 			return evicted, nil
+		}
+		if r.extra {
+			free := a.cfg.Capacity.Minus(a.outlook())
+			a.mu.Unlock()
+			return nil, fmt.Errorf("%w: an extra replica takes only free memory and evicts nothing: needs %s, %s free, %s kept free",
+				ErrNoCapacity, choices[0].mem, free, keep)
 		}
 		if promise == nil && !a.drainsWillFree(choices) {
 			victims, best, possible := a.chooseVictims(choices)
@@ -106,14 +116,15 @@ func (a *Agent) outlook() placement.Memory { return a.used.Minus(a.freeing).Plus
 
 // takeable picks the choice to reserve now, if any: for a load holding a promise, its own
 // choice once it fits in free memory; for any other, one that fits in free memory and leaves
-// what is promised to others, on the device with the most free memory. Caller holds a.mu.
-func (a *Agent) takeable(choices []choice, promise *choice) (choice, bool) {
+// what is promised to others and keep free, on the device with the most free memory. Caller
+// holds a.mu.
+func (a *Agent) takeable(choices []choice, promise *choice, keep placement.Memory) (choice, bool) {
 	if promise != nil {
 		return *promise, a.used.Plus(promise.mem).Within(a.cfg.Capacity)
 	}
 	best := -1
 	for i, c := range choices {
-		if a.used.Plus(c.mem).Within(a.cfg.Capacity) && a.outlook().Plus(c.mem).Within(a.cfg.Capacity) &&
+		if a.used.Plus(c.mem).Within(a.cfg.Capacity) && a.outlook().Plus(c.mem).Plus(keep).Within(a.cfg.Capacity) &&
 			(best < 0 || a.free(c.gpu) > a.free(choices[best].gpu)) {
 			best = i
 		}
@@ -168,7 +179,7 @@ func (a *Agent) candidates() ([]placement.Candidate, placement.Memory) {
 			continue
 		}
 		cands = append(cands, placement.Candidate{Model: o.model, State: o.state, Memory: o.mem,
-			LastUsed: o.lastUsed, InFlight: o.inFlight, Pinned: o.pinned, Recent: o.handout.protects(now, a.cfg.MinIdle),
+			LastUsed: o.lastUsed, InFlight: o.inFlight, Pinned: o.pinned, Extra: o.extra, Recent: !o.extra && o.handout.protects(now, a.cfg.MinIdle),
 			Requests: o.requests.At(now, a.cfg.HalfLife), LoadTime: o.loadTime, Clock: o.clock})
 		if !o.pinned && o.state == placement.StateReady {
 			reclaimable = reclaimable.Plus(o.mem)

@@ -48,16 +48,27 @@ func (a *Agent) Lost(ctx context.Context) []placement.ModelVersion {
 // serves requests, ready or draining, and counts one request in flight on it. The caller
 // must call the returned release exactly once.
 func (a *Agent) Acquire(m placement.ModelVersion) (placement.ModelVersion, tensor.Metadata, func(), error) {
+	r, release, err := a.acquire(m)
+	if err != nil {
+		return m, tensor.Metadata{}, nil, err
+	}
+	return r.model, r.meta, release, nil
+}
+
+func (a *Agent) acquire(m placement.ModelVersion) (*replica, func(), error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	r := a.resolve(m, func(r *replica) bool {
 		return !r.closing && (r.state == placement.StateReady || r.state == placement.StateDraining)
 	})
 	if r == nil {
-		return m, tensor.Metadata{}, nil, fmt.Errorf("%s: %w", display(m), ErrNotFound)
+		return nil, nil, fmt.Errorf("%s: %w", display(m), ErrNotFound)
 	}
+	now := a.now()
 	r.inFlight++
-	r.lastUsed, r.clock = a.now(), a.clock
+	r.busy = r.busy.Step(now, 1, a.cfg.DemandWindow)
+	r.arrivals = r.arrivals.Add(now, placement.RateHalfLife(a.cfg.DemandWindow))
+	r.lastUsed, r.clock = now, a.clock
 	r.handout = r.handout.arrive(r.lastUsed)
 	r.requests = r.requests.Add(r.lastUsed, a.cfg.HalfLife)
 	var once sync.Once
@@ -66,31 +77,69 @@ func (a *Agent) Acquire(m placement.ModelVersion) (placement.ModelVersion, tenso
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			r.inFlight--
+			r.busy = r.busy.Step(a.now(), -1, a.cfg.DemandWindow)
 			if r.inFlight == 0 && r.idle != nil {
 				close(r.idle)
 				r.idle = nil
 			}
 		})
 	}
-	return r.model, r.meta, release, nil
+	return r, release, nil
 }
 
 // Infer runs one request on a resident model, counting it in flight for eviction and drain.
+// With Config.Concurrency set it first waits, within ctx, for one of the replica's slots.
 func (a *Agent) Infer(ctx context.Context, req *tensor.Request) (*tensor.Response, error) {
-	m, meta, release, err := a.Acquire(req.Model)
+	r, release, err := a.acquire(req.Model)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	if err := meta.Check(req); err != nil {
+	if err := r.meta.Check(req); err != nil {
 		return nil, err
 	}
-	resp, err := a.backend.Infer(ctx, m, req)
+	free, err := a.slot(ctx, r)
 	if err != nil {
-		return nil, fmt.Errorf("infer %s: %w", m, err)
+		return nil, fmt.Errorf("infer %s: waiting for one of its %d slots: %w", r.model, a.cfg.Concurrency, err)
 	}
-	resp.Model, resp.ID = m, req.ID
+	defer free()
+	resp, err := a.backend.Infer(ctx, r.model, req)
+	if err != nil {
+		return nil, fmt.Errorf("infer %s: %w", r.model, err)
+	}
+	resp.Model, resp.ID = r.model, req.ID
 	return resp, nil
+}
+
+// slot takes one of r's slots, waiting in its queue (counted in its demand) while all are
+// taken; free gives it back.
+func (a *Agent) slot(ctx context.Context, r *replica) (free func(), err error) {
+	if r.slots == nil {
+		return func() {}, nil
+	}
+	free = func() { <-r.slots }
+	select {
+	case r.slots <- struct{}{}:
+		a.metrics.queueWait.Observe(0)
+		return free, nil
+	default:
+	}
+	start := a.now()
+	a.mu.Lock()
+	r.queued = r.queued.Step(start, 1, a.cfg.DemandWindow)
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		r.queued = r.queued.Step(a.now(), -1, a.cfg.DemandWindow)
+		a.mu.Unlock()
+	}()
+	select {
+	case r.slots <- struct{}{}:
+		a.metrics.queueWait.Observe(a.now().Sub(start).Seconds())
+		return free, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Ready reports whether m (empty version: any version) is loaded and not draining.

@@ -48,6 +48,7 @@ func (s *Management) Load(ctx context.Context, r *meshv1.LoadRequest) (*meshv1.L
 		Storage: storage.Location{URI: r.GetStorageUri(), Key: r.GetStorageKey(), Bucket: r.GetStorageBucket(),
 			Path: r.GetStoragePath(), SHA256: r.GetSha256()},
 		Learned: placement.Footprint{Host: r.GetLearnedHostBytes(), GPU: r.GetLearnedGpuBytes()}, Pinned: r.GetPinned(),
+		Extra: r.GetExtra(),
 	})
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
 		span.SetAttributes(attribute.String("mesh.model", r.GetModel().GetName()), attribute.String("mesh.version", r.GetModel().GetVersion()),
@@ -113,6 +114,7 @@ func replicaProto(r agent.Replica) *meshv1.Replica {
 	return &meshv1.Replica{
 		Model: refOf(r.Model), State: stateProto(r.State), MemoryBytes: r.Memory.Total(), Memory: memoryProto(r.Memory), SizeSource: string(r.Source),
 		SinceUnixMs: r.Since.UnixMilli(), LastUsedUnixMs: lastUsed, InFlight: int64(r.InFlight), Pinned: r.Pinned,
+		Extra: r.Extra, DemandInFlight: r.Demand.InFlight, DemandQueued: r.Demand.Queued, DemandRate: r.Demand.Rate,
 	}
 }
 

@@ -58,12 +58,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	metrics := extproc.NewMetrics(reg, cfg.MaxModelLabels)
 	view := extproc.NewView(metrics.SnapshotRead)
 	loader := extproc.NewGRPCLoader(tr.GRPCClient()...)
+	locks := extproc.NewLocks(rdb, keys, cfg.LockTTL)
 	defer loader.Close()
 	srv := extproc.New(extproc.Config{
 		LoadDeadline: cfg.LoadDeadline, MaxMessageTimeout: cfg.MaxMessageTimeout, MaxWaiting: cfg.MaxWaiting,
-		RetryAfter: cfg.RetryAfter, LockTTL: cfg.LockTTL, TracerProvider: tr.Provider(),
+		RetryAfter: cfg.RetryAfter, TracerProvider: tr.Provider(),
 		EndLease: func(ctx context.Context, worker string) error { return residency.EndLease(ctx, rdb, keys, worker) },
-	}, view, loader, extproc.NewLocks(rdb, keys, cfg.LockTTL), log, metrics)
+	}, view, loader, locks, log, metrics)
 	defer srv.Close()
 
 	gs := grpc.NewServer()
@@ -88,6 +89,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	})
 	g.Go(func() error { return loader.Prune(gctx, view, cfg.Resync) })
 	g.Go(func() error { return srv.Warm(gctx, cfg.WarmInterval) })
+	if cfg.ScaleInterval > 0 {
+		scaler := extproc.NewScaler(extproc.ScaleConfig{Interval: cfg.ScaleInterval, Policy: cfg.Scale, MaxReplicas: cfg.ScaleMaxReplicas, Deadline: cfg.LoadDeadline},
+			reader.Read, loader, locks, log, metrics)
+		g.Go(func() error { return scaler.Run(gctx) })
+	}
 	g.Go(func() error { return gs.Serve(grpcLn) })
 	g.Go(func() error {
 		if err := hs.Serve(metricsLn); !errors.Is(err, http.ErrServerClosed) {

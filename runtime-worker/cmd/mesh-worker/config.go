@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +39,8 @@ type Config struct {
 	MinIdle          time.Duration
 	FreeWatermark    watermark
 	HalfLife         time.Duration
+	Concurrency      int
+	DemandWindow     time.Duration
 	RedisAddr        string
 	RedisPrefix      string
 	Redis            cli.Redis
@@ -80,6 +83,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.FreeWatermark = watermark{fraction: 0.1}
 	fs.Var(&c.FreeWatermark, "free-watermark", "memory kept free ahead of demand in each budget (host, each GPU) by evicting idle models in the background: a fraction (10%, 0.1) or bytes (8MiB), at most half of each budget; 0: evict only when a load needs room")
 	fs.DurationVar(&c.HalfLife, "eviction-half-life", 10*time.Minute, "age of a request at which it counts half for eviction (0: requests never age)")
+	fs.IntVar(&c.Concurrency, "model-concurrency", -1, "onnxruntime: requests one replica runs at once, more wait in its queue (measured as its queue wait for scaling); 0: no bound (default: the CPUs this process may use over --ort-threads)")
+	fs.DurationVar(&c.DemandWindow, "demand-window", 5*time.Second, "time constant of the per-replica demand figures (requests in flight, queued, arriving) published for ext_proc's replica scaler")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 5*time.Second, "longest wait for the mesh to stop routing a draining model here")
 	fs.DurationVar(&c.RouteSettle, "drain-settle", 100*time.Millisecond, "how long after a model turned ready the routed sets are first believed when they say the mesh does not route it here (a control plane may not have recorded the push that routes the new replica yet); more than the control plane's --batch plus one translation")
 	fs.StringVar(&c.RedisAddr, "redis-addr", "", "Redis address for residency records (empty: run without Redis)")
@@ -104,6 +109,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Tracing.RegisterFlags(fs, "loads and inference requests")
 }
 
+// ModelConcurrency is --model-concurrency with its default applied: the CPUs the process may
+// use (GOMAXPROCS) over the threads each request takes, at least 1.
+func (c *Config) ModelConcurrency() int {
+	if c.Concurrency >= 0 {
+		return c.Concurrency
+	}
+	return max(1, runtime.GOMAXPROCS(0)/max(1, c.ORTThreads))
+}
+
 // Validate checks the settings together.
 func (c *Config) Validate() error {
 	var errs []error
@@ -112,6 +126,12 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Storage.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Concurrency < -1 {
+		errs = append(errs, errors.New("--model-concurrency must not be negative"))
+	}
+	if c.DemandWindow <= 0 {
+		errs = append(errs, errors.New("--demand-window must be positive"))
 	}
 	switch c.Runtime {
 	case "onnxruntime":

@@ -112,6 +112,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Capacity: capacity, LoadConcurrency: cfg.LoadConcurrency, LoadTimeout: cfg.LoadTimeout,
 		EstimateFactor: cfg.EstimateFactor, DrainGrace: cfg.DrainGrace, DrainTimeout: cfg.DrainTimeout, RouteSettle: cfg.RouteSettle, MinIdle: cfg.MinIdle,
 		FreeWatermark: cfg.FreeWatermark.of(capacity), HalfLife: cfg.HalfLife, TracerProvider: tr.Provider(),
+		Concurrency: cfg.ModelConcurrency(), DemandWindow: cfg.DemandWindow,
 	}, backend, store, router, log, agent.NewMetrics(reg, cfg.MaxModelLabels))
 
 	lns, err := cli.Listen([]string{"inference", "management"}, []string{cfg.Listen, cfg.ManagementAddr})
@@ -257,7 +258,7 @@ func stateOf(self residency.Worker, models *agent.Agent) residency.State {
 	st := residency.State{Worker: self, Replicas: make(map[string]residency.Replica, len(replicas)), Measured: map[string]placement.Footprint{}}
 	for _, r := range replicas {
 		st.Replicas[r.Model.String()] = residency.Replica{State: r.State, Bytes: r.Memory.Total(), Memory: r.Memory,
-			SizeSource: string(r.Source), SinceUnixMs: r.Since.UnixMilli()}
+			SizeSource: string(r.Source), SinceUnixMs: r.Since.UnixMilli(), Extra: r.Extra, Demand: r.Demand}
 		if r.Source == placement.SizeMeasured {
 			st.Measured[r.Model.String()] = r.Memory.Footprint()
 		}
