@@ -152,7 +152,7 @@ type replica struct {
 	busy, queued placement.Level
 	arrivals     placement.Frequency
 	readyAt      time.Time
-	meta     tensor.Metadata
+	meta         tensor.Metadata
 	// requests counts uses since the load, aged; clock is the eviction clock at the last
 	// use; loadTime what the load took (fetch and runtime, no waits). Eviction weighs them.
 	requests placement.Frequency

@@ -61,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer, maxModels int) *Metrics {
 		drainTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "mesh_worker_drain_timeouts_total",
 			Help: "Drains that gave up waiting for the mesh to stop routing the model here."}),
 		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mesh_worker_queue_wait_seconds",
-			Help: "Time a request waited for one of its replica's --model-concurrency slots (0 when one was free).",
+			Help:    "Time a request waited for one of its replica's --model-concurrency slots (0 when one was free).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
 	// Every result and reason exists from the start, at zero, so that rates and alerts over
