@@ -29,6 +29,16 @@ type request struct {
 // steadyLoad starts an open loop of rate requests a second for model (iris-shaped answers:
 // label 0 is right) through gateway.
 func steadyLoad(gateway, model, body string, rate int) *openLoad {
+	return steadyLoadChecked(gateway, model, body, rate, func(out map[string]any) error {
+		if labelOf(out) != 0 {
+			return fmt.Errorf("wrong answer %v", out)
+		}
+		return nil
+	})
+}
+
+// steadyLoadChecked is steadyLoad with answers checked by check.
+func steadyLoadChecked(gateway, model, body string, rate int, check func(map[string]any) error) *openLoad {
 	l := &openLoad{stopped: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
@@ -50,10 +60,12 @@ func steadyLoad(gateway, model, body string, rate int) *openLoad {
 					r.failure = err.Error()
 				case code != 200:
 					r.failure = fmt.Sprintf("%d %v", code, out)
-				case labelOf(out) != 0:
-					r.failure = fmt.Sprintf("wrong answer %v", out)
 				default:
-					r.ok = true
+					if err := check(out); err != nil {
+						r.failure = err.Error()
+					} else {
+						r.ok = true
+					}
 				}
 				l.mu.Lock()
 				l.results = append(l.results, r)

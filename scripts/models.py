@@ -8,6 +8,9 @@ For each data set this writes, under --out:
 
 and synthetic models of chosen sizes (for memory and eviction tests):
   synthetic-<mb>mb/1/model.onnx   Y = X @ W with W an FP32 constant of about <mb> MiB
+and a model slow enough to saturate one replica (for replica scaling):
+  slow/1/model.onnx   64 chained 256 x 256 matrix products per request
+  slow/expected.json  its output for an input of ones, computed by NumPy
 
 Everything is seeded, so reruns give the same models.
 """
@@ -104,6 +107,50 @@ def export_synthetic(mib, out):
     print(f"synthetic-{mib}mb: {weights.nbytes} bytes of weights")
 
 
+SLOW_STEPS = 64
+
+
+def export_slow(out):
+    """A model whose every request costs tens of milliseconds of one core: X [N, 64] is
+    projected to A [N, 256], the outer product A Aᵀ [N, 256, 256] is multiplied SLOW_STEPS
+    times by a fixed 256 x 256 matrix (tanh between), and summed. The work depends on the
+    input, so ONNX Runtime cannot fold it at load."""
+    rng = np.random.default_rng(SEED + 2000)
+    w0 = (rng.standard_normal((64, 256)) * 0.05).astype(np.float32)
+    r = (rng.standard_normal((256, 256)) / 16).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["input", "W0"], ["a"]),
+        helper.make_node("Unsqueeze", ["a", "last"], ["col"]),
+        helper.make_node("Unsqueeze", ["a", "middle"], ["row"]),
+        helper.make_node("MatMul", ["col", "row"], ["y0"]),
+    ]
+    for i in range(SLOW_STEPS):
+        nodes.append(helper.make_node("MatMul", [f"y{i}", "R"], [f"p{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"p{i}"], [f"y{i + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"y{SLOW_STEPS}"], ["output"], keepdims=1))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 1])],
+        [numpy_helper.from_array(w0, "W0"), numpy_helper.from_array(r, "R"),
+         numpy_helper.from_array(np.array([2], dtype=np.int64), "last"),
+         numpy_helper.from_array(np.array([1], dtype=np.int64), "middle")],
+    )
+    onx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onx.ir_version = 8
+    onnx.checker.check_model(onx)
+    version_dir = out / "slow" / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.onnx").write_bytes(onx.SerializeToString())
+    a = np.ones((1, 64), dtype=np.float32) @ w0
+    y = a[:, :, None] @ a[:, None, :]
+    for _ in range(SLOW_STEPS):
+        y = np.tanh(y @ r)
+    (out / "slow" / "expected.json").write_text(json.dumps({"input": "ones [1, 64]", "output": float(y.sum())}))
+    print(f"slow: {SLOW_STEPS} steps of 256 x 256 products per request")
+
+
 def export_external(out):
     """A 1 MiB synthetic model whose weights are ONNX external data: model.onnx names
     weights.bin beside it, as large models are stored. Its output for an input of ones is the
@@ -157,6 +204,7 @@ def main():
         export_synthetic(int(mib), args.out)
     export_external(args.out)
     export_scalar_output(args.out)
+    export_slow(args.out)
 
 
 if __name__ == "__main__":
