@@ -72,6 +72,8 @@ type Controller struct {
 	log     *slog.Logger
 	metrics *metrics
 	routed  *routedSets
+	// retained is the loop's memory of clusters whose last replica went.
+	retained *retention
 	// ready is set once a configuration was pushed.
 	ready atomic.Bool
 }
@@ -86,7 +88,8 @@ func New(cfg Config, rdb redis.UniversalClient, keys residency.Keys, p Pusher, l
 		// Three resyncs, then keepAfterSilence; a replica that stops counts three resyncs,
 		// time for its gateways to reconnect to another and take its configuration.
 		keep: 3*cfg.Watch.Resync + keepAfterSilence, retire: 3 * cfg.Watch.Resync}
-	return &Controller{cfg: cfg, rdb: rdb, keys: keys, xds: p, log: log, metrics: newMetrics(reg), routed: routed}
+	return &Controller{cfg: cfg, rdb: rdb, keys: keys, xds: p, log: log, metrics: newMetrics(reg), routed: routed,
+		retained: newRetention(cfg.Translate.RouteTimeout)}
 }
 
 // event is one input of the reconcile loop: a new registry or a new residency snapshot;
@@ -202,7 +205,9 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 			continue // no residency read yet: nothing is known to be routable
 		}
 		start := time.Now()
-		res, err := translate.Translate(c.cfg.Translate, stateOf(reg, *snap))
+		st := stateOf(reg, *snap)
+		st.Retained = c.retained.update(st, start)
+		res, err := translate.Translate(c.cfg.Translate, st)
 		c.metrics.buildDuration.Observe(time.Since(start).Seconds())
 		if err != nil {
 			c.log.ErrorContext(ctx, "translate state", "error", err)

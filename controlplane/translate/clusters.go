@@ -15,6 +15,7 @@ import (
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -55,6 +56,26 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 			}
 			clusters = append(clusters, gc)
 			endpoints = append(endpoints, withFallback(assignment(name, sortedUnique(addrs))))
+		}
+	}
+	for _, m := range sortedModels(st.Retained) {
+		if _, routed := ready[m]; routed || st.Registry == nil {
+			continue
+		}
+		if _, ok := st.Registry.Model(m.Name); !ok {
+			continue
+		}
+		names := []string{wire.ClusterName(m)}
+		if st.Retained[m] {
+			names = append(names, wire.GRPCClusterName(m))
+		}
+		for _, name := range names {
+			c, err := modelCluster(name, 0)
+			if err != nil {
+				return nil, nil, err
+			}
+			clusters = append(clusters, c)
+			endpoints = append(endpoints, fallbackOnly(name))
 		}
 	}
 	pool, err := workersCluster()
@@ -138,7 +159,9 @@ func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) (*clusterv3.
 // its lease when its management port refuses) or when the lease runs out. At most the
 // replicas are ejected, never the fallback as well: Envoy ejects a host only while the share
 // already ejected is below MaxEjectionPercent, so replicas/(replicas+1) lets every replica
-// go and keeps the last host.
+// go and keeps the last host. When a worker dies or hangs, every request in flight on it
+// retries at about the same moment; the retry budget lets each of them retry once at once
+// (Envoy's default allows 3 retries in flight per cluster, and fails the rest).
 func modelCluster(name string, replicas int) (*clusterv3.Cluster, error) {
 	c, err := edsCluster(name, nil)
 	if err != nil {
@@ -155,6 +178,10 @@ func modelCluster(name string, replicas int) (*clusterv3.Cluster, error) {
 		BaseEjectionTime:                       durationpb.New(10 * time.Second),
 		MaxEjectionPercent:                     wrapperspb.UInt32(uint32(100 * replicas / (replicas + 1))),
 	}
+	c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+			BudgetPercent: &typev3.Percent{Value: 100}, MinRetryConcurrency: wrapperspb.UInt32(16)},
+	}}}
 	return c, nil
 }
 
@@ -164,10 +191,20 @@ func modelCluster(name string, replicas int) (*clusterv3.Cluster, error) {
 // is healthy (Envoy's default, 1.4, would shift a share to the cold path as soon as one
 // of several replicas fails).
 func withFallback(cla *endpointv3.ClusterLoadAssignment) *endpointv3.ClusterLoadAssignment {
-	cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{Priority: 1, LbEndpoints: []*endpointv3.LbEndpoint{{
-		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: internalAddress()}}}}})
+	cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{Priority: 1, LbEndpoints: []*endpointv3.LbEndpoint{fallbackEndpoint()}})
 	cla.Policy = &endpointv3.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(fallbackOverprovisioning)}
 	return cla
+}
+
+// fallbackOnly is the endpoints of a retained cluster: the fallback listener alone, at
+// priority 0 (Envoy's priorities run from 0 without a gap).
+func fallbackOnly(cluster string) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{ClusterName: cluster, Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{fallbackEndpoint()}}}}
+}
+
+// fallbackEndpoint is the fallback listener as a cluster's endpoint.
+func fallbackEndpoint() *endpointv3.LbEndpoint {
+	return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: internalAddress()}}}
 }
 
 // fallbackOverprovisioning is 10000 times Envoy's unit (100): one healthy replica in ten
@@ -265,7 +302,7 @@ func splitHostPort(addr string) (string, uint32, error) {
 	return host, uint32(port), nil
 }
 
-func sortedModels(m map[placement.ModelVersion][]string) []placement.ModelVersion {
+func sortedModels[V any](m map[placement.ModelVersion]V) []placement.ModelVersion {
 	out := make([]placement.ModelVersion, 0, len(m))
 	for k := range m {
 		out = append(out, k)

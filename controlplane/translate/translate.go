@@ -69,6 +69,12 @@ type State struct {
 	// another port (Triton). Models with replicas on such workers get a gRPC cluster and
 	// gRPC routes of their own.
 	GRPC map[string]string
+	// Retained are model versions whose last ready replica went recently (the value: they
+	// had a gRPC twin cluster). Their clusters stay, with the fallback listener as the only
+	// endpoint, while their routes take the cold path: a request still in flight on one of
+	// them (on a worker that hung, its try not yet timed out) must find its cluster to
+	// retry in, on the cold path, rather than none.
+	Retained map[placement.ModelVersion]bool
 }
 
 // Resources are the xDS resources of one state, each list sorted by name.
@@ -108,6 +114,23 @@ func Translate(cfg Config, st State) (Resources, error) {
 	res.Routes = []types.Resource{routes}
 	res.Clusters, res.Endpoints, err = buildClusters(cfg, st, ready, split)
 	return res, err
+}
+
+// GRPCTwins lists the model versions st routes (those with a ready replica), each with
+// whether it gets a gRPC twin cluster (grpcSplit).
+func GRPCTwins(st State) map[placement.ModelVersion]bool {
+	ready := map[placement.ModelVersion][]string{}
+	for m, addrs := range st.Ready {
+		if len(addrs) > 0 {
+			ready[m] = addrs
+		}
+	}
+	split := grpcSplit(ready, st.GRPC)
+	out := make(map[placement.ModelVersion]bool, len(ready))
+	for m := range ready {
+		out[m] = split[m]
+	}
+	return out
 }
 
 // grpcSplit gives the ready model versions with a replica on a worker that serves gRPC at

@@ -57,6 +57,7 @@ type goldenInput struct {
 	Workers  []string            `json:"workers"`
 	Ready    map[string][]string `json:"ready"` // "name:version" -> data addresses
 	GRPC     map[string]string   `json:"grpc"`
+	Retained map[string]bool     `json:"retained"` // "name:version" -> had a gRPC twin
 	Tracing  *Tracing            `json:"tracing"`
 }
 
@@ -84,6 +85,16 @@ func readInput(t *testing.T, path string) (Config, State) {
 			st.Ready = map[placement.ModelVersion][]string{}
 		}
 		st.Ready[m] = addrs
+	}
+	for k, grpc := range in.Retained {
+		m, err := placement.ParseModelVersion(k)
+		if err != nil {
+			t.Fatalf("%s: retained: %v", path, err)
+		}
+		if st.Retained == nil {
+			st.Retained = map[placement.ModelVersion]bool{}
+		}
+		st.Retained[m] = grpc
 	}
 	c := cfg
 	c.Tracing = in.Tracing
