@@ -70,7 +70,11 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 			names = append(names, wire.GRPCClusterName(m))
 		}
 		for _, name := range names {
-			c, err := modelCluster(name, 0)
+			// Configured as with one replica, so that the cluster is not replaced (and its
+			// requests' state lost) as its model's replicas go and come back: only its
+			// endpoints change. Its one host, the fallback, is then never ejected (it would
+			// be 100% of the hosts).
+			c, err := modelCluster(name, 1)
 			if err != nil {
 				return nil, nil, err
 			}
