@@ -215,7 +215,9 @@ func TestMeshExtProcStopped(t *testing.T) {
 	killed := time.Now()
 	m.extproc.Kill()
 	load.await(t, 150)
-	if r := load.stop(killed); r.failedBefore+r.failedInFlight+r.failedAfter != 0 || r.after < 100 {
+	r := load.stop(killed)
+	t.Logf("%d requests, %d after ext_proc's SIGKILL, %d failed", r.total, r.after, r.failedBefore+r.failedInFlight+r.failedAfter)
+	if r.failedBefore+r.failedInFlight+r.failedAfter != 0 || r.after < 100 {
 		t.Fatalf("hot iris across ext_proc's death: %d of %d requests failed (%d after it); first: %s", r.failedBefore+r.failedInFlight+r.failedAfter, r.total, r.after, r.firstFailure)
 	}
 	start := time.Now()
@@ -236,30 +238,22 @@ func TestMeshControlPlaneRestart(t *testing.T) {
 		t.Fatalf("cold iris: %d %v", code, out)
 	}
 	m.waitHot(t, "iris", "1")
-	ctx, stop := context.WithCancel(context.Background())
-	var sent, failed atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ctx.Err() == nil {
-			sent.Add(1)
-			if code, _ := rawPost(t, "http://"+m.Gateway+"/v2/models/iris/infer", irisSetosa); code != 200 {
-				failed.Add(1)
-			}
-		}
-	}()
-	time.Sleep(300 * time.Millisecond)
+	load := steadyLoad(m.Gateway, "iris", irisSetosa, 200)
+	eventually(t, 10*time.Second, "hot traffic first", func() bool { return load.sent() >= 100 })
+	killed := time.Now()
 	m.cp.Kill()
-	time.Sleep(500 * time.Millisecond)
+	load.await(t, 100) // half a second of load with no control plane
 	m.cp = startProcess(t, "control plane (restarted)", m.cp.Cmd.Path, m.cpArgs, proctest.HTTPOK("http://"+m.CPMetrics+"/healthz"))
 	eventually(t, 10*time.Second, "Envoy reconnected to the control plane", func() bool {
 		return m.envoyStat(t, "control_plane.connected_state") == 1
 	})
-	time.Sleep(500 * time.Millisecond)
-	stop()
-	<-done
-	if failed.Load() != 0 {
-		t.Fatalf("%d of %d requests failed across the control plane restart", failed.Load(), sent.Load())
+	back := time.Since(killed)
+	load.await(t, 100)
+	r := load.stop(killed)
+	t.Logf("%d requests: %d after the kill, %d failed; the gateway reconnected to the restarted control plane %v after the kill",
+		r.total, r.after, r.failedBefore+r.failedInFlight+r.failedAfter, back.Round(time.Millisecond))
+	if lost := r.failedBefore + r.failedInFlight + r.failedAfter; lost != 0 {
+		t.Fatalf("%d of %d requests failed across the control plane restart; first: %s", lost, r.total, r.firstFailure)
 	}
 }
 
@@ -294,7 +288,9 @@ func TestMeshRedisDown(t *testing.T) {
 	killed := time.Now()
 	m.redis.Stop()
 	load.await(t, 150)
-	if r := load.stop(killed); r.failedBefore+r.failedInFlight+r.failedAfter != 0 || r.after < 100 {
+	r := load.stop(killed)
+	t.Logf("%d requests, %d after Redis's SIGKILL, %d failed", r.total, r.after, r.failedBefore+r.failedInFlight+r.failedAfter)
+	if r.failedBefore+r.failedInFlight+r.failedAfter != 0 || r.after < 100 {
 		t.Fatalf("hot iris across Redis's death: %d of %d requests failed (%d after it); first: %s", r.failedBefore+r.failedInFlight+r.failedAfter, r.total, r.after, r.firstFailure)
 	}
 	for range 20 {
