@@ -9,7 +9,10 @@
 #   - versitygw, a real S3 server for the storage tests, built once from its Go module at a
 #     pinned version under $MESH_CACHE and linked into the clone as .bin/versitygw;
 #   - fake-gcs-server, a GCS emulator for the gs:// storage tests, built and linked the same
-#     way as .bin/fake-gcs-server.
+#     way as .bin/fake-gcs-server;
+#   - etcd and kube-apiserver, the real Kubernetes API server the e2e tests run as envtest
+#     does, built from their Go modules at pinned releases and linked as .bin/etcd and
+#     .bin/kube-apiserver (about 6 minutes the first time, cached by version).
 # Safe to run any number of times; a second run with nothing missing takes well under a second.
 set -euo pipefail
 
@@ -94,6 +97,54 @@ setup_go_tool() {
 	fi
 }
 
+# setup_go_build NAME PACKAGE MODULE@VERSION [MODULE@VERSION...] builds the main PACKAGE of
+# the first module into $cache/NAME-VERSION and links it as .bin/NAME, for modules that `go
+# install` refuses because their go.mod replaces sibling modules with paths in their own
+# repository (Kubernetes' staging modules, etcd's). A throw-away main module requires the
+# first module and pins every other one given to its released version, as those replace
+# directives would; the build goes to a temporary directory renamed into place on success.
+setup_go_build() {
+	local name="$1" pkg="$2" main="$3"
+	shift 3
+	local version="${main#*@}"
+	local dir="$cache/$name-$version" link="$root/.bin/$name" tmp
+	if [[ ! -x "$dir/$name" ]]; then
+		log "building $name $version into $dir (first run only, several minutes)"
+		mkdir -p "$cache"
+		rm -rf "$dir"
+		tmp="$(mktemp -d "$cache/.$name-build.XXXXXX")"
+		chmod 755 "$tmp"
+		{
+			printf 'module %s.build\n\ngo 1.26\n\nrequire %s %s\n\n' "$name" "${main%@*}" "$version"
+			local m
+			for m in "$@"; do printf 'replace %s => %s %s\n' "${m%@*}" "${m%@*}" "${m#*@}"; done
+		} >"$tmp/go.mod"
+		printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" >"$tmp/tools.go"
+		if ! (cd "$tmp" && go mod tidy >/dev/null 2>&1 && go build -o "$tmp/$name" "$pkg"); then
+			log "building $name $version failed"
+			rm -rf "$tmp"
+			return 1
+		fi
+		rm -f "$tmp/go.mod" "$tmp/go.sum" "$tmp/tools.go"
+		mv "$tmp" "$dir"
+	fi
+	if [[ "$(readlink "$link" 2>/dev/null)" != "$dir/$name" ]]; then
+		mkdir -p "$root/.bin"
+		ln -sfn "$dir/$name" "$link"
+	fi
+}
+
+# kube_staging VERSION lists Kubernetes' staging modules at the release of VERSION
+# (v1.37.2: each k8s.io/... module the kubernetes go.mod replaces with ./staging, at v0.37.2).
+kube_staging() {
+	local version="$1" gomod
+	gomod="$(go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')"
+	awk '$2 == "=>" && $3 ~ /^\.\/staging/ {print $1}' "$gomod" | sed "s/\$/@v0.${version#v1.}/"
+}
+
+etcd_version=v3.6.16
+kube_version=v1.37.2
+
 setup_venv requirements.txt .venv
 setup_venv requirements-triton.txt .venv-triton
 setup_redis
@@ -102,3 +153,16 @@ setup_prometheus
 setup_go_tool versitygw github.com/versity/versitygw/cmd/versitygw v1.8.0
 setup_go_tool fake-gcs-server github.com/fsouza/fake-gcs-server v1.56.1
 setup_go_tool staticcheck honnef.co/go/tools/cmd/staticcheck v0.8.2
+# The API server and its store for the Kubernetes e2e tests (docs/kubernetes.md).
+setup_go_build etcd go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3@$etcd_version" \
+	"go.etcd.io/etcd/api/v3@$etcd_version" "go.etcd.io/etcd/client/pkg/v3@$etcd_version" \
+	"go.etcd.io/etcd/client/v3@$etcd_version" "go.etcd.io/etcd/pkg/v3@$etcd_version"
+if [[ ! -x "$cache/kube-apiserver-$kube_version/kube-apiserver" ]]; then
+	mapfile -t staging < <(kube_staging "$kube_version")
+else
+	staging=()
+fi
+setup_go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "k8s.io/kubernetes@$kube_version" "${staging[@]}"
+# KEDA's CRDs (the ScaledObject of manifests/components/autoscaling-keda), which the
+# Kubernetes e2e test reads from the module cache; not a dependency of the mesh's code.
+(cd "$root" && go mod download github.com/kedacore/keda/v2@v2.18.0)
