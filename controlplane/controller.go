@@ -28,19 +28,29 @@ type Config struct {
 	RegistryPath string
 	Translate    translate.Config
 	Watch        residency.WatchConfig
+	// Models, if not nil, adds models to the registry file's (KServe InferenceServices,
+	// package kserve), before Traffic applies.
+	Models Source
 	// Traffic, if not nil, replaces models' traffic rules in the registry before it is
 	// translated and published (Istio VirtualServices, package istio).
-	Traffic Traffic
+	Traffic Source
+	// Status, if not nil, is shown the registry in force and the residency after each push
+	// (kserve.Source writes InferenceServices' statuses from them).
+	Status Observer
 }
 
-// Traffic is a source of traffic rules that take precedence over the registry file's.
-type Traffic interface {
-	// Run watches the rules' sources until ctx ends, calling changed once they are first
-	// known and after each change.
+// Source changes the registry in force: it adds models or replaces traffic rules.
+type Source interface {
+	// Run watches the source until ctx ends, calling changed once it is first known and
+	// after each change.
 	Run(ctx context.Context, changed func()) error
-	// Apply returns the registry in force for the registry file's reg. Safe concurrently
-	// with Run.
+	// Apply returns the registry in force for reg. Safe concurrently with Run.
 	Apply(reg *registry.Registry) *registry.Registry
+}
+
+// Observer is shown each pushed state; Observe must not block.
+type Observer interface {
+	Observe(inForce *registry.Registry, snap residency.Snapshot)
 }
 
 // Seeder is a Traffic that can start from the rules the mesh last published to Redis (by
@@ -131,13 +141,16 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.log.ErrorContext(ctx, "registry file rejected; the last good registry stays in force", "error", err)
 		})
 	})
-	if t := c.cfg.Traffic; t != nil {
-		// Nothing is published or pushed before the traffic rules are known, so that a
-		// restart does not briefly put the file's rules back in force.
+	for _, src := range []Source{c.cfg.Models, c.cfg.Traffic} {
+		if src == nil {
+			continue
+		}
+		// Nothing is published or pushed before every source is known, so that a restart
+		// does not briefly drop their models or put the file's rules back in force.
 		known := make(chan struct{})
 		var once sync.Once
 		g.Go(func() error {
-			return t.Run(ctx, func() {
+			return src.Run(ctx, func() {
 				once.Do(func() { close(known) })
 				send(event{})
 			})
@@ -221,6 +234,9 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 		if err != nil && ctx.Err() == nil {
 			c.log.ErrorContext(ctx, "push configuration; the routed sets keep the replicas of both configurations", "error", err)
 		}
+		if c.cfg.Status != nil {
+			c.cfg.Status.Observe(reg, *snap)
+		}
 	}
 }
 
@@ -237,13 +253,16 @@ func (c *Controller) pushRouted(ctx context.Context, res translate.Resources, ne
 	return nil
 }
 
-// inForce is the registry that is translated and published: the file's, with c.cfg.Traffic's
-// rules when there are any.
+// inForce is the registry that is translated and published: the file's, with c.cfg.Models'
+// models and c.cfg.Traffic's rules when there are any.
 func (c *Controller) inForce(file *registry.Registry) *registry.Registry {
-	if c.cfg.Traffic == nil {
-		return file
+	reg := file
+	for _, src := range []Source{c.cfg.Models, c.cfg.Traffic} {
+		if src != nil {
+			reg = src.Apply(reg)
+		}
 	}
-	return c.cfg.Traffic.Apply(file)
+	return reg
 }
 
 // keepAfterSilence is how long the routed sets of a control plane that stopped renewing

@@ -53,6 +53,10 @@ type Config struct {
 	// EndLease ends a worker's lease in Redis (residency.EndLease) when its management port
 	// refuses connections; nil ends none (the worker then leaves when its lease runs out).
 	EndLease func(ctx context.Context, worker string) error
+	// RecordLoad, when not nil, is told the outcome of every flight that ended (failure nil:
+	// loaded) but those cut short by Close: residency.RecordLoad, which the control plane
+	// reads for the status of models that are Kubernetes resources.
+	RecordLoad func(ctx context.Context, m placement.ModelVersion, failure *residency.Failure) error
 	// ProbeAfter is how long a Load may run before the worker's liveness is checked, and how
 	// often after (default 250ms); ProbeTimeout how long that check waits (default 1s). A
 	// hung worker is given up after about both together: a request that fell back from a
@@ -327,13 +331,18 @@ func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
 	s.metrics.loadsInFlight.Inc()
 	defer s.metrics.loadsInFlight.Dec()
 	w, err := s.ensure(ctx, d)
+	closing := false
 	if err != nil && !errors.As(err, new(*Error)) {
 		switch {
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
 			err = errorf(ErrDeadline, "model %s not ready within %s", d.Model, s.cfg.LoadDeadline)
 		default: // cancelled by Close
 			err = errorf(ErrLoadFailed, "load of model %s stopped: ext_proc is shutting down", d.Model)
+			closing = true
 		}
+	}
+	if s.cfg.RecordLoad != nil && !closing {
+		s.recordLoad(ctx, d.Model, w, err)
 	}
 	result := "ok"
 	if err != nil {
@@ -347,6 +356,23 @@ func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
 	}
 	s.mu.Unlock()
 	close(f.done)
+}
+
+// recordLoad tells cfg.RecordLoad how the flight of m ended; a Redis error is logged.
+func (s *Server) recordLoad(ctx context.Context, m placement.ModelVersion, w residency.Worker, err error) {
+	var failure *residency.Failure
+	if err != nil {
+		reason := "ModelLoadFailed"
+		if errors.Is(err, ErrNoWorker) {
+			reason = "RuntimeUnhealthy"
+		}
+		failure = &residency.Failure{Reason: reason, Message: err.Error(), Worker: w.ID, UnixMs: time.Now().UnixMilli()}
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if rerr := s.cfg.RecordLoad(rctx, m, failure); rerr != nil {
+		s.log.WarnContext(ctx, "record the outcome of a load in redis", "model", m.String(), "error", rerr)
+	}
 }
 
 // ensure makes d's model ready somewhere and says where: a replica that appeared in the

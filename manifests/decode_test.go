@@ -74,7 +74,7 @@ func isIstioGroup(group string) bool {
 	return strings.HasSuffix(group, ".istio.io")
 }
 
-// decodeObject decodes one Kubernetes, Istio or KEDA object strictly.
+// decodeObject decodes one Kubernetes, Istio, KEDA or KServe object strictly.
 func decodeObject(doc []byte) (runtime.Object, error) {
 	var tm metav1.TypeMeta
 	if err := yaml.Unmarshal(doc, &tm); err != nil {
@@ -92,6 +92,9 @@ func decodeObject(doc []byte) (runtime.Object, error) {
 	}
 	if gv.Group == kedaGroup {
 		return decodeKEDA(doc, gv.WithKind(tm.Kind))
+	}
+	if gv.Group == kserveGroup {
+		return decodeKServe(doc, gv.WithKind(tm.Kind))
 	}
 	obj, _, err := k8sDecoder.Decode(doc, nil, nil)
 	return obj, err

@@ -200,10 +200,8 @@ func checkMesh(t *testing.T, objs []runtime.Object) {
 	}
 	namespaces := map[string]bool{}
 	for _, o := range objs {
-		if m, ok := o.(interface{ GetNamespace() string }); ok {
-			if _, isNS := o.(*corev1.Namespace); !isNS {
-				namespaces[m.GetNamespace()] = true
-			}
+		if m, ok := o.(interface{ GetNamespace() string }); ok && !clusterScoped(o) {
+			namespaces[m.GetNamespace()] = true
 		}
 	}
 	if len(namespaces) != 1 || namespaces[""] {
@@ -652,4 +650,15 @@ func TestIstioResources(t *testing.T) {
 	if !weighted || !header || !mirror {
 		t.Errorf("examples: weighted %v, header match %v, mirror %v; want all", weighted, header, mirror)
 	}
+}
+
+// clusterScoped reports whether o is of a kind without a namespace.
+func clusterScoped(o runtime.Object) bool {
+	switch o := o.(type) {
+	case *corev1.Namespace, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding:
+		return true
+	case *servingRuntime:
+		return o.Kind == "ClusterServingRuntime"
+	}
+	return false
 }

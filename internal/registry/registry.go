@@ -374,3 +374,34 @@ func (r *Registry) WithTraffic(rules map[string][]Rule) (*Registry, error) {
 	}
 	return out, nil
 }
+
+// WithModels returns a copy of r with models added, each validated as Parse validates a
+// file's. A model that is invalid, or whose name r or an earlier one of models already has,
+// is left out and its error is in rejected under its name. r and models are left as they
+// were; the copy shares their versions, labels and rules.
+func (r *Registry) WithModels(models []Model) (out *Registry, rejected map[string]error) {
+	out = &Registry{Models: slices.Clone(r.Models)}
+	rejected = map[string]error{}
+	taken := map[string]bool{}
+	for _, m := range r.Models {
+		taken[m.Name] = true
+	}
+	for _, m := range models {
+		if m.Runtime == "" {
+			m.Runtime = DefaultRuntime
+		}
+		if taken[m.Name] {
+			rejected[m.Name] = fmt.Errorf("%w: model %q: registered twice", ErrInvalid, m.Name)
+			continue
+		}
+		one := Registry{Models: []Model{m}}
+		if err := one.normalise(); err != nil {
+			rejected[m.Name] = err
+			continue
+		}
+		taken[m.Name] = true
+		out.Models = append(out.Models, one.Models[0])
+	}
+	slices.SortFunc(out.Models, func(a, b Model) int { return strings.Compare(a.Name, b.Name) })
+	return out, rejected
+}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -168,5 +169,32 @@ func TestParseStorageForms(t *testing.T) {
 	}
 	if diff := cmp.Diff(r, back); diff != "" {
 		t.Fatal(diff)
+	}
+}
+
+func TestWithModels(t *testing.T) {
+	t.Parallel()
+	base, err := Parse([]byte("models:\n  - name: iris\n    versions: [{version: \"1\", storageUri: \"file:///m/iris\"}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := Files{StorageURI: "file:///m/x"}
+	out, rejected := base.WithModels([]Model{
+		{Name: "digits", Versions: []Version{{Version: "2", Files: files}, {Version: "10", Files: files}}},
+		{Name: "iris", Versions: []Version{{Version: "1", Files: files}}}, // taken by the file
+		{Name: "bad", Versions: []Version{{Version: "1"}}},                // no files
+	})
+	if len(out.Models) != 2 || out.Models[0].Name != "digits" || out.Models[1].Name != "iris" {
+		t.Fatalf("models %+v, want digits and the file's iris", out.Models)
+	}
+	if d := out.Models[0]; d.Runtime != DefaultRuntime || d.DefaultVersion != "10" {
+		t.Errorf("digits not normalised as a file's model: runtime %q, default version %q", d.Runtime, d.DefaultVersion)
+	}
+	if !errors.Is(rejected["iris"], ErrInvalid) || !strings.Contains(rejected["iris"].Error(), "twice") ||
+		!strings.Contains(fmt.Sprint(rejected["bad"]), "no storageUri") || len(rejected) != 2 {
+		t.Errorf("rejected %v, want iris (taken) and bad (no files)", rejected)
+	}
+	if len(base.Models) != 1 {
+		t.Error("the registry it was called on changed")
 	}
 }

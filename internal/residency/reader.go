@@ -22,6 +22,8 @@ type Snapshot struct {
 	Workers  map[string]Worker
 	Replicas map[string]map[placement.ModelVersion]Replica
 	Sizes    map[placement.ModelVersion]placement.Footprint
+	// Failures are the model versions' last failed cold loads (Keys.Failures).
+	Failures map[placement.ModelVersion]Failure
 	Registry *registry.Registry
 }
 
@@ -81,6 +83,7 @@ func (r *Reader) Read(ctx context.Context) (Snapshot, error) {
 		replicas[i] = pipe.HGetAll(ctx, r.keys.Replicas(id))
 	}
 	sizes := pipe.HGetAll(ctx, r.keys.Sizes())
+	failures := pipe.HGetAll(ctx, r.keys.Failures())
 	reg := pipe.Get(ctx, r.keys.Registry())
 	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
 		return Snapshot{}, fmt.Errorf("read residency: %w", err)
@@ -106,6 +109,14 @@ func (r *Reader) Read(ctx context.Context) (Snapshot, error) {
 			reps[m] = rep
 		}
 		snap.Replicas[id] = reps
+	}
+	snap.Failures = map[placement.ModelVersion]Failure{}
+	for field, raw := range failures.Val() {
+		m, err := placement.ParseModelVersion(field)
+		var f Failure
+		if err == nil && json.Unmarshal([]byte(raw), &f) == nil {
+			snap.Failures[m] = f
+		}
 	}
 	for field, raw := range sizes.Val() {
 		m, err := placement.ParseModelVersion(field)

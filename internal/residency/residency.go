@@ -4,8 +4,12 @@
 package residency
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"strconv"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/modelmesh/mesh/internal/placement"
 )
@@ -47,6 +51,11 @@ func (k Keys) Routed(id, controlPlane string) string {
 // ControlPlanes is the sorted set of control plane ids scored by the end of their lease (Unix
 // ms); each control plane renews its own while it runs.
 func (k Keys) ControlPlanes() string { return k.Prefix + ":controlplanes" }
+
+// Failures is the hash of the last failed load of each model version, field
+// "name:version" → JSON Failure; ext_proc writes it when a cold load fails and deletes the
+// field when one succeeds.
+func (k Keys) Failures() string { return k.Prefix + ":failures" }
 
 // Events is the channel on which every change is published as an Event.
 func (k Keys) Events() string { return k.Prefix + ":events" }
@@ -132,6 +141,38 @@ type Replica struct {
 	Demand placement.Demand `json:"demand,omitzero"`
 }
 
+// Failure is a model version's last failed load, as the cold path saw it.
+type Failure struct {
+	// Reason is ModelMesh's word for it: ModelLoadFailed (the worker or its files),
+	// RuntimeUnhealthy (no live worker of its runtime could take it).
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+	// Worker is where it failed, when a worker was tried.
+	Worker string `json:"worker,omitempty"`
+	UnixMs int64  `json:"unix_ms"`
+}
+
+// RecordLoad writes the outcome of a cold load of m: failure, or nil for success (the
+// version's last failure is then forgotten), and publishes a change event so that readers
+// (the control plane's status) see it without waiting for a resync.
+func RecordLoad(ctx context.Context, rdb redis.UniversalClient, keys Keys, m placement.ModelVersion, failure *Failure) error {
+	var err error
+	if failure == nil {
+		var n int64
+		if n, err = rdb.HDel(ctx, keys.Failures(), m.String()).Result(); err == nil && n == 0 {
+			return nil // nothing was recorded: nothing changed
+		}
+	} else {
+		b, _ := json.Marshal(failure) // plain struct
+		err = rdb.HSet(ctx, keys.Failures(), m.String(), string(b)).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("record load of %s: %w", m, err)
+	}
+	b, _ := json.Marshal(Event{Kind: "failure", Model: m.String()}) // plain struct
+	return rdb.Publish(ctx, keys.Events(), b).Err()
+}
+
 // Event is published on the events channel. Seq grows by one per event of one worker epoch
 // (a worker process's start time), so a reader that sees a gap knows it missed one and
 // resyncs by reading the keys.
@@ -140,7 +181,7 @@ type Event struct {
 	Epoch  int64  `json:"epoch"`
 	Seq    uint64 `json:"seq"`
 	// Kind is "replica" for a replica's change, "worker" when the whole worker record was
-	// (re)written or removed.
+	// (re)written or removed, "failure" when a model version's failure record changed.
 	Kind string `json:"kind"`
 	// Model is "name:version" for replica events.
 	Model string `json:"model,omitempty"`

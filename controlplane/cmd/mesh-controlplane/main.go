@@ -22,6 +22,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/modelmesh/mesh/controlplane"
@@ -30,6 +33,7 @@ import (
 	"github.com/modelmesh/mesh/internal/cli"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/istio"
+	"github.com/modelmesh/mesh/kserve"
 )
 
 const envPrefix = "MESH_CONTROLPLANE_"
@@ -59,12 +63,16 @@ type Config struct {
 	TracingOTLPAddr      string
 	TracingSamplePercent float64
 	// Istio traffic rules (package istio), from a directory or from the Kubernetes API.
-	IstioDir       string
-	IstioKube      bool
-	Kubeconfig     string
-	IstioNamespace string
-	IstioSelector  string
-	Log            cli.Log
+	IstioDir  string
+	IstioKube bool
+	// KServe InferenceServices as models (package kserve), from the Kubernetes API.
+	KServe          bool
+	KServeNamespace string
+	KServeEndpoint  string
+	Kubeconfig      string
+	IstioNamespace  string
+	IstioSelector   string
+	Log             cli.Log
 }
 
 // RegisterFlags declares every setting on fs.
@@ -92,7 +100,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.TracingSamplePercent, "tracing-sample-percent", 1, "with --tracing-otlp-addr: percent of requests the gateway traces (a request whose client sent an unsampled traceparent is never traced)")
 	fs.StringVar(&c.IstioDir, "istio-dir", "", "directory of Istio VirtualService and DestinationRule YAML files whose rules replace the registry's traffic rules of the models they route (watched; empty: none)")
 	fs.BoolVar(&c.IstioKube, "istio-kube", false, "read VirtualServices and DestinationRules from the Kubernetes API instead (in-cluster configuration unless --kubeconfig)")
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "with --istio-kube: kubeconfig file of the cluster")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "with --istio-kube or --kserve: kubeconfig file of the cluster (default: the in-cluster configuration)")
+	fs.BoolVar(&c.KServe, "kserve", false, "add the models of KServe InferenceServices in ModelMesh mode, with their ServingRuntimes and ClusterServingRuntimes, to the registry's, and write their status (docs/kserve.md)")
+	fs.StringVar(&c.KServeNamespace, "kserve-namespace", "", "with --kserve: namespace of the InferenceServices and ServingRuntimes to read (empty: all)")
+	fs.StringVar(&c.KServeEndpoint, "kserve-endpoint", "mesh-gateway.modelmesh:8080", "with --kserve: host:port clients reach the gateway at, written into InferenceServices' status as their REST (http://) and gRPC (grpc://) URLs")
 	fs.StringVar(&c.IstioNamespace, "istio-namespace", "", "with --istio-kube: namespace to read (empty: all namespaces)")
 	fs.StringVar(&c.IstioSelector, "istio-selector", istio.DefaultSelector, "with --istio-kube: label selector of the objects to read")
 	c.Log.RegisterFlags(fs)
@@ -136,8 +147,11 @@ func (c *Config) Validate() error {
 	if c.IstioDir != "" && c.IstioKube {
 		errs = append(errs, errors.New("--istio-dir and --istio-kube exclude each other"))
 	}
-	if c.Kubeconfig != "" && !c.IstioKube {
-		errs = append(errs, errors.New("--kubeconfig needs --istio-kube"))
+	if c.Kubeconfig != "" && !c.IstioKube && !c.KServe {
+		errs = append(errs, errors.New("--kubeconfig needs --istio-kube or --kserve"))
+	}
+	if _, _, err := net.SplitHostPort(c.KServeEndpoint); c.KServe && err != nil {
+		errs = append(errs, fmt.Errorf("--kserve-endpoint: %w", err))
 	}
 	if _, err := labels.Parse(c.IstioSelector); err != nil {
 		errs = append(errs, fmt.Errorf("--istio-selector: %w", err))
@@ -182,6 +196,37 @@ func (c *Config) trafficRules(log *slog.Logger, reg prometheus.Registerer) (*ist
 	return nil, nil
 }
 
+// kserveSource is the InferenceServices' source the flags ask for.
+func (c *Config) kserveSource(log *slog.Logger) (*kserve.Source, error) {
+	rc, err := kubeConfig(c.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	client, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	klog.SetSlogLogger(log)
+	return kserve.NewSource(client, c.KServeNamespace, kserve.Endpoints{REST: "http://" + c.KServeEndpoint, GRPC: "grpc://" + c.KServeEndpoint}, log), nil
+}
+
+// kubeConfig is the client configuration of the kubeconfig at path, or the in-cluster one
+// when path is empty.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client config: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	return cfg, nil
+}
+
 func main() { cli.Main("mesh-controlplane", run) }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
@@ -222,6 +267,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if traffic != nil {
 		ccfg.Traffic = traffic
+	}
+	if cfg.KServe {
+		models, err := cfg.kserveSource(log)
+		if err != nil {
+			return err
+		}
+		ccfg.Models, ccfg.Status = models, models
 	}
 	ctrl := controlplane.New(ccfg, rdb, residency.Keys{Prefix: cfg.RedisPrefix}, srv, log, reg)
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/modelmesh/mesh/extproc"
 	"github.com/modelmesh/mesh/internal/cli"
+	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/internal/tracing"
 )
@@ -64,6 +65,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		LoadDeadline: cfg.LoadDeadline, MaxMessageTimeout: cfg.MaxMessageTimeout, MaxWaiting: cfg.MaxWaiting,
 		RetryAfter: cfg.RetryAfter, TracerProvider: tr.Provider(),
 		EndLease: func(ctx context.Context, worker string) error { return residency.EndLease(ctx, rdb, keys, worker) },
+		RecordLoad: func(ctx context.Context, m placement.ModelVersion, f *residency.Failure) error {
+			return residency.RecordLoad(ctx, rdb, keys, m, f)
+		},
 	}, view, loader, locks, log, metrics)
 	defer srv.Close()
 
