@@ -144,15 +144,18 @@ func moduleDir(t testing.TB, module string) string {
 	return m.Dir
 }
 
-// thirdPartyCRDs are the CRDs the manifests' objects need: Istio's (from istio.io/api, the
-// version the mesh's go.mod uses) and KEDA's ScaledObject.
-func thirdPartyCRDs(t testing.TB) []*unstructured.Unstructured {
+// manifestCRDs are the CRDs the manifests' objects need: Istio's (from istio.io/api, the
+// version the mesh's go.mod uses), KEDA's ScaledObject, and the mesh's subset of KServe's
+// (kserve/crds).
+func manifestCRDs(t testing.TB) []*unstructured.Unstructured {
 	t.Helper()
 	istio, err := os.ReadFile(filepath.Join(moduleDir(t, "istio.io/api"), "kubernetes", "customresourcedefinitions.gen.yaml"))
 	must(t, err)
 	keda, err := os.ReadFile(filepath.Join(moduleDir(t, kedaModule), "config", "crd", "bases", "keda.sh_scaledobjects.yaml"))
 	must(t, err)
-	return append(decodeObjects(t, istio), decodeObjects(t, keda)...)
+	kserve, err := os.ReadFile(filepath.Join("..", "kserve", "crds", "serving.kserve.io.yaml"))
+	must(t, err)
+	return append(append(decodeObjects(t, istio), decodeObjects(t, keda)...), decodeObjects(t, kserve)...)
 }
 
 // overlayDirs lists every kustomization under manifests/ and istio/ that builds on its own
@@ -201,7 +204,7 @@ func kustomizeBuild(t testing.TB, dir string) []*unstructured.Unstructured {
 // name no namespace.
 var kubectlNamespace = map[string]string{filepath.Join("..", "manifests", "observability"): "monitoring"}
 
-// applyManifests applies the third-party CRDs and every overlay to k, failing t for each
+// applyManifests applies the CRDs and every overlay to k, failing t for each
 // object refused, and waits for the CRDs to be established. As on a cluster with Istio
 // installed, istio-system exists; so does monitoring, where the observability objects go.
 func applyManifests(t testing.TB, k *kubeAPI) {
@@ -211,7 +214,7 @@ func applyManifests(t testing.TB, k *kubeAPI) {
 	for _, ns := range []string{"istio-system", "monitoring"} {
 		must(t, a.apply(ctx, &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}))
 	}
-	crds := thirdPartyCRDs(t)
+	crds := manifestCRDs(t)
 	for _, err := range a.applyAll(ctx, crds) {
 		t.Errorf("CRD refused: %v", err)
 	}
@@ -251,8 +254,8 @@ func waitEstablished(t testing.TB, a *applier, objs []*unstructured.Unstructured
 	a.mapper.Reset()
 }
 
-// TestKubeManifestsApply: the kustomize build of every overlay, after Istio's and KEDA's
-// CRDs, is accepted by a real API server with strict validation: no unknown field, no
+// TestKubeManifestsApply: the kustomize build of every overlay, after Istio's, KEDA's and
+// the mesh's KServe CRDs, is accepted by a real API server with strict validation: no unknown field, no
 // schema error, every object. And the validation is on: an object with a misspelt field is
 // refused with the field's name.
 func TestKubeManifestsApply(t *testing.T) {

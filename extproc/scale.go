@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -122,6 +124,31 @@ func (s *Scaler) Plan(snap residency.Snapshot, now time.Time) []ScaleStep {
 	for m := range s.states {
 		if !seen[m] {
 			delete(s.states, m) // unregistered or no longer served
+		}
+	}
+	return append(steps, unregistered(snap)...)
+}
+
+// unregistered drains every ready replica of a version the registry no longer has (its
+// InferenceService deleted, its registry entry removed): nothing routes it any more, so it
+// only holds memory.
+func unregistered(snap residency.Snapshot) []ScaleStep {
+	var steps []ScaleStep
+	for _, id := range slices.Sorted(maps.Keys(snap.Replicas)) {
+		w, live := snap.Workers[id]
+		if !live {
+			continue
+		}
+		for _, m := range slices.SortedFunc(maps.Keys(snap.Replicas[id]), func(a, b placement.ModelVersion) int { return strings.Compare(a.String(), b.String()) }) {
+			if snap.Replicas[id][m].State != placement.StateReady {
+				continue
+			}
+			if model, ok := snap.Registry.Model(m.Name); ok {
+				if _, ok := model.Version(m.Version); ok {
+					continue
+				}
+			}
+			steps = append(steps, ScaleStep{Target: Target{Model: m}, Direction: -1, Workers: []residency.Worker{w}})
 		}
 	}
 	return steps
@@ -268,6 +295,10 @@ func (s *Scaler) run(ctx context.Context, step ScaleStep) {
 			return
 		}
 		s.metrics.scale.WithLabelValues("down", "ok").Inc()
+		if step.Replicas == 0 {
+			log.InfoContext(ctx, "scaler: replica of an unregistered model drained", "worker", w.ID)
+			return
+		}
 		log.InfoContext(ctx, "scaler: replica drained, demand fell", "worker", w.ID)
 	default:
 		w := step.Workers[0]

@@ -120,3 +120,21 @@ func TestScalerMakesTheLastExtraReplicaOrdinary(t *testing.T) {
 		t.Fatalf("steps for cold models: %+v", steps)
 	}
 }
+
+func TestScalerDrainsReplicasOfUnregisteredModels(t *testing.T) {
+	t.Parallel()
+	s := newTestScaler()
+	snap := scaleSnapshot(t, map[string]map[string]residency.Replica{
+		"w1": {"gone:1": rep(placement.StateReady, 0, false), "hot:1": rep(placement.StateReady, 1, false), "hot:9": rep(placement.StateReady, 0, false)},
+		"w3": {"gone:1": rep(placement.StateLoading, 0, false)}})
+	steps := s.Plan(snap, time.Unix(1000, 0))
+	var drained []string
+	for _, st := range steps {
+		if st.Direction == -1 {
+			drained = append(drained, st.Workers[0].ID+" "+st.Target.Model.String())
+		}
+	}
+	if len(drained) != 2 || drained[0] != "w1 gone:1" || drained[1] != "w1 hot:9" {
+		t.Fatalf("drained %v, want the ready replicas of gone:1 and of hot's unregistered version 9 on w1", drained)
+	}
+}

@@ -57,6 +57,11 @@ type Config struct {
 	// loaded) but those cut short by Close: residency.RecordLoad, which the control plane
 	// reads for the status of models that are Kubernetes resources.
 	RecordLoad func(ctx context.Context, m placement.ModelVersion, failure *residency.Failure) error
+	// Refresh, when not nil, reads the residency state into the view at once; a request for
+	// a model the view does not know is decided again after one (at most one every 100 ms,
+	// shared by the requests waiting), so that a model registered a moment ago (a new
+	// InferenceService) is not refused because an event is still on its way.
+	Refresh func(ctx context.Context) error
 	// ProbeAfter is how long a Load may run before the worker's liveness is checked, and how
 	// often after (default 250ms); ProbeTimeout how long that check waits (default 1s). A
 	// hung worker is given up after about both together: a request that fell back from a
@@ -113,6 +118,47 @@ type Server struct {
 	wg       sync.WaitGroup
 	suspects suspects
 	pending  pending
+	// refreshing is closed when the Refresh under way ends; refreshed is when the last one
+	// did.
+	refreshing chan struct{}
+	refreshed  time.Time
+}
+
+// minRefresh bounds how often unknown models make the view be read again.
+const minRefresh = 100 * time.Millisecond
+
+// refresh reads the state again (Config.Refresh), or waits for the read under way; it reports
+// whether the view may have changed since the caller looked.
+func (s *Server) refresh(ctx context.Context) bool {
+	s.mu.Lock()
+	if r := s.refreshing; r != nil {
+		s.mu.Unlock()
+		select {
+		case <-r:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if time.Since(s.refreshed) < minRefresh {
+		s.mu.Unlock()
+		return false
+	}
+	done := make(chan struct{})
+	s.refreshing = done
+	s.mu.Unlock()
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	err := s.cfg.Refresh(rctx)
+	cancel()
+	s.mu.Lock()
+	s.refreshing, s.refreshed = nil, time.Now()
+	s.mu.Unlock()
+	close(done)
+	if err != nil {
+		s.log.WarnContext(ctx, "read the residency state again for an unknown model", "error", err)
+		return false
+	}
+	return true
 }
 
 // flight is one coalesced load of a model version in this replica. Fields other than done
@@ -157,6 +203,9 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 	// (and a margin) from when it is sent, which is never before now.
 	deadline := time.Now().Add(s.cfg.LoadDeadline)
 	d, err := Decide(s.snapshot(), req, s.cfg.Rand)
+	if errors.Is(err, ErrNotRegistered) && s.cfg.Refresh != nil && s.refresh(ctx) {
+		d, err = Decide(s.snapshot(), req, s.cfg.Rand)
+	}
 	if err != nil {
 		return Answer{}, err
 	}

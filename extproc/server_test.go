@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -444,5 +445,26 @@ func TestUnreachableWorkerIsLeftOutAndItsLeaseEnded(t *testing.T) {
 	checkAnswer(t, routedTo("10.0.0.2:8000", "1"), ex, err)
 	if calls := loader.Calls(); len(calls) != 3 || calls[2] != "w2/big:1" {
 		t.Fatalf("loads %v: the suspected worker was asked again", calls)
+	}
+}
+
+// TestUnknownModelRereadsTheState: a request for a model the view does not know makes the
+// state be read again before it is refused, at most once per 100 ms however many arrive.
+func TestUnknownModelRereadsTheState(t *testing.T) {
+	m := newMesh(t, mustRegistry(t, testRegistry))
+	m.addWorker(worker("w1", 1, ort, 1000, 0), nil)
+	var reads atomic.Int32
+	r := m.startReplica(Config{Refresh: func(context.Context) error { reads.Add(1); return nil }}, &fakeLoader{})
+	r.waitFor(t, workersLive(1))
+	start := time.Now()
+	for range 3 {
+		ex, err := r.send(t.Context(), rest("nope"))
+		checkAnswer(t, refused(typev3.StatusCode_NotFound, "not_found", "model nope is not registered", ""), ex, err)
+	}
+	if n := reads.Load(); n != 1 && time.Since(start) < minRefresh {
+		t.Fatalf("%d reads for three refusals within %v, want 1", n, minRefresh)
+	}
+	if reads.Load() == 0 {
+		t.Fatal("an unknown model was refused without reading the state again")
 	}
 }

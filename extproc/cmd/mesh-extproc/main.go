@@ -60,11 +60,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	view := extproc.NewView(metrics.SnapshotRead)
 	loader := extproc.NewGRPCLoader(tr.GRPCClient()...)
 	locks := extproc.NewLocks(rdb, keys, cfg.LockTTL)
+	reader := residency.NewReader(rdb, keys, log)
 	defer loader.Close()
 	srv := extproc.New(extproc.Config{
 		LoadDeadline: cfg.LoadDeadline, MaxMessageTimeout: cfg.MaxMessageTimeout, MaxWaiting: cfg.MaxWaiting,
 		RetryAfter: cfg.RetryAfter, TracerProvider: tr.Provider(),
 		EndLease: func(ctx context.Context, worker string) error { return residency.EndLease(ctx, rdb, keys, worker) },
+		Refresh: func(ctx context.Context) error {
+			snap, err := reader.Read(ctx)
+			if err == nil {
+				view.Set(snap)
+			}
+			return err
+		},
 		RecordLoad: func(ctx context.Context, m placement.ModelVersion, f *residency.Failure) error {
 			return residency.RecordLoad(ctx, rdb, keys, m, f)
 		},
@@ -87,7 +95,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		"redis_addr", cfg.RedisAddr, "redis_prefix", cfg.RedisPrefix, "load_deadline", cfg.LoadDeadline.String())
 
 	g, gctx := errgroup.WithContext(ctx)
-	reader := residency.NewReader(rdb, keys, log)
 	g.Go(func() error {
 		return view.Run(gctx, reader, cfg.EventBatch, cfg.Resync)
 	})
