@@ -188,3 +188,127 @@ func TestKubeInferenceService(t *testing.T) {
 		return len(m.replicasOf(t, "synthetic:1")) == 0
 	})
 }
+
+// kserveMesh is a real API server with the manifests and the kserve overlay applied, and a
+// mesh whose control plane reads InferenceServices and, with istio, VirtualServices there
+// under its ServiceAccount's token.
+func kserveMesh(t testing.TB, istio bool) (*kubeAPI, *mesh, dynamic.ResourceInterface) {
+	t.Helper()
+	k := startKubeAPI(t)
+	applyManifests(t, k)
+	a := newApplier(t, k)
+	for _, err := range a.applyAll(context.Background(), kustomizeBuild(t, filepath.Join("..", "manifests", "overlays", "kserve"))) {
+		t.Fatalf("kserve overlay refused: %v", err)
+	}
+	args := []string{"--kserve", "--kubeconfig", k.kubeconfig(t, k.asServiceAccount(t, "modelmesh", "mesh-controlplane")), "--kserve-namespace", "modelmesh"}
+	if istio {
+		args = append(args, "--istio-kube", "--istio-namespace", "modelmesh")
+	}
+	m := startMesh(t, meshOptions{Registry: "models: []\n", ControlPlaneArgs: args})
+	dyn, err := dynamic.NewForConfig(k.Admin)
+	must(t, err)
+	return k, m, dyn.Resource(kserve.InferenceServices).Namespace("modelmesh")
+}
+
+// versionOf is an InferenceService serving version of model.
+func versionOf(name, model, version, uri string) *unstructured.Unstructured {
+	o := inferenceService(name, uri)
+	o.SetAnnotations(map[string]string{kserve.DeploymentModeAnnotation: kserve.ModelMeshMode,
+		kserve.ModelAnnotation: model, kserve.VersionAnnotation: version})
+	return o
+}
+
+// TestKubeInferenceServicesSplitByVirtualService: two InferenceServices serve versions 1
+// and 2 of breast-cancer; a VirtualService and DestinationRule send 10% to version 2, on the
+// hot path, as between registry versions.
+func TestKubeInferenceServicesSplitByVirtualService(t *testing.T) {
+	k, m, isvcs := kserveMesh(t, true)
+	ctx := context.Background()
+	for _, o := range []*unstructured.Unstructured{
+		versionOf("bc-stable", "breast-cancer", "1", fmt.Sprintf("file://%s/breast-cancer/1/model.onnx", models(t))),
+		versionOf("bc-canary", "breast-cancer", "2", fmt.Sprintf("file://%s/breast-cancer/2/model.onnx", models(t))),
+	} {
+		_, err := isvcs.Create(ctx, o, metav1.CreateOptions{})
+		must(t, err)
+	}
+	a := newApplier(t, k)
+	must(t, a.apply(ctx, inNamespace(t, bcDestinationRule, "modelmesh")))
+	must(t, a.apply(ctx, inNamespace(t, bcVirtualService(90, 10, 0), "modelmesh")))
+	row := testsetRow(t, "breast-cancer")
+	for _, v := range []string{"1", "2"} {
+		eventually(t, 30*time.Second, "version "+v+" served", func() bool {
+			code, _ := inferREST(t, m.Gateway, "breast-cancer/versions/"+v, row, nil)
+			return code == 200
+		})
+		m.waitHot(t, "breast-cancer", v)
+	}
+	eventually(t, 30*time.Second, "the tester pinned to the canary (the VirtualService in force)", func() bool {
+		_, out := inferREST(t, m.Gateway, "breast-cancer", row, map[string]string{"x-tester": "alice"})
+		v, _ := out["model_version"].(string)
+		return v == "2"
+	})
+	decisions := m.decisions(t)
+	const n = 1000
+	canary := 0
+	for range n {
+		code, out := inferREST(t, m.Gateway, "breast-cancer", row, nil)
+		if code != 200 {
+			t.Fatalf("breast-cancer: %d %v", code, out)
+		}
+		if v, _ := out["model_version"].(string); v == "2" {
+			canary++
+		}
+	}
+	t.Logf("%d of %d requests to the 10%% InferenceService", canary, n)
+	if canary < 62 || canary > 138 { // 10% of 1000: 4 standard deviations either side
+		t.Fatalf("%d of %d requests went to the 10%% canary", canary, n)
+	}
+	if d := m.decisions(t) - decisions; d != 0 {
+		t.Errorf("%v of the split's requests went through ext_proc, want none (the hot path)", d)
+	}
+}
+
+// TestKubeAPIServerRestart: the API server killed under steady load on an InferenceService's
+// model and started again: no hot request fails, no model leaves the routes while it is
+// away, and the status catches up with what changed meanwhile (a second model loaded).
+func TestKubeAPIServerRestart(t *testing.T) {
+	k, m, isvcs := kserveMesh(t, false)
+	ctx := context.Background()
+	for _, name := range []string{"iris", "digits"} {
+		_, err := isvcs.Create(ctx, inferenceService(name, fmt.Sprintf("file://%s/%s/1/model.onnx", models(t), name)), metav1.CreateOptions{})
+		must(t, err)
+	}
+	eventually(t, 30*time.Second, "iris served", func() bool {
+		code, _ := inferREST(t, m.Gateway, "iris", irisSetosa, nil)
+		return code == 200
+	})
+	m.waitHot(t, "iris", "1")
+	load := steadyLoad(m.Gateway, "iris", irisSetosa, 200)
+	load.await(t, 100)
+	killed := time.Now()
+	k.apiserver.Kill()
+	// Away: the hot model keeps answering, and a cold one loads (the registry stays).
+	load.await(t, 200)
+	if code, out := inferREST(t, m.Gateway, "digits", testsetRow(t, "digits"), nil); code != 200 {
+		t.Fatalf("digits loaded while the API server was away: %d %v", code, out)
+	}
+	away := time.Since(killed)
+	k.start(t) // returns once it answers /readyz
+	restarted := time.Now()
+	eventually(t, 60*time.Second, "digits' status Loaded after the API server came back", func() bool {
+		o, err := isvcs.Get(ctx, "digits", metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		state, _ := isvcState(o)
+		return state == kserve.StateLoaded
+	})
+	caughtUp := time.Since(restarted)
+	load.await(t, 100)
+	r := load.stop(killed)
+	t.Logf("%d requests, %d after the kill, %d failed; the API server away %v (restart included), digits' status Loaded %v after it was ready again",
+		r.total, r.after, r.failedBefore+r.failedInFlight+r.failedAfter, away.Round(time.Millisecond), caughtUp.Round(time.Millisecond))
+	if lost := r.failedBefore + r.failedInFlight + r.failedAfter; lost != 0 {
+		t.Fatalf("%d of %d hot requests failed across the API server's restart; first: %s", lost, r.total, r.firstFailure)
+	}
+}

@@ -153,7 +153,7 @@ func BenchmarkMeshColdStart(b *testing.B) {
 			b.Fatal(err)
 		}
 		eventually(b, 10*time.Second, "route gone", func() bool {
-			return m.envoyStat(b, "cluster.model|digits|1.membership_total") == 0
+			return m.routedReplicas(b, "model|digits|1") == 0
 		})
 	}
 	for range b.N {

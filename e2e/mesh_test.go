@@ -156,11 +156,13 @@ func (m *mesh) routedReplicas(t testing.TB, cluster string) int64 {
 	return max(0, m.envoyStat(t, "cluster."+cluster+".membership_total")-1)
 }
 
-// waitHot waits until Envoy has a ready endpoint in the cluster of model version mv.
+// waitHot waits until Envoy has a ready replica in the cluster of model version mv: a
+// healthy host besides the fallback listener (every model cluster has it; a cluster kept
+// after its last replica went has it alone).
 func (m *mesh) waitHot(t testing.TB, name, version string) {
 	t.Helper()
 	stat := "cluster.model|" + name + "|" + version + ".membership_healthy"
-	eventually(t, 10*time.Second, "Envoy routes "+name+":"+version+" on the hot path", func() bool { return m.envoyStat(t, stat) > 0 })
+	eventually(t, 10*time.Second, "Envoy routes "+name+":"+version+" on the hot path", func() bool { return m.envoyStat(t, stat) > 1 })
 }
 
 func TestMeshColdRequestThenHotPath(t *testing.T) {

@@ -209,7 +209,7 @@ func (m *mesh) evict(t testing.TB, w *worker, name string) {
 	_, err := w.Mgmt.Drain(context.Background(), &meshv1.DrainRequest{Model: &meshv1.ModelRef{Name: name, Version: "1"}})
 	must(t, err)
 	eventually(t, 10*time.Second, name+" off the hot path", func() bool {
-		return m.envoyStat(t, "cluster.model|"+name+"|1.membership_healthy") == 0
+		return m.routedReplicas(t, "model|"+name+"|1") == 0
 	})
 }
 

@@ -169,6 +169,9 @@ def export_external(out):
     onnx.checker.check_model(onx)
     version_dir = out / "external-data" / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
+    # ONNX appends external data to an existing file: a rerun into the same directory must
+    # start from none, or weights.bin doubles while model.onnx reads its first half.
+    (version_dir / "weights.bin").unlink(missing_ok=True)
     onnx.save_model(onx, str(version_dir / "model.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
     print(f"external-data: {weights.nbytes} bytes of weights in weights.bin")
