@@ -52,21 +52,7 @@ func steadyLoadChecked(gateway, model, body string, rate int, check func(map[str
 			case <-tick.C:
 			}
 			l.wg.Go(func() {
-				r := request{start: time.Now()}
-				code, out, err := postInfer(gateway, model, body, nil)
-				r.end = time.Now()
-				switch {
-				case err != nil:
-					r.failure = err.Error()
-				case code != 200:
-					r.failure = fmt.Sprintf("%d %v", code, out)
-				default:
-					if err := check(out); err != nil {
-						r.failure = err.Error()
-					} else {
-						r.ok = true
-					}
-				}
+				r := checkedRequest(gateway, model, body, check)
 				l.mu.Lock()
 				l.results = append(l.results, r)
 				l.mu.Unlock()
@@ -74,6 +60,27 @@ func steadyLoadChecked(gateway, model, body string, rate int, check func(map[str
 		}
 	}()
 	return l
+}
+
+// checkedRequest sends one request for model through gateway and records its outcome, the
+// answer checked by check.
+func checkedRequest(gateway, model, body string, check func(map[string]any) error) request {
+	r := request{start: time.Now()}
+	code, out, err := postInfer(gateway, model, body, nil)
+	r.end = time.Now()
+	switch {
+	case err != nil:
+		r.failure = err.Error()
+	case code != 200:
+		r.failure = fmt.Sprintf("%d %v", code, out)
+	default:
+		if err := check(out); err != nil {
+			r.failure = err.Error()
+		} else {
+			r.ok = true
+		}
+	}
+	return r
 }
 
 // sent is how many requests have been answered so far.

@@ -87,21 +87,7 @@ func startClosedLoad(gateway, model, body string, clients int, check func(map[st
 					return
 				default:
 				}
-				r := request{start: time.Now()}
-				code, out, err := postInfer(gateway, model, body, nil)
-				r.end = time.Now()
-				switch {
-				case err != nil:
-					r.failure = err.Error()
-				case code != 200:
-					r.failure = fmt.Sprintf("%d %v", code, out)
-				default:
-					if err := check(out); err != nil {
-						r.failure = err.Error()
-					} else {
-						r.ok = true
-					}
-				}
+				r := checkedRequest(gateway, model, body, check)
 				l.mu.Lock()
 				l.results = append(l.results, r)
 				l.mu.Unlock()

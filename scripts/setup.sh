@@ -72,6 +72,14 @@ setup_prometheus() {
 	$sudo systemctl disable --now prometheus >/dev/null 2>&1 || $sudo service prometheus stop >/dev/null 2>&1 || true
 }
 
+# link_tool TARGET LINK links a built tool into the clone's .bin.
+link_tool() {
+	if [[ "$(readlink "$2" 2>/dev/null)" != "$1" ]]; then
+		mkdir -p "$root/.bin"
+		ln -sfn "$1" "$2"
+	fi
+}
+
 # setup_go_tool NAME PACKAGE VERSION builds a Go program at a pinned version into
 # $cache/NAME-VERSION and links it as .bin/NAME. The build goes to a temporary GOBIN that is
 # renamed into place only when it succeeds, so an interrupted build leaves nothing behind and
@@ -91,10 +99,7 @@ setup_go_tool() {
 		fi
 		mv "$tmp" "$dir"
 	fi
-	if [[ "$(readlink "$link" 2>/dev/null)" != "$dir/$name" ]]; then
-		mkdir -p "$root/.bin"
-		ln -sfn "$dir/$name" "$link"
-	fi
+	link_tool "$dir/$name" "$link"
 }
 
 # setup_go_build NAME PACKAGE MODULE@VERSION [MODULE@VERSION...] builds the main PACKAGE of
@@ -128,10 +133,7 @@ setup_go_build() {
 		rm -f "$tmp/go.mod" "$tmp/go.sum" "$tmp/tools.go"
 		mv "$tmp" "$dir"
 	fi
-	if [[ "$(readlink "$link" 2>/dev/null)" != "$dir/$name" ]]; then
-		mkdir -p "$root/.bin"
-		ln -sfn "$dir/$name" "$link"
-	fi
+	link_tool "$dir/$name" "$link"
 }
 
 # kube_staging VERSION lists Kubernetes' staging modules at the release of VERSION
