@@ -133,11 +133,17 @@ func (s *Source) Observe(reg *registry.Registry, snap residency.Snapshot) {
 	}
 }
 
+// statusWriters bounds the status writes in flight: a thousand InferenceServices created at
+// once get their first status in seconds, not one round trip after another.
+const statusWriters = 8
+
 func (s *Source) writeStatuses(ctx context.Context) {
 	s.mu.Lock()
 	entries, rejected, reg, snap := s.entries, s.rejected, s.reg, s.snap
 	s.mu.Unlock()
 	seen := map[string]bool{}
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, statusWriters)
 	for _, e := range entries {
 		if err := rejected[e.Model.Name]; err != nil && e.Problem == nil {
 			e.Problem = invalid(ReasonInvalidSpec, "%v", err)
@@ -150,14 +156,19 @@ func (s *Source) writeStatuses(ctx context.Context) {
 		if same {
 			continue
 		}
-		if err := s.writeStatus(ctx, e, st); err != nil {
-			s.log.WarnContext(ctx, "kserve: write InferenceService status; retried at the next change", "inferenceservice", e.Key(), "error", err)
-			continue
-		}
-		s.mu.Lock()
-		s.written[e.Key()] = st
-		s.mu.Unlock()
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			if err := s.writeStatus(ctx, e, st); err != nil {
+				s.log.WarnContext(ctx, "kserve: write InferenceService status; retried at the next change", "inferenceservice", e.Key(), "error", err)
+				return
+			}
+			s.mu.Lock()
+			s.written[e.Key()] = st
+			s.mu.Unlock()
+		})
 	}
+	wg.Wait()
 	s.mu.Lock()
 	for k := range s.written {
 		if !seen[k] {

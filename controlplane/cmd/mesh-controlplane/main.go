@@ -202,6 +202,9 @@ func (c *Config) kserveSource(log *slog.Logger) (*kserve.Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	// client-go's default of 5 requests a second would take minutes to write the first
+	// statuses of a thousand InferenceServices.
+	rc.QPS, rc.Burst = 100, 200
 	client, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
