@@ -270,7 +270,8 @@ func TestKubeInferenceServicesSplitByVirtualService(t *testing.T) {
 
 // TestKubeAPIServerRestart: the API server killed under steady load on an InferenceService's
 // model and started again: no hot request fails, no model leaves the routes while it is
-// away, and the status catches up with what changed meanwhile (a second model loaded).
+// away, the status catches up with what changed meanwhile (a second model loaded), and an
+// InferenceService created afterwards is served.
 func TestKubeAPIServerRestart(t *testing.T) {
 	k, m, isvcs := kserveMesh(t, false)
 	ctx := context.Background()
@@ -304,6 +305,15 @@ func TestKubeAPIServerRestart(t *testing.T) {
 		return state == kserve.StateLoaded
 	})
 	caughtUp := time.Since(restarted)
+	// The control plane's watches broke with the old server; an InferenceService created on
+	// the new one is seen (the informers watch again, or list again when their version is too
+	// old for the new server's watch cache) and served.
+	_, err := isvcs.Create(ctx, inferenceService("late", fmt.Sprintf("file://%s/iris/1/model.onnx", models(t))), metav1.CreateOptions{})
+	must(t, err)
+	eventually(t, 30*time.Second, "an InferenceService created after the restart served", func() bool {
+		code, _ := inferREST(t, m.Gateway, "late", irisSetosa, nil)
+		return code == 200
+	})
 	load.await(t, 100)
 	r := load.stop(killed)
 	t.Logf("%d requests, %d after the kill, %d failed; the API server away %v (restart included), digits' status Loaded %v after it was ready again",
