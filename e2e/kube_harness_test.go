@@ -43,8 +43,9 @@ type kubeAPI struct {
 	dir   string
 }
 
-// startKubeAPI starts etcd and kube-apiserver and waits until the API server is ready.
-func startKubeAPI(t testing.TB) *kubeAPI {
+// startKubeAPI starts etcd and kube-apiserver and waits until the API server is ready;
+// extra are more kube-apiserver flags.
+func startKubeAPI(t testing.TB, extra ...string) *kubeAPI {
 	t.Helper()
 	k := &kubeAPI{dir: t.TempDir()}
 	ca, caKey := newCA(t)
@@ -78,6 +79,7 @@ func startKubeAPI(t testing.TB) *kubeAPI {
 		"--service-account-key-file", filepath.Join(k.dir, "sa.pub"), "--service-account-signing-key-file", filepath.Join(k.dir, "sa.key"),
 		"--service-cluster-ip-range", "10.96.0.0/24", "--authorization-mode", "RBAC", "--allow-privileged",
 		"--enable-priority-and-fairness=false", "--endpoint-reconciler-type", "none", "--cert-dir", filepath.Join(k.dir, "certs")}
+	k.apiArgs = append(k.apiArgs, extra...)
 	k.Admin = &rest.Config{Host: k.URL, TLSClientConfig: rest.TLSClientConfig{CAData: k.CA,
 		CertData: pemBlock("CERTIFICATE", admin.Raw), KeyData: keyPEM(t, adminKey)}, QPS: 200, Burst: 400}
 	k.start(t)

@@ -5,6 +5,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/watch"
@@ -192,9 +196,9 @@ func TestKubeInferenceService(t *testing.T) {
 // kserveMesh is a real API server with the manifests and the kserve overlay applied, and a
 // mesh whose control plane reads InferenceServices and, with istio, VirtualServices there
 // under its ServiceAccount's token.
-func kserveMesh(t testing.TB, istio bool) (*kubeAPI, *mesh, dynamic.ResourceInterface) {
+func kserveMesh(t testing.TB, istio bool, apiserverArgs ...string) (*kubeAPI, *mesh, dynamic.ResourceInterface) {
 	t.Helper()
-	k := startKubeAPI(t)
+	k := startKubeAPI(t, apiserverArgs...)
 	applyManifests(t, k)
 	a := newApplier(t, k)
 	for _, err := range a.applyAll(context.Background(), kustomizeBuild(t, filepath.Join("..", "manifests", "overlays", "kserve"))) {
@@ -321,4 +325,124 @@ func TestKubeAPIServerRestart(t *testing.T) {
 	if lost := r.failedBefore + r.failedInFlight + r.failedAfter; lost != 0 {
 		t.Fatalf("%d of %d hot requests failed across the API server's restart; first: %s", lost, r.total, r.firstFailure)
 	}
+}
+
+// TestKubeWatchExpiresAndRelists: the control plane's watch of InferenceServices resumes
+// from a version the API server no longer has (410 Gone: etcd was compacted past it), so its
+// informer lists again, and it keeps serving: the models it had stay routed, and one created
+// afterwards is seen. The API server keeps no watch cache (watches resume from etcd) and
+// compacts etcd every second; revisions move on through other objects; then the control
+// plane's connections to the API server are cut (a proxy between them), so that its
+// reflector watches again from its last version, which is gone.
+func TestKubeWatchExpiresAndRelists(t *testing.T) {
+	k := startKubeAPI(t, "--watch-cache=false", "--etcd-compaction-interval=1s")
+	applyManifests(t, k)
+	a := newApplier(t, k)
+	for _, err := range a.applyAll(context.Background(), kustomizeBuild(t, filepath.Join("..", "manifests", "overlays", "kserve"))) {
+		t.Fatalf("kserve overlay refused: %v", err)
+	}
+	proxy := startCutProxy(t, strings.TrimPrefix(k.URL, "https://"))
+	sa := k.asServiceAccount(t, "modelmesh", "mesh-controlplane")
+	kubeconfig := k.kubeconfig(t, sa)
+	viaProxy := strings.ReplaceAll(string(mustRead(t, kubeconfig)), strings.TrimPrefix(k.URL, "https://"), proxy.addr)
+	must(t, os.WriteFile(kubeconfig, []byte(viaProxy), 0o600))
+	m := startMesh(t, meshOptions{Registry: "models: []\n", ControlPlaneArgs: []string{"--kserve", "--kubeconfig", kubeconfig, "--kserve-namespace", "modelmesh"}})
+	dyn, err := dynamic.NewForConfig(k.Admin)
+	must(t, err)
+	isvcs := dyn.Resource(kserve.InferenceServices).Namespace("modelmesh")
+
+	ctx := context.Background()
+	uri := fmt.Sprintf("file://%s/iris/1/model.onnx", models(t))
+	_, err = isvcs.Create(ctx, inferenceService("iris", uri), metav1.CreateOptions{})
+	must(t, err)
+	eventually(t, 30*time.Second, "iris served", func() bool {
+		code, _ := inferREST(t, m.Gateway, "iris", irisSetosa, nil)
+		return code == 200
+	})
+	// Revisions move on elsewhere while the InferenceServices do not, past two compactions:
+	// the informer's last version is gone from etcd.
+	cms := k.clientset(t).CoreV1().ConfigMaps("modelmesh")
+	for i := range 50 {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{GenerateName: "churn-"}, Data: map[string]string{"i": fmt.Sprint(i)}}
+		_, err := cms.Create(ctx, cm, metav1.CreateOptions{})
+		must(t, err)
+	}
+	time.Sleep(3 * time.Second) // two compaction intervals and a margin: the compactor runs on its own clock
+	proxy.cut()
+	eventually(t, 60*time.Second, "the control plane's watch of InferenceServices refused as too old, and listed again", func() bool {
+		return relistedAfterExpiry(m.cp.Logs(), "Resource=inferenceservices")
+	})
+	if code, out := inferREST(t, m.Gateway, "iris", irisSetosa, nil); code != 200 {
+		t.Fatalf("iris after the relist: %d %v", code, out)
+	}
+	_, err = isvcs.Create(ctx, inferenceService("late", uri), metav1.CreateOptions{})
+	must(t, err)
+	eventually(t, 30*time.Second, "an InferenceService created after the relist served", func() bool {
+		code, _ := inferREST(t, m.Gateway, "late", irisSetosa, nil)
+		return code == 200
+	})
+}
+
+// cutProxy forwards TCP connections to a backend and can cut every one of them at once, as
+// a network failure between a client and the API server would.
+type cutProxy struct {
+	addr  string
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startCutProxy(t testing.TB, backend string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	p := &cutProxy{addr: ln.Addr().String()}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", backend)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, b)
+			p.mu.Unlock()
+			go func() { io.Copy(b, c); b.Close() }()
+			go func() { io.Copy(c, b); c.Close() }()
+		}
+	}()
+	return p
+}
+
+// cut closes every connection made so far; new ones are forwarded again.
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// relistedAfterExpiry reports whether the control plane's log (client-go's reflector, at
+// debug level) shows the watch of resource closed because its version was too old, and a
+// list and watch of it after that.
+func relistedAfterExpiry(logs, resource string) bool {
+	expired := false
+	for _, line := range strings.Split(logs, "\n") {
+		if !strings.Contains(line, resource) {
+			continue
+		}
+		if strings.Contains(line, "resourceVersion for the provided watch is too old") {
+			expired = true
+		}
+		if expired && strings.Contains(line, `"msg":"Listing and watching"`) {
+			return true
+		}
+	}
+	return false
 }
