@@ -191,6 +191,17 @@ func TestKubeInferenceService(t *testing.T) {
 	eventually(t, 30*time.Second, "synthetic unloaded from its worker", func() bool {
 		return len(m.replicasOf(t, "synthetic:1")) == 0
 	})
+	// Created again under the same name: a new object, whose status is written afresh.
+	_, err = isvcs.Create(ctx, inferenceService("synthetic", model), metav1.CreateOptions{})
+	must(t, err)
+	eventually(t, 30*time.Second, "the recreated synthetic's status written", func() bool {
+		o, err := isvcs.Get(ctx, "synthetic", metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		state, ready := isvcState(o)
+		return state == kserve.StateStandby && ready == "True"
+	})
 }
 
 // kserveMesh is a real API server with the manifests and the kserve overlay applied, and a

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/registry"
 )
@@ -24,6 +26,10 @@ const (
 // where its files are, or, in Problem, why it serves none.
 type Entry struct {
 	Namespace, Name string
+	// UID and ResourceVersion are the object's as read, Observed its status then.
+	UID             types.UID
+	ResourceVersion string
+	Observed        *Status
 	Model           placement.ModelVersion
 	// Runtime is the mesh worker runtime of its ServingRuntime.
 	Runtime string
@@ -73,7 +79,7 @@ func Convert(isvcs []InferenceService, runtimes, clusterRuntimes []ServingRuntim
 }
 
 func convert(isvc InferenceService, runtimes, clusterRuntimes []ServingRuntime) Entry {
-	e := Entry{Namespace: isvc.Namespace, Name: isvc.Name}
+	e := Entry{Namespace: isvc.Namespace, Name: isvc.Name, UID: isvc.UID, ResourceVersion: isvc.ResourceVersion, Observed: isvc.Status}
 	spec := isvc.Spec.Predictor.Model
 	if spec == nil {
 		e.Problem = invalid(ReasonInvalidSpec, "the predictor has no model: the mesh reads spec.predictor.model (not the per-framework forms)")

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
@@ -49,14 +50,20 @@ type Source struct {
 	rejected map[string]error
 	reg      *registry.Registry
 	snap     residency.Snapshot
-	// written is the status last written per InferenceService key.
-	written map[string]Status
+	// written is the status last written to each InferenceService (by UID), and the
+	// version of the object it was written against.
+	written map[types.UID]writtenStatus
+}
+
+type writtenStatus struct {
+	status          Status
+	resourceVersion string
 }
 
 // NewSource reads the InferenceServices and ServingRuntimes of namespace (empty: all) and
 // the ClusterServingRuntimes; statuses name endpoints as where clients reach the models.
 func NewSource(client dynamic.Interface, namespace string, endpoints Endpoints, log *slog.Logger) *Source {
-	s := &Source{client: client, namespace: namespace, endpoints: endpoints, log: log, observed: make(chan struct{}, 1), written: map[string]Status{}}
+	s := &Source{client: client, namespace: namespace, endpoints: endpoints, log: log, observed: make(chan struct{}, 1), written: map[types.UID]writtenStatus{}}
 	s.factory = dynamicinformer.NewFilteredDynamicSharedInformerFactory(client, 10*time.Minute, namespace, nil)
 	s.cluster = dynamicinformer.NewDynamicSharedInformerFactory(client, 10*time.Minute)
 	s.isvcs = s.factory.ForResource(InferenceServices).Informer()
@@ -141,19 +148,25 @@ func (s *Source) writeStatuses(ctx context.Context) {
 	s.mu.Lock()
 	entries, rejected, reg, snap := s.entries, s.rejected, s.reg, s.snap
 	s.mu.Unlock()
-	seen := map[string]bool{}
+	seen := map[types.UID]bool{}
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, statusWriters)
 	for _, e := range entries {
 		if err := rejected[e.Model.Name]; err != nil && e.Problem == nil {
 			e.Problem = invalid(ReasonInvalidSpec, "%v", err)
 		}
-		seen[e.Key()] = true
+		seen[e.UID] = true
 		st := StatusOf(e, reg, snap, s.endpoints)
+		// Written already: the object says so (a recreated object, or a status someone else
+		// changed, does not), or it was written against the version read and the informer
+		// has not seen the write yet.
+		if e.Observed != nil && reflect.DeepEqual(*e.Observed, st) {
+			continue
+		}
 		s.mu.Lock()
-		same := reflect.DeepEqual(s.written[e.Key()], st)
+		w, ok := s.written[e.UID]
 		s.mu.Unlock()
-		if same {
+		if ok && w.resourceVersion == e.ResourceVersion && reflect.DeepEqual(w.status, st) {
 			continue
 		}
 		slots <- struct{}{}
@@ -164,7 +177,7 @@ func (s *Source) writeStatuses(ctx context.Context) {
 				return
 			}
 			s.mu.Lock()
-			s.written[e.Key()] = st
+			s.written[e.UID] = writtenStatus{status: st, resourceVersion: e.ResourceVersion}
 			s.mu.Unlock()
 		})
 	}

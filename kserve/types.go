@@ -41,6 +41,8 @@ type InferenceService struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata"`
 	Spec              InferenceServiceSpec `json:"spec"`
+	// Status is as last read (the mesh's own writes included).
+	Status *Status `json:"status,omitempty"`
 }
 
 // InferenceServiceSpec holds the predictor; transformers and explainers are not read.
