@@ -191,6 +191,19 @@ func TestKubeInferenceService(t *testing.T) {
 	eventually(t, 30*time.Second, "synthetic unloaded from its worker", func() bool {
 		return len(m.replicasOf(t, "synthetic:1")) == 0
 	})
+	// modelmesh.io/min-replicas loads a model before any request, as ModelMesh does at creation.
+	warm := inferenceService("warm", fmt.Sprintf("file://%s/iris/1/model.onnx", models(t)))
+	warm.SetAnnotations(map[string]string{kserve.DeploymentModeAnnotation: kserve.ModelMeshMode, kserve.MinReplicasAnnotation: "1"})
+	_, err = isvcs.Create(ctx, warm, metav1.CreateOptions{})
+	must(t, err)
+	eventually(t, 30*time.Second, "warm Loaded with no request", func() bool {
+		o, err := isvcs.Get(ctx, "warm", metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		state, _ := isvcState(o)
+		return state == kserve.StateLoaded
+	})
 	// Created again under the same name: a new object, whose status is written afresh.
 	_, err = isvcs.Create(ctx, inferenceService("synthetic", model), metav1.CreateOptions{})
 	must(t, err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -33,8 +34,10 @@ type Entry struct {
 	Model           placement.ModelVersion
 	// Runtime is the mesh worker runtime of its ServingRuntime.
 	Runtime string
-	Files   registry.Files
-	Problem *FailureInfo
+	// MinReplicas is its modelmesh.io/min-replicas annotation (0: none).
+	MinReplicas int
+	Files       registry.Files
+	Problem     *FailureInfo
 }
 
 // Key is namespace/name.
@@ -89,6 +92,14 @@ func convert(isvc InferenceService, runtimes, clusterRuntimes []ServingRuntime) 
 	if err := e.Model.Validate(); err != nil {
 		e.Problem = invalid(ReasonInvalidSpec, "model id %s: %v", e.Model, err)
 		return e
+	}
+	if v, ok := isvc.Annotations[MinReplicasAnnotation]; ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			e.Problem = invalid(ReasonInvalidSpec, "%s %q: want a count, 0 or more", MinReplicasAnnotation, v)
+			return e
+		}
+		e.MinReplicas = n
 	}
 	if spec.ModelFormat.Name == "" {
 		e.Problem = invalid(ReasonInvalidSpec, "spec.predictor.model.modelFormat.name is empty")
@@ -217,6 +228,7 @@ func Models(entries []Entry) []registry.Model {
 			index[e.Model.Name] = i
 			out = append(out, registry.Model{Name: e.Model.Name, Runtime: e.Runtime})
 		}
+		out[i].MinReplicas = max(out[i].MinReplicas, e.MinReplicas) // a model's bound, the highest its versions ask
 		out[i].Versions = append(out[i].Versions, registry.Version{Version: e.Model.Version, Files: e.Files})
 	}
 	return out

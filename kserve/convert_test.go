@@ -60,6 +60,7 @@ func TestConvert(t *testing.T) {
 		{"a server type the mesh does not run", isvc("f", nil, uri("openvino_ir", "s3://m/f")), mv("f", "1"), "", registry.Files{}, ReasonUnknownRuntime},
 		{"no files", isvc("g", nil, &ModelSpec{ModelFormat: ModelFormat{Name: "onnx"}}), mv("g", "1"), "", registry.Files{}, ReasonInvalidSpec},
 		{"no model", isvc("h", nil, nil), placement.ModelVersion{}, "", registry.Files{}, ReasonInvalidSpec},
+		{"bad min-replicas", isvc("j", map[string]string{MinReplicasAnnotation: "-1"}, uri("onnx", "s3://m/j")), mv("j", "1"), "", registry.Files{}, ReasonInvalidSpec},
 		{"secretKey with https", isvc("i", map[string]string{SecretKeyAnnotation: "k"}, uri("onnx", "https://h/i")), mv("i", "1"), "", registry.Files{}, ReasonInvalidSpec},
 	}
 	for _, tt := range tests {
@@ -108,6 +109,10 @@ func TestConvertGroupsVersionsAndRefusesClaims(t *testing.T) {
 	models := Models(entries)
 	if len(models) != 1 || models[0].Name != "iris" || len(models[0].Versions) != 2 {
 		t.Fatalf("models %+v, want iris with versions 1 and 2", models)
+	}
+	warm := Convert([]InferenceService{isvc("warm", map[string]string{MinReplicasAnnotation: "2"}, spec("s3://m/w"))}, nil, []ServingRuntime{onnx})
+	if m := Models(warm); len(m) != 1 || m[0].MinReplicas != 2 {
+		t.Fatalf("models %+v, want warm with minReplicas 2", m)
 	}
 }
 

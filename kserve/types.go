@@ -30,6 +30,10 @@ const (
 	// the InferenceService's name and "1".
 	ModelAnnotation   = "modelmesh.io/model"
 	VersionAnnotation = "modelmesh.io/version"
+	// MinReplicasAnnotation (the mesh's) keeps that many replicas loaded, as the registry's
+	// minReplicas does: a model that must answer its first request hot, as ModelMesh loads
+	// every InferenceService at creation.
+	MinReplicasAnnotation = "modelmesh.io/min-replicas"
 	// RuntimeAnnotation on a ServingRuntime names the mesh worker runtime that serves it
 	// (onnxruntime, triton); without it, spec.builtInAdapter.serverType decides.
 	RuntimeAnnotation = "modelmesh.io/runtime"
