@@ -138,3 +138,41 @@ func TestSlotsQueueAndShowInDemand(t *testing.T) {
 	}
 	waitFor(t, "queue empty", func() bool { d := fx.replica(t, "a").Demand; return d.Queued < 0.1 && d.InFlight < 0.1 })
 }
+
+// TestLoadWaitsForLoadsUnderWay: a load that fits only once another load ends (its replica
+// evictable then) waits for it instead of failing at once; an extra replica loading counts.
+func TestLoadWaitsForLoadsUnderWay(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, 2500)
+	fx.backend.gate = make(chan struct{})
+	ctx := context.Background()
+	extra := fx.spec("b", 1000)
+	extra.Extra = true
+	errs := make(chan error, 2)
+	for _, s := range []Spec{fx.spec("a", 1000), extra} {
+		go func() { _, err := fx.agent.Load(ctx, s); errs <- err }()
+	}
+	waitFor(t, "both reserved", func() bool {
+		_, used := fx.agent.Snapshot()
+		return used.Host == 2000
+	})
+	done := make(chan error, 1)
+	go func() { _, err := fx.agent.Load(ctx, fx.spec("c", 1000)); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("the load that fits once the others end returned at once: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(fx.backend.gate)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the waiting load: %v", err)
+	}
+	if got := fx.resident(t); got["c"] != placement.StateReady || got["b"] == placement.StateReady {
+		t.Fatalf("resident %v, want c ready and the extra copy b evicted for it", got)
+	}
+}

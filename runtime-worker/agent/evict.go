@@ -93,7 +93,7 @@ func (a *Agent) makeHeadroom() (retry bool) {
 		a.mu.Unlock()
 		return false
 	}
-	cands, _ := a.candidates()
+	cands, _ := a.candidates(nil)
 	victims := placement.ChooseHeadroom(cands, need)
 	for _, v := range victims {
 		a.startEviction(context.Background(), v, placement.ModelVersion{})

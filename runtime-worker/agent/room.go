@@ -74,7 +74,7 @@ func (a *Agent) reserve(ctx context.Context, r *replica, choices []choice) ([]pl
 				ErrNoCapacity, choices[0].mem, free, keep)
 		}
 		if promise == nil && !a.drainsWillFree(choices) {
-			victims, best, possible := a.chooseVictims(choices)
+			victims, best, possible := a.chooseVictims(r, choices)
 			if best >= 0 {
 				promise = &choice{gpu: choices[best].gpu, mem: choices[best].mem}
 				a.promised = a.promised.Plus(promise.mem)
@@ -150,9 +150,10 @@ func (a *Agent) breakPromise(promise *choice) {
 
 // chooseVictims picks, over the choices, the evictions that make room for one: best is its
 // index, -1 when no choice can be made room for now. possible reports whether evicting every
-// unpinned model would make room for one of them. Caller holds a.mu.
-func (a *Agent) chooseVictims(choices []choice) (victims []placement.Candidate, best int, possible bool) {
-	cands, reclaimable := a.candidates()
+// unpinned model, those other loads are loading included (they are ready or gone when their
+// load ends), would make room for one of them. Caller holds a.mu.
+func (a *Agent) chooseVictims(r *replica, choices []choice) (victims []placement.Candidate, best int, possible bool) {
+	cands, reclaimable := a.candidates(r)
 	best = -1
 	for i, c := range choices {
 		need := a.outlook().Plus(c.mem).Minus(a.cfg.Capacity)
@@ -169,8 +170,10 @@ func (a *Agent) chooseVictims(choices []choice) (victims []placement.Candidate, 
 }
 
 // candidates is every replica as eviction sees it, and the memory eviction could ever take:
-// that of ready, unpinned replicas (draining ones already count as freed). Caller holds a.mu.
-func (a *Agent) candidates() ([]placement.Candidate, placement.Memory) {
+// that of unpinned replicas ready, or loading other than for (nil: none), which will be
+// ready or gone when their load ends (draining ones already count as freed). Caller holds
+// a.mu.
+func (a *Agent) candidates(forLoad *replica) ([]placement.Candidate, placement.Memory) {
 	now := a.now()
 	cands := make([]placement.Candidate, 0, len(a.replicas))
 	var reclaimable placement.Memory
@@ -181,7 +184,7 @@ func (a *Agent) candidates() ([]placement.Candidate, placement.Memory) {
 		cands = append(cands, placement.Candidate{Model: o.model, State: o.state, Memory: o.mem,
 			LastUsed: o.lastUsed, InFlight: o.inFlight, Pinned: o.pinned, Extra: o.extra, Recent: !o.extra && o.handout.protects(now, a.cfg.MinIdle),
 			Requests: o.requests.At(now, a.cfg.HalfLife), LoadTime: o.loadTime, Clock: o.clock})
-		if !o.pinned && o.state == placement.StateReady {
+		if !o.pinned && (o.state == placement.StateReady || o.state == placement.StateLoading && o != forLoad) {
 			reclaimable = reclaimable.Plus(o.mem)
 		}
 	}
