@@ -139,8 +139,8 @@ func TestSlotsQueueAndShowInDemand(t *testing.T) {
 	waitFor(t, "queue empty", func() bool { d := fx.replica(t, "a").Demand; return d.Queued < 0.1 && d.InFlight < 0.1 })
 }
 
-// TestLoadWaitsForLoadsUnderWay: a load that fits only once another load ends (its replica
-// evictable then) waits for it instead of failing at once; an extra replica loading counts.
+// TestLoadWaitsForLoadsUnderWay: a load that fits only once other loads end (their replicas
+// evictable then) waits for them instead of failing at once; an extra replica loading counts.
 func TestLoadWaitsForLoadsUnderWay(t *testing.T) {
 	t.Parallel()
 	fx := newFixture(t, 2500)
@@ -172,7 +172,8 @@ func TestLoadWaitsForLoadsUnderWay(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("the waiting load: %v", err)
 	}
-	if got := fx.resident(t); got["c"] != placement.StateReady || got["b"] == placement.StateReady {
-		t.Fatalf("resident %v, want c ready and the extra copy b evicted for it", got)
+	// Which of a and b went depends on which was ready first when c chose.
+	if got := fx.resident(t); got["c"] != placement.StateReady || len(got) != 2 {
+		t.Fatalf("resident %v, want c ready and one of a and b evicted for it", got)
 	}
 }
