@@ -214,11 +214,18 @@ func must(t testing.TB, err error) {
 
 func eventually(t testing.TB, within time.Duration, what string, ok func() bool) {
 	t.Helper()
+	eventuallyEvery(t, within, 20*time.Millisecond, what, ok)
+}
+
+// eventuallyEvery is eventually for a check that costs more (a Redis read, a list of
+// objects): it is asked once per every.
+func eventuallyEvery(t testing.TB, within, every time.Duration, what string, ok func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	for !ok() {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %v", what, within)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(every)
 	}
 }

@@ -40,7 +40,7 @@ func BenchmarkKubeInferenceServices(b *testing.B) {
 		}
 		wg.Wait()
 		created := time.Since(start)
-		eventually(b, 120*time.Second, "every InferenceService in Standby", func() bool {
+		eventuallyEvery(b, 120*time.Second, 200*time.Millisecond, "every InferenceService in Standby", func() bool {
 			list, err := isvcs.List(ctx, metav1.ListOptions{})
 			if err != nil {
 				return false
@@ -51,7 +51,6 @@ func BenchmarkKubeInferenceServices(b *testing.B) {
 					standby++
 				}
 			}
-			time.Sleep(200 * time.Millisecond)
 			return standby == existing
 		})
 		allStandby := time.Since(start)

@@ -27,15 +27,14 @@ func BenchmarkMeshReplicaScaling(b *testing.B) {
 		load := startClosedLoad(m.Gateway, "slow", slowBody, 4, check)
 		start := time.Now()
 		var scaled time.Time
-		eventually(b, 60*time.Second, "a second replica under load", func() bool {
-			time.Sleep(100 * time.Millisecond)
+		eventuallyEvery(b, 60*time.Second, 100*time.Millisecond, "a second replica under load", func() bool {
 			if ready(m.replicasOf(b, "slow:1")) == 2 {
 				scaled = time.Now()
 				return true
 			}
 			return false
 		})
-		time.Sleep(6 * time.Second)
+		load.await(b, 400) // about six seconds of two replicas' answers
 		one := load.window(start.Add(time.Second), start.Add(5*time.Second))
 		two := load.window(scaled.Add(2*time.Second), time.Now())
 		load.stop()

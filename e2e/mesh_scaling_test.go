@@ -126,6 +126,19 @@ func (l *closedLoad) window(from, to time.Time) loadWindow {
 	return w
 }
 
+// await waits until n more requests have been answered.
+func (l *closedLoad) await(t testing.TB, n int) {
+	t.Helper()
+	l.mu.Lock()
+	want := len(l.results) + n
+	l.mu.Unlock()
+	eventually(t, 60*time.Second, fmt.Sprintf("%d more requests answered", n), func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.results) >= want
+	})
+}
+
 // stop ends the load and returns every request's result.
 func (l *closedLoad) stop() []request {
 	close(l.stopped)
@@ -190,12 +203,11 @@ func TestMeshReplicasFollowDemand(t *testing.T) {
 	load := startClosedLoad(m.Gateway, "slow", slowBody, 4, check)
 	start := time.Now()
 	var scaled time.Time
-	eventually(t, 40*time.Second, "a second replica for the slow model under load", func() bool {
+	eventuallyEvery(t, 40*time.Second, 100*time.Millisecond, "a second replica for the slow model under load", func() bool {
 		if ready(m.replicasOf(t, "slow:1")) == 2 {
 			scaled = time.Now()
 			return true
 		}
-		time.Sleep(100 * time.Millisecond)
 		return false
 	})
 	reps := m.replicasOf(t, "slow:1")
@@ -232,8 +244,7 @@ func TestMeshReplicasFollowDemand(t *testing.T) {
 	// Demand falls to a trickle: the extra replica drains away, the trickle still answered.
 	results := load.stop()
 	trickle := steadyLoadChecked(m.Gateway, "slow", slowBody, 2, check)
-	eventually(t, 30*time.Second, "back to one replica once demand fell", func() bool {
-		time.Sleep(200 * time.Millisecond)
+	eventuallyEvery(t, 30*time.Second, 200*time.Millisecond, "back to one replica once demand fell", func() bool {
 		return len(m.replicasOf(t, "slow:1")) == 1
 	})
 	trickle.await(t, 4)

@@ -91,6 +91,8 @@ type ScaleStep struct {
 	// one (every replica of the version is extra).
 	Direction int
 	Workers   []residency.Worker
+	// Unregistered marks the drain of a replica whose version the registry no longer has.
+	Unregistered bool
 	// Demand is the version's total requests in flight, Replicas its replicas ready or
 	// loading, Want what the policy asked for: for the log.
 	Demand         float64
@@ -148,7 +150,7 @@ func unregistered(snap residency.Snapshot) []ScaleStep {
 					continue
 				}
 			}
-			steps = append(steps, ScaleStep{Target: Target{Model: m}, Direction: -1, Workers: []residency.Worker{w}})
+			steps = append(steps, ScaleStep{Target: Target{Model: m}, Direction: -1, Workers: []residency.Worker{w}, Unregistered: true})
 		}
 	}
 	return steps
@@ -295,7 +297,7 @@ func (s *Scaler) run(ctx context.Context, step ScaleStep) {
 			return
 		}
 		s.metrics.scale.WithLabelValues("down", "ok").Inc()
-		if step.Replicas == 0 {
+		if step.Unregistered {
 			log.InfoContext(ctx, "scaler: replica of an unregistered model drained", "worker", w.ID)
 			return
 		}
