@@ -27,7 +27,7 @@ build: ## build every binary into bin/, and the wasm filter bin/modelid.wasm
 	GOOS=wasip1 GOARCH=wasm $(GO) build -buildmode=c-shared -o $(BIN)/modelid.wasm ./wasm
 
 # Models are rebuilt only when the script or the pinned Python packages change.
-$(MODELS)/.stamp: scripts/models.py requirements.txt | setup
+$(MODELS)/.stamp: scripts/models.py scripts/native_models.py requirements.txt | setup
 	rm -rf $(MODELS)
 	$(PY) scripts/models.py --out $(MODELS)
 	touch $@

@@ -20,6 +20,7 @@ import (
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/proto/inference"
 	"github.com/modelmesh/mesh/proto/meshv1"
+	"github.com/modelmesh/mesh/runtime-worker/agent"
 	"github.com/modelmesh/mesh/runtime-worker/onnx"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
 )
@@ -90,7 +91,7 @@ func BenchmarkWorkerIris(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer backend.Close()
-		if _, err := backend.Load(context.Background(), m, filepath.Join(models(b), "iris", "1", "model.onnx"), -1); err != nil {
+		if _, err := backend.Load(context.Background(), m, agent.Files{Path: filepath.Join(models(b), "iris", "1", "model.onnx"), GPU: -1}); err != nil {
 			b.Fatal(err)
 		}
 		req := &tensor.Request{Model: m, Inputs: []tensor.Tensor{{Name: "input", Datatype: tensor.FP32, Shape: []int64{1, 4}, Data: row}}}
@@ -176,7 +177,7 @@ func BenchmarkWorkerLoad(b *testing.B) {
 					b.Fatal(err)
 				}
 				start = time.Now()
-				if _, err := backend.Load(context.Background(), m, path, -1); err != nil {
+				if _, err := backend.Load(context.Background(), m, agent.Files{Path: path, GPU: -1}); err != nil {
 					b.Fatal(err)
 				}
 				inProc += time.Since(start)

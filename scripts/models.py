@@ -11,6 +11,8 @@ and synthetic models of chosen sizes (for memory and eviction tests):
 and a model slow enough to saturate one replica (for replica scaling):
   slow/1/model.onnx   64 chained 256 x 256 matrix products per request
   slow/expected.json  its output for an input of ones, computed by NumPy
+and the models in scikit-learn's, XGBoost's and LightGBM's own formats that native_models.py
+writes, for the MLServer runtime.
 
 Everything is seeded, so reruns give the same models.
 """
@@ -19,6 +21,7 @@ import argparse
 import json
 import pathlib
 
+import native_models
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -208,6 +211,7 @@ def main():
     export_external(args.out)
     export_scalar_output(args.out)
     export_slow(args.out)
+    native_models.export_all(args.out, SEED)
 
 
 if __name__ == "__main__":

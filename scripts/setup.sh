@@ -3,6 +3,8 @@
 #   - a Python virtualenv with Envoy, ONNX Runtime and the model tool chain (requirements.txt),
 #     built once per requirements hash under $MESH_CACHE and linked into the clone as .venv;
 #   - one with Triton Inference Server (requirements-triton.txt), linked as .venv-triton;
+#   - one with MLServer and its scikit-learn, XGBoost and LightGBM runtimes
+#     (requirements-mlserver.txt), linked as .venv-mlserver;
 #   - redis-server from Debian when it is not installed;
 #   - Prometheus (server and promtool) from Debian at a pinned version, for the test that
 #     proves the dashboards and alerts (docs/observability.md);
@@ -149,6 +151,7 @@ kube_version=v1.37.2
 
 setup_venv requirements.txt .venv
 setup_venv requirements-triton.txt .venv-triton
+setup_venv requirements-mlserver.txt .venv-mlserver
 setup_redis
 setup_prometheus
 # The S3 server and the GCS emulator the e2e tests load models from, and the linter.

@@ -34,9 +34,13 @@ type Capabilities struct {
 	// versions under one name in its repository), so another version of a model it holds
 	// cannot be placed there.
 	OneVersion bool `json:"one_version,omitempty"`
-	// Formats are the model formats the runtime reads ("onnx", ...).
+	// Formats are the model formats the runtime reads, in KServe's names ("onnx", "triton",
+	// "sklearn", "xgboost", "lightgbm").
 	Formats []string `json:"formats,omitempty"`
 }
+
+// Reads reports whether the runtime reads models of format f.
+func (c Capabilities) Reads(f string) bool { return slices.Contains(c.Formats, f) }
 
 // GPUs reports whether the node budgets GPU memory.
 func (n Node) GPUs() bool { return len(n.Capacity.GPU) > 0 }

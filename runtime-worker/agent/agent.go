@@ -25,6 +25,8 @@ var (
 	ErrDraining = errors.New("model is draining")
 	// ErrLoadFailed: the runtime rejected the model (corrupt file, wrong format).
 	ErrLoadFailed = errors.New("model failed to load")
+	// ErrFormat: the model's format is not one the worker's runtime reads.
+	ErrFormat = errors.New("model format not read by this runtime")
 	// ErrClosed: the worker is shutting down.
 	ErrClosed = errors.New("worker is shutting down")
 )
@@ -97,6 +99,9 @@ type Spec struct {
 	// Learned, when not zero, was measured at an earlier load and is reserved before this one.
 	Learned placement.Footprint
 	Pinned  bool
+	// Format is the model's format as the registry names it; empty: whatever the runtime
+	// reads. One the runtime does not read fails the load with ErrFormat.
+	Format string
 	// Extra marks a copy beyond the model's first, added because its demand grew (ext_proc's
 	// scaler): it loads only into memory that is free with the free watermark kept, evicting
 	// nothing, and is the first replica to go under memory pressure, busy or not (it drains

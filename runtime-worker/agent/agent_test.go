@@ -44,7 +44,8 @@ func (f *fakeBackend) Runtime() string { return "fake" }
 
 func (f *fakeBackend) Capabilities() placement.Capabilities { return placement.Capabilities{} }
 
-func (f *fakeBackend) Load(ctx context.Context, m placement.ModelVersion, _ string, gpu int) (Loaded, error) {
+func (f *fakeBackend) Load(ctx context.Context, m placement.ModelVersion, files Files) (Loaded, error) {
+	gpu := files.GPU
 	if f.gate != nil {
 		select {
 		case <-f.gate:

@@ -20,20 +20,31 @@ import (
 // load), Unload releases it (repository unload), and Loaded.Memory carries what the runtime
 // measured (Triton's per-model memory usage by device, or resident-memory growth).
 type Backend interface {
-	// Runtime names the runtime in the worker's Redis record ("onnxruntime", "triton").
+	// Runtime names the runtime in the worker's Redis record ("onnxruntime", "triton",
+	// "mlserver").
 	Runtime() string
 	// Capabilities is what the runtime can do, advertised in the worker's record for
 	// placement.
 	Capabilities() placement.Capabilities
-	// Load makes the model in the file at path servable; it blocks until ready or ctx ends.
-	// gpu is the GPU device the agent reserved memory on, or -1 for host memory only; a
-	// runtime that can choose the device places the model there.
-	Load(ctx context.Context, m placement.ModelVersion, path string, gpu int) (Loaded, error)
+	// Load makes the model in f servable; it blocks until ready or ctx ends.
+	Load(ctx context.Context, m placement.ModelVersion, f Files) (Loaded, error)
 	// Unload releases everything Load took.
 	Unload(ctx context.Context, m placement.ModelVersion) error
 	// Infer runs one request. Runtimes that serve inference on their own ports (Triton)
 	// answer with an error; the gateway routes to them directly.
 	Infer(ctx context.Context, m placement.ModelVersion, req *tensor.Request) (*tensor.Response, error)
+}
+
+// Files are a model version's files as the agent hands them to a backend.
+type Files struct {
+	// Path is the local file or directory the files were fetched to.
+	Path string
+	// Format is the model's format as the registry names it ("onnx", "sklearn", ...), one of
+	// the backend's Capabilities().Formats; empty when the caller named none.
+	Format string
+	// GPU is the GPU device the agent reserved memory on, or -1 for host memory only; a
+	// runtime that can choose the device places the model there.
+	GPU int
 }
 
 // Loaded describes a model the backend has just loaded.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/runtime-worker/storage"
@@ -22,6 +23,9 @@ func (a *Agent) Load(ctx context.Context, spec Spec) (LoadResult, error) {
 	}
 	if spec.Model.Version == "" {
 		return LoadResult{}, fmt.Errorf("%w: a load needs a model version", placement.ErrInvalidID)
+	}
+	if caps := a.backend.Capabilities(); spec.Format != "" && !caps.Reads(spec.Format) {
+		return LoadResult{}, fmt.Errorf("load %s: %w: %s reads %s, not %s", spec.Model, ErrFormat, a.backend.Runtime(), strings.Join(caps.Formats, ", "), spec.Format)
 	}
 	a.mu.Lock()
 	if a.closed {
@@ -157,7 +161,7 @@ func (a *Agent) load(ctx context.Context, r *replica, spec Spec) error {
 	bctx, span := a.tracer.Start(ctx, "worker.backend_load", trace.WithAttributes(
 		attribute.String("mesh.runtime", a.backend.Runtime()), attribute.Int("mesh.gpu", gpu)))
 	start = a.now()
-	loaded, err := a.backend.Load(bctx, spec.Model, fetched.Path, gpu)
+	loaded, err := a.backend.Load(bctx, spec.Model, Files{Path: fetched.Path, Format: spec.Format, GPU: gpu})
 	own += a.now().Sub(start)
 	span.SetAttributes(attribute.String("mesh.measured", loaded.Memory.String()))
 	endSpan(span, err)

@@ -88,13 +88,14 @@ func (b *Backend) Close() error {
 	return ort.DestroyEnvironment()
 }
 
-// Load creates a session for the model file at path on the CPU (gpu is ignored: this backend
-// runs ONNX Runtime's CPU execution provider). The returned Memory is the growth of the
-// process's resident memory while the session was created.
-func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, path string, _ int) (agent.Loaded, error) {
+// Load creates a session for the model file at f.Path on the CPU (f.GPU is ignored: this
+// backend runs ONNX Runtime's CPU execution provider). The returned Memory is the growth of
+// the process's resident memory while the session was created.
+func (b *Backend) Load(ctx context.Context, m placement.ModelVersion, f agent.Files) (agent.Loaded, error) {
 	if err := ctx.Err(); err != nil {
 		return agent.Loaded{}, err
 	}
+	path := f.Path
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		path = filepath.Join(path, storage.ModelFile) // a directory holding the model
 	}

@@ -13,6 +13,7 @@ import (
 	ort "github.com/yalue/onnxruntime_go"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/runtime-worker/agent"
 	"github.com/modelmesh/mesh/runtime-worker/tensor"
 )
 
@@ -61,7 +62,7 @@ func TestAccuracyMatchesScikitLearn(t *testing.T) {
 	for _, name := range []string{"iris", "digits", "breast-cancer"} {
 		t.Run(name, func(t *testing.T) {
 			m := placement.ModelVersion{Name: name, Version: "1"}
-			loaded, err := backend.Load(context.Background(), m, filepath.Join(dir, name, "1", "model.onnx"), -1)
+			loaded, err := backend.Load(context.Background(), m, agent.Files{Path: filepath.Join(dir, name, "1", "model.onnx"), GPU: -1})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +113,7 @@ func TestLoadRejectsBadModels(t *testing.T) {
 	empty := filepath.Join(dir, "empty.onnx")
 	os.WriteFile(empty, nil, 0o644)
 	for _, path := range []string{corrupt, empty, filepath.Join(dir, "missing.onnx")} {
-		_, err := backend.Load(context.Background(), placement.ModelVersion{Name: "bad", Version: "1"}, path, -1)
+		_, err := backend.Load(context.Background(), placement.ModelVersion{Name: "bad", Version: "1"}, agent.Files{Path: path, GPU: -1})
 		if err == nil {
 			t.Fatalf("%s loaded", path)
 		}
@@ -126,7 +127,7 @@ func TestLoadRejectsBadModels(t *testing.T) {
 // the load with the reason rather than every request later.
 func TestScalarOutputIsRefusedAtLoad(t *testing.T) {
 	m := placement.ModelVersion{Name: "scalar-output", Version: "1"}
-	_, err := backend.Load(context.Background(), m, filepath.Join(modelsDir(t), "scalar-output", "1"), -1)
+	_, err := backend.Load(context.Background(), m, agent.Files{Path: filepath.Join(modelsDir(t), "scalar-output", "1"), GPU: -1})
 	if err == nil {
 		backend.Unload(context.Background(), m)
 		t.Fatal("a model with a scalar output loaded")
@@ -139,7 +140,7 @@ func TestScalarOutputIsRefusedAtLoad(t *testing.T) {
 func TestMeasuredSizeTracksWeights(t *testing.T) {
 	dir := modelsDir(t)
 	m := placement.ModelVersion{Name: "synthetic-32mb", Version: "1"}
-	loaded, err := backend.Load(context.Background(), m, filepath.Join(dir, "synthetic-32mb", "1", "model.onnx"), -1)
+	loaded, err := backend.Load(context.Background(), m, agent.Files{Path: filepath.Join(dir, "synthetic-32mb", "1", "model.onnx"), GPU: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +156,7 @@ func TestMeasuredSizeTracksWeights(t *testing.T) {
 func TestExternalData(t *testing.T) {
 	dir := filepath.Join(modelsDir(t), "external-data", "1")
 	m := placement.ModelVersion{Name: "external-data", Version: "1"}
-	if _, err := backend.Load(context.Background(), m, dir, -1); err != nil {
+	if _, err := backend.Load(context.Background(), m, agent.Files{Path: dir, GPU: -1}); err != nil {
 		t.Fatal(err)
 	}
 	defer backend.Unload(context.Background(), m)

@@ -41,7 +41,7 @@ func statusOf(err error) (int, codes.Code) {
 		return http.StatusRequestEntityTooLarge, codes.ResourceExhausted
 	case errors.Is(err, agent.ErrNoCapacity):
 		return http.StatusInsufficientStorage, codes.ResourceExhausted
-	case errors.Is(err, agent.ErrLoadFailed):
+	case errors.Is(err, agent.ErrLoadFailed), errors.Is(err, agent.ErrFormat):
 		return http.StatusUnprocessableEntity, codes.FailedPrecondition
 	case errors.Is(err, agent.ErrDraining), errors.Is(err, agent.ErrClosed):
 		return http.StatusServiceUnavailable, codes.Unavailable

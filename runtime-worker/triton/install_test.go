@@ -5,7 +5,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/runtime-worker/agent"
 )
+
+var v1 = placement.ModelVersion{Name: "m", Version: "1"}
 
 // modelDir writes a Triton model directory with version 1 holding model.py and a nested
 // file, and returns it.
@@ -27,8 +32,7 @@ func modelDir(t *testing.T) string {
 func TestInstallCopiesTheVersionAndPinsTheConfig(t *testing.T) {
 	src := modelDir(t)
 	dst := filepath.Join(t.TempDir(), "m")
-	must(t, os.MkdirAll(filepath.Join(dst, "old"), 0o755)) // replaced whole
-	must(t, install(src, dst, "1", 0))
+	must(t, Server{}.Install(v1, agent.Files{Path: src, GPU: 0}, dst))
 	for path, want := range map[string]string{"1/model.py": "print('hi')\n", "1/assets/labels.txt": "a\nb\n"} {
 		got, err := os.ReadFile(filepath.Join(dst, path))
 		if err != nil || string(got) != want {
@@ -39,32 +43,24 @@ func TestInstallCopiesTheVersionAndPinsTheConfig(t *testing.T) {
 	if err != nil || !strings.Contains(string(config), "gpus: [ 0 ]") {
 		t.Errorf("config.pbtxt %q, %v; want it pinned to GPU 0", config, err)
 	}
-	for _, gone := range []string{"2", "old"} {
-		if _, err := os.Stat(filepath.Join(dst, gone)); !os.IsNotExist(err) {
-			t.Errorf("%s installed: %v", gone, err)
-		}
+	if _, err := os.Stat(filepath.Join(dst, "2")); !os.IsNotExist(err) {
+		t.Errorf("another version installed: %v", err)
 	}
-	if _, err := os.Stat(dst + ".installing"); !os.IsNotExist(err) {
-		t.Errorf("staging directory left: %v", err)
+	if err := (Server{}).Install(placement.ModelVersion{Name: "m", Version: "v1"}, agent.Files{Path: src, GPU: -1}, t.TempDir()+"/x"); err == nil ||
+		!strings.Contains(err.Error(), "positive integers") {
+		t.Errorf("a version Triton cannot name: %v", err)
 	}
 }
 
-// TestInstallRefusesSymlinks: a link could lead out of the model's files, so install fails
-// and leaves nothing behind.
+// TestInstallRefusesSymlinks: a link could lead out of the model's files, so install fails.
 func TestInstallRefusesSymlinks(t *testing.T) {
 	src := modelDir(t)
 	outside := filepath.Join(t.TempDir(), "secret")
 	must(t, os.WriteFile(outside, []byte("secret"), 0o600))
 	must(t, os.Symlink(outside, filepath.Join(src, "1", "link")))
-	dst := filepath.Join(t.TempDir(), "m")
-	err := install(src, dst, "1", -1)
+	err := Server{}.Install(v1, agent.Files{Path: src, GPU: -1}, filepath.Join(t.TempDir(), "m"))
 	if err == nil || !strings.Contains(err.Error(), "only regular files are installed") {
 		t.Fatalf("install with a symlink: %v, want a refusal", err)
-	}
-	for _, left := range []string{dst, dst + ".installing"} {
-		if _, err := os.Stat(left); !os.IsNotExist(err) {
-			t.Errorf("%s left after the refusal: %v", left, err)
-		}
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/proctest"
 	"github.com/modelmesh/mesh/proto/inference"
+	"github.com/modelmesh/mesh/runtime-worker/agent"
+	"github.com/modelmesh/mesh/runtime-worker/modelserver"
 )
 
 // server is a real tritonserver started with scripts/triton.sh.
@@ -102,7 +104,7 @@ class TritonPythonModel:
 
 func TestBackendAgainstRealTriton(t *testing.T) {
 	s := startTriton(t)
-	b, err := New(Config{Repository: s.repo, GRPCAddr: s.grpc}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b, err := New(modelserver.Config{Repository: s.repo, GRPCAddr: s.grpc}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	must(t, err)
 	defer b.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -136,7 +138,7 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	doubleDir := pythonModel(t, src, "double", 2, "")
 	// Asked for GPU 0: the model's own KIND_CPU instance group wins, so it loads, and its
 	// memory is host memory, with or without GPUs.
-	loaded, err := b.Load(ctx, double, doubleDir, 0)
+	loaded, err := b.Load(ctx, double, agent.Files{Path: doubleDir, GPU: 0})
 	must(t, err)
 	var files int64
 	filepath.Walk(doubleDir, func(_ string, fi os.FileInfo, _ error) error {
@@ -160,7 +162,7 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	// Triton updates its statistics just after answering.
 	var stats []Usage
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		stats, err = b.Stats(ctx)
+		stats, err = Stats(ctx, b.Client())
 		must(t, err)
 		if len(stats) == 1 && stats[0].InferenceCount == 1 && stats[0].LastInferenceMs != 0 {
 			break
@@ -186,7 +188,7 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 		case "badconfig":
 			must(t, os.WriteFile(filepath.Join(dir, "config.pbtxt"), []byte("name: \"badconfig\"\nbackend: python\ninput [ { output: 1 } ]\n"), 0o644))
 		}
-		_, err := b.Load(ctx, placement.ModelVersion{Name: tt.name, Version: "1"}, dir, -1)
+		_, err := b.Load(ctx, placement.ModelVersion{Name: tt.name, Version: "1"}, agent.Files{Path: dir, GPU: -1})
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Fatalf("%s: error %v, want it to contain %q", tt.name, err, tt.want)
 		}
@@ -205,14 +207,14 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	config, err := os.ReadFile(filepath.Join(unplaced, "config.pbtxt"))
 	must(t, err)
 	must(t, os.WriteFile(filepath.Join(unplaced, "config.pbtxt"), []byte(strings.ReplaceAll(string(config), "instance_group [ { count: 1 kind: KIND_CPU } ]\n", "")), 0o644))
-	_, err = b.Load(ctx, unplacedModel, unplaced, gpus)
+	_, err = b.Load(ctx, unplacedModel, agent.Files{Path: unplaced, GPU: gpus})
 	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "gpu") {
 		t.Fatalf("a model pinned to GPU %d, where Triton's metrics report %d GPUs: %v, want Triton's refusal naming the GPU", gpus, gpus, err)
 	}
 	t.Logf("pinned to a missing GPU: %v", err)
 	if gpus > 0 {
 		// Pinned to a GPU Triton has, it loads there and serves.
-		_, err := b.Load(ctx, unplacedModel, unplaced, 0)
+		_, err := b.Load(ctx, unplacedModel, agent.Files{Path: unplaced, GPU: 0})
 		must(t, err)
 		installed, err := os.ReadFile(filepath.Join(s.repo, "unplaced", "config.pbtxt"))
 		must(t, err)
@@ -224,13 +226,13 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 		}
 		must(t, b.Unload(ctx, unplacedModel))
 	}
-	if _, err := b.Load(ctx, placement.ModelVersion{Name: "double", Version: "2"}, pythonModel(t, src, "double", 2, ""), -1); err == nil {
+	if _, err := b.Load(ctx, placement.ModelVersion{Name: "double", Version: "2"}, agent.Files{Path: pythonModel(t, src, "double", 2, ""), GPU: -1}); err == nil {
 		t.Fatal("a second version of a held model loaded")
 	}
 
 	// A model loaded behind the worker's back is an orphan: reconciliation unloads it.
 	pythonModel(t, s.repo, "orphan", 3, "")
-	_, err = b.client.RepositoryModelLoad(ctx, &inference.RepositoryModelLoadRequest{ModelName: "orphan"})
+	_, err = b.Client().RepositoryModelLoad(ctx, &inference.RepositoryModelLoadRequest{ModelName: "orphan"})
 	must(t, err)
 	got, err := b.Reconcile(ctx)
 	must(t, err)
@@ -239,7 +241,7 @@ func TestBackendAgainstRealTriton(t *testing.T) {
 	}
 
 	must(t, b.Unload(ctx, double))
-	idx, err := b.client.RepositoryIndex(ctx, &inference.RepositoryIndexRequest{Ready: true})
+	idx, err := b.Client().RepositoryIndex(ctx, &inference.RepositoryIndexRequest{Ready: true})
 	must(t, err)
 	if len(idx.GetModels()) != 0 {
 		t.Fatalf("ready after unload: %v", idx.GetModels())

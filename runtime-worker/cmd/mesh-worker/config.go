@@ -48,11 +48,10 @@ type Config struct {
 	Runtime          string
 	ORTLibrary       string
 	ORTThreads       int
-	TritonGRPC       string
-	TritonHTTP       string
-	TritonRepository string
-	TritonPoll       time.Duration
+	Triton           serverConfig
 	TritonMetrics    string
+	MLServer         serverConfig
+	MLServerMetrics  string
 	CapacityReserve  byteSize
 	MaxBodyBytes     byteSize
 	MaxModelLabels   int
@@ -68,7 +67,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.WorkerID, "worker-id", host, "worker id in Redis (default: host name)")
 	fs.StringVar(&c.Listen, "listen", ":8000", "inference address: KServe v2 REST and gRPC on one port")
 	fs.StringVar(&c.ManagementAddr, "management-listen", ":8010", "management address: meshv1 gRPC, /metrics, /healthz")
-	fs.StringVar(&c.AdvertiseHost, "advertise-host", "127.0.0.1", "IP address (IPv4 or IPv6, no brackets; e.g. the pod's) others reach this worker at: the gateways' endpoints must be IPs. Joined with the ports of --listen, --management-listen and, for Triton, --triton-grpc and --triton-http when those give no host")
+	fs.StringVar(&c.AdvertiseHost, "advertise-host", "127.0.0.1", "IP address (IPv4 or IPv6, no brackets; e.g. the pod's) others reach this worker at: the gateways' endpoints must be IPs. Joined with the ports of --listen, --management-listen and, for Triton and MLServer, --triton-grpc and --triton-http or --mlserver-grpc and --mlserver-http when those give no host")
 	fs.StringVar(&c.AdvertiseAddr, "advertise-addr", "", "inference address others reach this worker at, host:port (default: --advertise-host with --listen's port)")
 	fs.StringVar(&c.AdvertiseMgmt, "advertise-management-addr", "", "management address others reach this worker at, host:port (default: --advertise-host with --management-listen's port)")
 	c.Storage.RegisterFlags(fs)
@@ -91,14 +90,13 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "mesh", "prefix of every Redis key")
 	c.Redis.RegisterFlags(fs)
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 2*time.Second, "interval of full state writes to Redis; the lease lasts three")
-	fs.StringVar(&c.Runtime, "runtime", "onnxruntime", "model runtime: onnxruntime (embedded) or triton (a Triton server beside the worker)")
+	fs.StringVar(&c.Runtime, "runtime", "onnxruntime", "model runtime: onnxruntime (embedded), triton (a Triton server beside the worker) or mlserver (an MLServer beside the worker)")
 	fs.StringVar(&c.ORTLibrary, "ort-library", "", "onnxruntime: path of libonnxruntime.so")
-	fs.StringVar(&c.TritonGRPC, "triton-grpc", "", "triton: Triton's gRPC address, as the gateway reaches it; \":8001\" means Triton beside the worker (dialled on loopback, advertised on --advertise-host)")
-	fs.StringVar(&c.TritonHTTP, "triton-http", "", "triton: Triton's HTTP address, as the gateway reaches it; \":8000\" means beside the worker, as for --triton-grpc")
-	fs.StringVar(&c.TritonRepository, "triton-repository", "", "triton: Triton's --model-repository directory, owned by the worker")
+	c.Triton.RegisterFlags(fs, "triton", "Triton", ":8001", ":8000")
 	fs.StringVar(&c.TritonMetrics, "triton-metrics", "", "triton: Triton's metrics URL; when set, each GPU's budget is its memory less --capacity-reserve (instead of --gpu-capacity), or, on a server without GPUs, the host budget is host memory less the reserve (instead of --capacity)")
 	fs.Var(&c.CapacityReserve, "capacity-reserve", "with --triton-metrics: memory kept back from models on each device (CUDA contexts, Triton, stubs)")
-	fs.DurationVar(&c.TritonPoll, "triton-poll", 2*time.Second, "triton: interval of statistics polls (last use, liveness)")
+	c.MLServer.RegisterFlags(fs, "mlserver", "MLServer", ":8081", ":8080")
+	fs.StringVar(&c.MLServerMetrics, "mlserver-metrics", "", "mlserver: MLServer's metrics URL (its metrics_port, e.g. http://127.0.0.1:8082/metrics), read for each model's last use; empty: a model counts as used only when loaded")
 	fs.IntVar(&c.ORTThreads, "ort-threads", 1, "ONNX Runtime intra-op threads per model")
 	c.MaxBodyBytes = 64 << 20
 	fs.Var(&c.MaxBodyBytes, "max-body", "largest inference request, bytes or with KiB/MiB/GiB suffix")
@@ -134,16 +132,20 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--demand-window must be positive"))
 	}
 	switch c.Runtime {
-	case "onnxruntime":
+	case "onnxruntime", "mlserver":
 		if c.TritonMetrics != "" || len(c.GPUCapacity) > 0 {
-			errs = append(errs, errors.New("--triton-metrics and --gpu-capacity need --runtime triton (ONNX Runtime runs on the CPU here)"))
+			errs = append(errs, fmt.Errorf("--triton-metrics and --gpu-capacity need --runtime triton (%s runs on the CPU here)", c.Runtime))
 		}
-		if c.ORTLibrary == "" {
+		if c.Runtime == "mlserver" {
+			if err := c.MLServer.Validate(); err != nil {
+				errs = append(errs, err)
+			}
+		} else if c.ORTLibrary == "" {
 			errs = append(errs, errors.New("--ort-library is required (libonnxruntime.so)"))
 		}
 	case "triton":
-		if c.TritonGRPC == "" || c.TritonHTTP == "" || c.TritonRepository == "" {
-			errs = append(errs, errors.New("--runtime triton needs --triton-grpc, --triton-http and --triton-repository"))
+		if err := c.Triton.Validate(); err != nil {
+			errs = append(errs, err)
 		}
 		if c.CapacityReserve < 0 {
 			errs = append(errs, errors.New("--capacity-reserve must not be negative"))
@@ -154,11 +156,8 @@ func (c *Config) Validate() error {
 		if slices.Contains(c.GPUCapacity, 0) {
 			errs = append(errs, errors.New("--gpu-capacity: every device's budget must be positive"))
 		}
-		if c.TritonPoll <= 0 {
-			errs = append(errs, errors.New("--triton-poll must be positive"))
-		}
 	default:
-		errs = append(errs, fmt.Errorf("--runtime %q: onnxruntime or triton", c.Runtime))
+		errs = append(errs, fmt.Errorf("--runtime %q: onnxruntime, triton or mlserver", c.Runtime))
 	}
 	if c.Capacity <= 0 {
 		errs = append(errs, errors.New("--capacity must be positive"))

@@ -26,6 +26,7 @@ import (
 	"github.com/modelmesh/mesh/proto/inference"
 	"github.com/modelmesh/mesh/proto/meshv1"
 	"github.com/modelmesh/mesh/runtime-worker/agent"
+	"github.com/modelmesh/mesh/runtime-worker/modelserver"
 	"github.com/modelmesh/mesh/runtime-worker/onnx"
 	"github.com/modelmesh/mesh/runtime-worker/server"
 	"github.com/modelmesh/mesh/runtime-worker/storage"
@@ -65,17 +66,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer store.Close()
 	var backend agent.Backend
-	var tritonBackend *triton.Backend
+	// beside is the model server beside the worker, which serves inference on its own ports.
+	var beside *modelserver.Backend
+	var serverCfg *serverConfig
 	runtimeVersion := ""
 	switch cfg.Runtime {
-	case "triton":
-		tritonBackend, err = triton.New(triton.Config{Repository: cfg.TritonRepository, GRPCAddr: advertised("", "127.0.0.1", cfg.TritonGRPC)}, log)
+	case "triton", "mlserver":
+		serverCfg = &cfg.Triton
+		if cfg.Runtime == "mlserver" {
+			serverCfg = &cfg.MLServer
+		}
+		beside, err = serverCfg.backend(log, cfg.MLServerMetrics)
 		if err != nil {
 			return err
 		}
-		defer tritonBackend.Close()
-		backend = tritonBackend
-		if cfg.TritonMetrics != "" {
+		defer beside.Close()
+		backend = beside
+		if cfg.TritonMetrics != "" && cfg.Runtime == "triton" {
 			measured, metric, err := tritonCapacity(ctx, cfg.TritonMetrics, int64(cfg.CapacityReserve))
 			if err != nil {
 				return err
@@ -140,9 +147,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		MgmtAddr:      advertised(cfg.AdvertiseMgmt, cfg.AdvertiseHost, mgmtLn.Addr().String()),
 		StartedUnixMs: time.Now().UnixMilli(),
 	}
-	if tritonBackend != nil {
-		// The gateway sends inference straight to Triton's ports, not through the worker.
-		self.DataAddr, self.GRPCAddr = advertised("", cfg.AdvertiseHost, cfg.TritonHTTP), advertised("", cfg.AdvertiseHost, cfg.TritonGRPC)
+	if beside != nil {
+		// The gateway sends inference straight to the server's ports, not through the worker.
+		self.DataAddr, self.GRPCAddr = advertised("", cfg.AdvertiseHost, serverCfg.HTTP), advertised("", cfg.AdvertiseHost, serverCfg.GRPC)
 	}
 	log.InfoContext(ctx, "worker started", "inference_addr", self.DataAddr, "grpc_addr", self.GRPC(), "management_addr", mgmtLn.Addr().String(),
 		"capacity", capacity.String(), "runtime", backend.Runtime(), "runtime_version", runtimeVersion)
@@ -154,10 +161,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	defer stopServing()
 	servePort(g, serving, dataLn, inferGRPC, dataSrv)
 	servePort(g, serving, mgmtLn, mgmtGRPC, mgmtSrv)
-	if tritonBackend != nil {
+	if beside != nil {
 		g.Go(func() error {
-			return tritonBackend.Watch(gctx, cfg.TritonPoll, models.Touch, func() {
-				log.WarnContext(gctx, "triton lost its models", "models", len(models.Lost(gctx)))
+			return beside.Watch(gctx, serverCfg.Poll, models.Touch, func() {
+				log.WarnContext(gctx, cfg.Runtime+" lost its models", "models", len(models.Lost(gctx)))
 			})
 		})
 	}

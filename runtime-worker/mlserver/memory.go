@@ -1,0 +1,84 @@
+package mlserver
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/runtime-worker/modelserver"
+)
+
+// Measure loads the model, one load at a time, and returns the growth of the resident
+// memory of MLServer's processes around it: the main process and its children (the
+// parallel inference workers, each of which loads every model). Growth is at least one
+// byte, so that a model loaded into memory MLServer had already mapped still counts as
+// measured (the agent raises it to the model's file size). Zero, for the agent's estimate,
+// when MLServer's processes are not visible from the worker (another host, or a pod without
+// a shared process namespace).
+func (s *Server) Measure(ctx context.Context, _ modelserver.Client, _ placement.ModelVersion, _ string, load func(context.Context) error) (placement.Memory, error) {
+	s.measuring.Lock()
+	defer s.measuring.Unlock()
+	before, seen := s.resident()
+	if err := load(ctx); err != nil {
+		return placement.Memory{}, err
+	}
+	after, seenAfter := s.resident()
+	if !seen || !seenAfter {
+		return placement.Memory{}, nil
+	}
+	return placement.HostMemory(max(after-before, 1)), nil
+}
+
+// resident sums the resident memory of the MLServer serving the worker's repository and of
+// its descendants; false when no such process is visible. MLServer is found by its command
+// line, "mlserver start DIR" with DIR the repository.
+func (s *Server) resident() (int64, bool) {
+	procs, err := procfs.AllProcs()
+	if err != nil {
+		return 0, false
+	}
+	repo := filepath.Clean(s.repository)
+	children := map[int][]procfs.Proc{}
+	var roots []procfs.Proc
+	for _, p := range procs {
+		if st, err := p.Stat(); err == nil {
+			children[st.PPID] = append(children[st.PPID], p)
+		}
+		if args, err := p.CmdLine(); err == nil && servesRepository(p, args, repo) {
+			roots = append(roots, p)
+		}
+	}
+	if len(roots) == 0 {
+		return 0, false
+	}
+	var total int64
+	for queue := roots; len(queue) > 0; queue = queue[1:] {
+		p := queue[0]
+		if statm, err := p.Statm(); err == nil {
+			total += int64(statm.ResidentBytes())
+		}
+		queue = append(queue, children[p.PID]...)
+	}
+	return total, true
+}
+
+// servesRepository reports whether args are MLServer's "mlserver start DIR" with DIR, read
+// from the process's working directory when relative, the repository.
+func servesRepository(p procfs.Proc, args []string, repo string) bool {
+	i := slices.IndexFunc(args, func(a string) bool { return filepath.Base(a) == "mlserver" })
+	if i < 0 || i+2 >= len(args) || args[i+1] != "start" {
+		return false
+	}
+	dir := args[i+2]
+	if !filepath.IsAbs(dir) {
+		cwd, err := p.Cwd()
+		if err != nil {
+			return false
+		}
+		dir = filepath.Join(cwd, dir)
+	}
+	return filepath.Clean(dir) == repo
+}

@@ -1,0 +1,83 @@
+package modelserver
+
+import (
+	"context"
+	"time"
+
+	"github.com/modelmesh/mesh/internal/placement"
+)
+
+// downAfter is how many polls in a row must fail before the server counts as gone.
+const downAfter = 3
+
+// Watch polls the server every interval until ctx ends. While it answers, each model's last
+// use it reports goes to touch, so the least-recently-used order comes from the server
+// (inference does not pass through the worker). When it stops answering (downAfter polls in
+// a row), Watch forgets what the server held and calls lost once; when it answers again,
+// Watch reconciles (removing what a restarted server or a dead worker left behind) and
+// prepares it before reporting again. Returns nil when ctx ends.
+func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(placement.ModelVersion, time.Time), lost func()) error {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	// Start as if the server had just come back: the first answer reconciles, so models a
+	// previous worker left loaded are unloaded before anything is reported.
+	down := true
+	failures := 0
+	for {
+		pctx, cancel := context.WithTimeout(ctx, interval)
+		uses, err := b.server.Poll(pctx, b.client)
+		cancel()
+		if err != nil {
+			failures++
+		} else {
+			failures = 0
+		}
+		switch {
+		case err != nil && failures < downAfter:
+			// One slow or failed poll (a busy server, a blip) is not a dead server.
+		case err != nil && ctx.Err() == nil && !down: // up → down
+			down = true
+			b.mu.Lock()
+			kept := map[string]string{}
+			for n := range b.loading {
+				kept[n] = b.held[n] // a load under way keeps its claim; it ends on its own
+			}
+			b.held = kept
+			b.mu.Unlock()
+			b.log.ErrorContext(ctx, b.Runtime()+" stopped answering; its models are gone from this worker", "error", err)
+			lost()
+		case err == nil && down:
+			orphans, err := b.Reconcile(ctx)
+			if err == nil {
+				err = b.server.Prepare(ctx, b.client, b.cfg.Repository)
+			}
+			if err != nil {
+				b.log.WarnContext(ctx, "reconcile "+b.Runtime()+" after it came back", "error", err)
+				break // still down for the mesh; try again at the next tick
+			}
+			b.log.InfoContext(ctx, b.Runtime()+" answers", "orphans_unloaded", len(orphans))
+			down = false
+		case err == nil:
+			b.report(uses, touch)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// report passes each use of a model the worker holds to touch, with the version it holds
+// when the server named none.
+func (b *Backend) report(uses []Use, touch func(placement.ModelVersion, time.Time)) {
+	for _, u := range uses {
+		b.mu.Lock()
+		held, ok := b.held[u.Model.Name]
+		b.mu.Unlock()
+		if !ok || u.Last.IsZero() || u.Model.Version != "" && u.Model.Version != held {
+			continue
+		}
+		touch(placement.ModelVersion{Name: u.Model.Name, Version: held}, u.Last)
+	}
+}
