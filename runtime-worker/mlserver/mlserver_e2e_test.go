@@ -261,4 +261,3 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
-
