@@ -61,7 +61,7 @@ unit: setup models ## unit tests with the race detector
 .PHONY: e2e
 e2e: setup models build ## end-to-end tests over real processes
 	$(GO) test -count=1 -timeout 20m -v $(E2E_FLAGS) 2>&1 | grep -Ev '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
-	$(GO) test -count=1 -timeout 10m -v -tags e2e ./runtime-worker/triton/ 2>&1 | grep -Ev '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -timeout 10m -v -tags e2e ./runtime-worker/triton/ ./runtime-worker/mlserver/ 2>&1 | grep -Ev '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
 
 .PHONY: test
 test: lint unit e2e ## everything CI runs: lint, unit tests (race), end-to-end tests

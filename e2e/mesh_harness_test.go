@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -50,8 +51,12 @@ type meshOptions struct {
 	Delta bool
 	// ExtProcArgs are extra ext_proc flags.
 	ExtProcArgs []string
-	// WorkerArgs are extra flags of every worker (a later flag wins over an earlier one).
+	// WorkerArgs are extra flags of every worker of Capacities (a later flag wins over an
+	// earlier one).
 	WorkerArgs []string
+	// MoreWorkers are workers started after those of Capacities, each with flags of its own
+	// (its --capacity and --runtime among them) instead of WorkerArgs: a mixed fleet.
+	MoreWorkers [][]string
 	// ControlPlaneArgs are extra control plane flags.
 	ControlPlaneArgs []string
 	// RedisPassword, when set, is required by Redis and given to every binary.
@@ -117,10 +122,13 @@ func startMesh(t testing.TB, opts meshOptions) *mesh {
 	if len(caps) == 0 {
 		caps = []string{"1GiB"}
 	}
-	for i, c := range caps {
-		args := append([]string{"--capacity", c, "--redis-addr", m.redis.Addr,
-			"--redis-prefix", m.prefix, "--heartbeat", "500ms", "--drain-grace", "0s", "--log-level", "info"}, opts.WorkerArgs...)
-		m.workers = append(m.workers, startWorker(t, "w"+string(rune('1'+i)), args...))
+	common := []string{"--redis-addr", m.redis.Addr, "--redis-prefix", m.prefix, "--heartbeat", "500ms", "--drain-grace", "0s", "--log-level", "info"}
+	var fleet [][]string
+	for _, c := range caps {
+		fleet = append(fleet, append([]string{"--capacity", c}, opts.WorkerArgs...))
+	}
+	for i, own := range append(fleet, opts.MoreWorkers...) {
+		m.workers = append(m.workers, startWorker(t, "w"+string(rune('1'+i)), append(slices.Clone(common), own...)...))
 	}
 
 	extprocAddr := freePort(t)

@@ -63,8 +63,10 @@ type Decision struct {
 
 // Target is a model version to make resident, with what the worker's Load needs.
 type Target struct {
-	Model   placement.ModelVersion
-	Runtime string
+	Model placement.ModelVersion
+	// Runtime and Format are the registry's: a worker must read Format and, when Runtime is
+	// set, run it.
+	Runtime, Format string
 	// Files says where the worker fetches the model from.
 	Files registry.Files
 	// Size is the registry's declared size and the footprint learned at an earlier load.
@@ -77,7 +79,19 @@ type Target struct {
 
 // load is t as placement sees it.
 func (t Target) load() placement.Load {
-	return placement.Load{Model: t.Model, Runtime: t.Runtime, Size: t.Size}
+	return placement.Load{Model: t.Model, Runtime: t.Runtime, Format: t.Format, Size: t.Size}
+}
+
+// describeRuntime says which workers can hold t: "that reads format sklearn", "with runtime
+// onnxruntime (format onnx)".
+func (t Target) describeRuntime() string {
+	switch {
+	case t.Runtime == "":
+		return "that reads format " + t.Format
+	case t.Format == "":
+		return "with runtime " + t.Runtime
+	}
+	return fmt.Sprintf("with runtime %s (format %s)", t.Runtime, t.Format)
 }
 
 func (t Target) describeSize() string {
@@ -90,7 +104,7 @@ func (t Target) describeSize() string {
 // targetOf is the load of version v of model, with the size the mesh learned for it.
 func targetOf(snap *residency.Snapshot, model registry.Model, v registry.Version) Target {
 	m := placement.ModelVersion{Name: model.Name, Version: v.Version}
-	return Target{Model: m, Runtime: model.Runtime, Files: v.Files, Pinned: model.Pinned,
+	return Target{Model: m, Runtime: model.Runtime, Format: model.Format, Files: v.Files, Pinned: model.Pinned,
 		Size: placement.Size{Declared: v.MemoryBytes, Learned: snap.Sizes[m]}}
 }
 
@@ -170,9 +184,9 @@ func Decide(snap *residency.Snapshot, req Request, rnd func(n uint64) uint64) (D
 	cands := Candidates(snap, t)
 	if len(cands) == 0 {
 		if t.Size.Known() {
-			return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s and capacity for model %s (%s)", t.Runtime, m, t.describeSize())
+			return Decision{}, errorf(ErrNoWorker, "no live worker %s and capacity for model %s (%s)", t.describeRuntime(), m, t.describeSize())
 		}
-		return Decision{}, errorf(ErrNoWorker, "no live worker with runtime %s for model %s", t.Runtime, m)
+		return Decision{}, errorf(ErrNoWorker, "no live worker %s for model %s", t.describeRuntime(), m)
 	}
 	return Decision{Kind: Load, Model: m, Target: t, Candidates: cands}, nil
 }

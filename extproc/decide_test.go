@@ -35,6 +35,9 @@ models:
     runtime: triton
     pinned: true
     versions: [{version: "7", storageUri: "file:///m/llm/7", memoryBytes: 10}]
+  - name: wine
+    format: sklearn
+    versions: [{version: "1", storageUri: "file:///m/wine/1/model.joblib"}]
 `
 
 func mustRegistry(t testing.TB, yaml string) *registry.Registry {
@@ -48,8 +51,11 @@ func mustRegistry(t testing.TB, yaml string) *registry.Registry {
 
 // worker is a live worker record for tests: data port 1000+n, management port 2000+n. A
 // triton worker advertises what the Triton backend does: one version of a model at a time.
+// readsOf are the formats each runtime's workers advertise.
+var readsOf = map[string][]string{"onnxruntime": {"onnx"}, "triton": {"triton"}, "mlserver": {"lightgbm", "sklearn", "xgboost"}}
+
 func worker(id string, n int, runtime string, capacity, used int64) residency.Worker {
-	return residency.Worker{ID: id, Runtime: runtime, Caps: placement.Capabilities{OneVersion: runtime == "triton"},
+	return residency.Worker{ID: id, Runtime: runtime, Caps: placement.Capabilities{OneVersion: runtime != "onnxruntime", Formats: readsOf[runtime]},
 		Capacity: placement.HostMemory(capacity), Used: placement.HostMemory(used),
 		DataAddr: fmt.Sprintf("10.0.0.%d:8000", n), MgmtAddr: fmt.Sprintf("10.0.0.%d:8010", n)}
 }
@@ -207,6 +213,15 @@ func TestDecide(t *testing.T) {
 		{name: "cold: runtime must match",
 			snap: snapshot(t, withWorker(w1, nil), withWorker(worker("t1", 9, "triton", 1000, 0), nil)),
 			req:  Request{Model: "llm"}, want: want{Kind: Load, Model: mv("llm", "7"), Candidates: []string{"t1"}}},
+		{name: "cold: only a worker that reads the format",
+			snap: snapshot(t, withWorker(w1, nil), withWorker(worker("t1", 9, "triton", 1000, 0), nil), withWorker(worker("ml", 7, "mlserver", 1000, 0), nil)),
+			req:  Request{Model: "wine"}, want: want{Kind: Load, Model: mv("wine", "1"), Candidates: []string{"ml"}}},
+		{name: "cold: no worker reads the format",
+			snap: snapshot(t, withWorker(w1, nil), withWorker(worker("t1", 9, "triton", 1000, 0), nil)),
+			req:  Request{Model: "wine"}, want: want{Err: ErrNoWorker}},
+		{name: "cold: an ONNX model is not placed on MLServer",
+			snap: snapshot(t, withWorker(worker("ml", 7, "mlserver", 1000, 0), nil), withWorker(w1, nil)),
+			req:  Request{Model: "digits"}, want: want{Kind: Load, Model: mv("digits", "1"), Candidates: []string{"w1"}}},
 		{name: "cold: no worker of the runtime",
 			snap: snapshot(t, withWorker(w1, nil)),
 			req:  Request{Model: "llm"}, want: want{Err: ErrNoWorker}},

@@ -60,6 +60,7 @@ func (l *GRPCLoader) Load(ctx context.Context, w residency.Worker, t Target) err
 		LearnedGpuBytes:  t.Size.Learned.GPU,
 		Pinned:           t.Pinned,
 		Extra:            t.Extra,
+		Format:           t.Format,
 	}
 	if st := t.Files.Storage; st != nil {
 		req.StorageKey, req.StorageBucket, req.StoragePath = st.Key, st.Bucket, st.Path

@@ -507,7 +507,7 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 		cands = s.candidates(snap, d.Target)
 	}
 	if len(cands) == 0 {
-		return residency.Worker{}, errorf(ErrNoWorker, "no live worker with runtime %s can hold model %s", d.Target.Runtime, d.Model)
+		return residency.Worker{}, errorf(ErrNoWorker, "no live worker %s can hold model %s", d.Target.describeRuntime(), d.Model)
 	}
 	if lock != nil {
 		defer func() {

@@ -202,7 +202,12 @@ func TestRefusals(t *testing.T) {
 
 	// A model of a runtime no worker has.
 	ex, err = r.send(t.Context(), rest("llm"))
-	checkAnswer(t, refused(typev3.StatusCode_ServiceUnavailable, "no_worker", "no live worker with runtime triton and capacity for model llm:7 (10 bytes declared)", "1"), ex, err)
+	checkAnswer(t, refused(typev3.StatusCode_ServiceUnavailable, "no_worker", "no live worker with runtime triton (format triton) and capacity for model llm:7 (10 bytes declared)", "1"), ex, err)
+	// A model of a format no live worker reads: 503, as for a runtime none runs. The request
+	// and the registry are right; the fleet lacks the runtime, which a worker coming up (or
+	// coming back) provides, so the client may retry.
+	ex, err = r.send(t.Context(), rest("wine"))
+	checkAnswer(t, refused(typev3.StatusCode_ServiceUnavailable, "no_worker", "no live worker that reads format sklearn for model wine:1", "1"), ex, err)
 }
 
 func TestServerLevelWithoutWorkers(t *testing.T) {

@@ -32,8 +32,10 @@ type Entry struct {
 	ResourceVersion string
 	Observed        *Status
 	Model           placement.ModelVersion
-	// Runtime is the mesh worker runtime of its ServingRuntime.
-	Runtime string
+	// Runtime is the mesh worker runtime of its ServingRuntime; Format the registry format
+	// of its model: its modelFormat's name, or "triton" on Triton, whose adapter serves a
+	// Triton repository entry whatever framework is inside.
+	Runtime, Format string
 	// MinReplicas is its modelmesh.io/min-replicas annotation (0: none).
 	MinReplicas int
 	Files       registry.Files
@@ -70,9 +72,9 @@ func Convert(isvcs []InferenceService, runtimes, clusterRuntimes []ServingRuntim
 			e.Problem = invalid(ReasonInvalidSpec, "model %s is served by InferenceService %s already", e.Model, by)
 			continue
 		}
-		if other, ok := runtimeOf[e.Model.Name]; ok && other.Runtime != e.Runtime {
-			e.Problem = invalid(ReasonInvalidSpec, "model %s: InferenceService %s serves another version of it on runtime %s, this one needs %s",
-				e.Model.Name, other.Key(), other.Runtime, e.Runtime)
+		if other, ok := runtimeOf[e.Model.Name]; ok && (other.Runtime != e.Runtime || other.Format != e.Format) {
+			e.Problem = invalid(ReasonInvalidSpec, "model %s: InferenceService %s serves another version of it on runtime %s (format %s), this one needs %s (format %s)",
+				e.Model.Name, other.Key(), other.Runtime, other.Format, e.Runtime, e.Format)
 			continue
 		}
 		claimed[e.Model] = e.Key()
@@ -113,6 +115,10 @@ func convert(isvc InferenceService, runtimes, clusterRuntimes []ServingRuntime) 
 	if e.Runtime, problem = meshRuntime(rt); problem != nil {
 		e.Problem = problem
 		return e
+	}
+	e.Format = strings.ToLower(spec.ModelFormat.Name)
+	if e.Runtime == "triton" {
+		e.Format = "triton"
 	}
 	e.Files, e.Problem = files(isvc, *spec)
 	return e
@@ -171,19 +177,20 @@ func describeFormat(f ModelFormat) string {
 }
 
 // meshRuntime is the worker runtime that serves r: its modelmesh.io/runtime annotation,
-// else its built-in adapter's server type when the mesh's workers run that server.
+// else its built-in adapter's server type when the mesh's workers run that server (Triton,
+// MLServer).
 func meshRuntime(r ServingRuntime) (string, *FailureInfo) {
 	if rt := r.Annotations[RuntimeAnnotation]; rt != "" {
 		return rt, nil
 	}
-	if a := r.Spec.BuiltInAdapter; a != nil && a.ServerType == "triton" {
-		return "triton", nil
+	if a := r.Spec.BuiltInAdapter; a != nil && (a.ServerType == "triton" || a.ServerType == "mlserver") {
+		return a.ServerType, nil
 	}
 	server := "none"
 	if a := r.Spec.BuiltInAdapter; a != nil {
 		server = a.ServerType
 	}
-	return "", invalid(ReasonUnknownRuntime, "ServingRuntime %s: server type %s is not one the mesh's workers run (annotate it %s: onnxruntime or triton)",
+	return "", invalid(ReasonUnknownRuntime, "ServingRuntime %s: server type %s is not one the mesh's workers run (annotate it %s: onnxruntime, triton or mlserver)",
 		r.Name, server, RuntimeAnnotation)
 }
 
@@ -226,7 +233,7 @@ func Models(entries []Entry) []registry.Model {
 		if !ok {
 			i = len(out)
 			index[e.Model.Name] = i
-			out = append(out, registry.Model{Name: e.Model.Name, Runtime: e.Runtime})
+			out = append(out, registry.Model{Name: e.Model.Name, Runtime: e.Runtime, Format: e.Format})
 		}
 		out[i].MinReplicas = max(out[i].MinReplicas, e.MinReplicas) // a model's bound, the highest its versions ask
 		out[i].Versions = append(out[i].Versions, registry.Version{Version: e.Model.Version, Files: e.Files})

@@ -1,6 +1,7 @@
 package kserve
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/modelmesh/mesh/internal/placement"
@@ -85,6 +86,37 @@ func TestConvert(t *testing.T) {
 				t.Fatalf("files %+v, want %+v", e.Files, tt.wantFiles)
 			}
 		})
+	}
+}
+
+// TestConvertFormats: the registry format is the InferenceService's modelFormat (lower
+// case), except on Triton, which serves repository entries; an MLServer adapter is the
+// mlserver runtime; versions of one model must agree on the format.
+func TestConvertFormats(t *testing.T) {
+	t.Parallel()
+	mlserver := servingRuntime("mlserver-1.x", "", nil, "mlserver", format("sklearn", true), format("xgboost", true), format("lightgbm", true))
+	triton := servingRuntime("triton-2.x", "", nil, "triton", format("onnx", true))
+	uri := func(f, u string) *ModelSpec { return &ModelSpec{ModelFormat: ModelFormat{Name: f}, StorageURI: u} }
+	got := Convert([]InferenceService{
+		isvc("wine", nil, uri("SKLearn", "s3://m/wine")),
+		isvc("fraud", nil, uri("onnx", "s3://m/fraud")),
+		isvc("wine-v2", map[string]string{ModelAnnotation: "wine", VersionAnnotation: "2"}, uri("xgboost", "s3://m/wine2")),
+	}, nil, []ServingRuntime{mlserver, triton})
+	want := map[string][2]string{"ns/wine": {"mlserver", "sklearn"}, "ns/fraud": {"triton", "triton"}}
+	for _, e := range got {
+		if e.Key() == "ns/wine-v2" {
+			if e.Problem == nil || e.Problem.Reason != ReasonInvalidSpec || !strings.Contains(e.Problem.Message, "format sklearn") {
+				t.Errorf("a second version of another format: problem %+v", e.Problem)
+			}
+			continue
+		}
+		if e.Problem != nil || [2]string{e.Runtime, e.Format} != want[e.Key()] {
+			t.Errorf("%s: runtime %q format %q (problem %+v), want %v", e.Key(), e.Runtime, e.Format, e.Problem, want[e.Key()])
+		}
+	}
+	models := Models(got)
+	if len(models) != 2 || models[1].Name != "wine" || models[1].Format != "sklearn" || len(models[1].Versions) != 1 {
+		t.Errorf("registry models %+v", models)
 	}
 }
 

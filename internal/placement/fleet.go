@@ -58,9 +58,16 @@ func (n Node) Loading() int {
 
 // Load is a model version to make resident on some node.
 type Load struct {
-	Model   ModelVersion
-	Runtime string
-	Size    Size
+	Model ModelVersion
+	// Runtime, when set, is the runtime a node must run; Format, when set, one it must read
+	// (Capabilities.Formats).
+	Runtime, Format string
+	Size            Size
+}
+
+// Suits reports whether n runs l's runtime and reads l's format.
+func (l Load) Suits(n Node) bool {
+	return (l.Runtime == "" || n.Runtime == l.Runtime) && (l.Format == "" || n.Caps.Reads(l.Format))
 }
 
 // Footprint is what n would reserve for l (Size.On); zero when the size is unknown.
@@ -139,7 +146,7 @@ func rendezvous(m ModelVersion, node string) uint64 {
 //  4. the least full (used/capacity in the fullest dimension);
 //  5. spread: rendezvous hash of (model, node), then id.
 //
-// Left out: nodes of another runtime, nodes whose whole capacity is below l's known size,
+// Left out: nodes of another runtime or that do not read l's format, nodes whose whole capacity is below l's known size,
 // nodes that cannot serve and load, nodes that hold one version of a model at a time and
 // hold another version of l's. Nodes where l is draining come last.
 func Candidates(nodes []Node, l Load) []Node {
@@ -150,7 +157,7 @@ func Candidates(nodes []Node, l Load) []Node {
 	}
 	var cs []cand
 	for _, n := range nodes {
-		if n.Runtime != l.Runtime || !n.Serves || !n.Loads {
+		if !l.Suits(n) || !n.Serves || !n.Loads {
 			continue
 		}
 		_, fits, possible := Place(l.Footprint(n), n.Capacity, n.Used)

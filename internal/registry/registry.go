@@ -31,9 +31,14 @@ type Registry struct {
 // Model is one registered model.
 type Model struct {
 	Name string `json:"name"`
-	// Runtime the model needs ("onnxruntime", "triton"); workers advertise theirs.
-	Runtime string            `json:"runtime,omitempty"`
-	Labels  map[string]string `json:"labels,omitempty"`
+	// Runtime the model needs ("onnxruntime", "triton", "mlserver"); workers advertise
+	// theirs. Empty with a Format: any runtime that reads the format.
+	Runtime string `json:"runtime,omitempty"`
+	// Format is the format of the model's files, in KServe's names (see Formats); workers
+	// advertise the formats they read, and the model is placed only on one that reads its.
+	// Empty: the runtime's own format (onnx for onnxruntime, triton for triton).
+	Format string            `json:"format,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
 	// Pinned models are never evicted once loaded.
 	Pinned      bool `json:"pinned,omitempty"`
 	MinReplicas int  `json:"minReplicas,omitempty"`
@@ -172,8 +177,59 @@ type Mirror struct {
 	Percent float64 `json:"percent"`
 }
 
-// DefaultRuntime is the runtime of a model that names none.
+// DefaultRuntime is the runtime of a model that names neither a runtime nor a format.
 const DefaultRuntime = "onnxruntime"
+
+// Formats are the model formats the mesh's runtimes read, each with the runtimes that read
+// it: ONNX files (embedded ONNX Runtime), Triton repository entries (a config.pbtxt and a
+// version directory, for any of Triton's backends), and scikit-learn joblib pickles,
+// XGBoost JSON or UBJ boosters and LightGBM text boosters (MLServer).
+var Formats = map[string][]string{
+	"onnx":     {"onnxruntime"},
+	"triton":   {"triton"},
+	"sklearn":  {"mlserver"},
+	"xgboost":  {"mlserver"},
+	"lightgbm": {"mlserver"},
+}
+
+// defaultFormats is the format of a model that names a runtime and no format.
+var defaultFormats = map[string]string{"onnxruntime": "onnx", "triton": "triton"}
+
+// formatsOf lists the formats runtime reads, sorted.
+func formatsOf(runtime string) []string {
+	var out []string
+	for f, runtimes := range Formats {
+		if slices.Contains(runtimes, runtime) {
+			out = append(out, f)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// allRuntimes lists the runtimes that read some format, sorted.
+func allRuntimes() []string {
+	var out []string
+	for _, runtimes := range Formats {
+		for _, r := range runtimes {
+			if !slices.Contains(out, r) {
+				out = append(out, r)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// defaults fills in the runtime and the format of a model that names neither or only one.
+func (m *Model) defaults() {
+	if m.Runtime == "" && m.Format == "" {
+		m.Runtime = DefaultRuntime
+	}
+	if m.Format == "" {
+		m.Format = defaultFormats[m.Runtime]
+	}
+}
 
 // Parse decodes and validates a registry from YAML (or JSON). It reports every problem it
 // finds, each with the model it belongs to.
@@ -194,9 +250,7 @@ func (r *Registry) normalise() error {
 	seen := map[string]bool{}
 	for i := range r.Models {
 		m := &r.Models[i]
-		if m.Runtime == "" {
-			m.Runtime = DefaultRuntime
-		}
+		m.defaults()
 		if err := m.validate(); err != nil {
 			errs = append(errs, err)
 		}
@@ -228,6 +282,17 @@ func (m *Model) validate() error {
 	}
 	fail := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("model %q: "+format, append([]any{m.Name}, args...)...))
+	}
+	runtimes, known := Formats[m.Format]
+	switch {
+	case m.Runtime != "" && len(formatsOf(m.Runtime)) == 0:
+		fail("runtime %q is not one the mesh runs (%s)", m.Runtime, strings.Join(allRuntimes(), ", "))
+	case m.Format == "":
+		fail("runtime %s reads several formats: say which in format (%s)", m.Runtime, strings.Join(formatsOf(m.Runtime), ", "))
+	case !known:
+		fail("format %q is not one the mesh reads (%s)", m.Format, strings.Join(slices.Sorted(maps.Keys(Formats)), ", "))
+	case m.Runtime != "" && !slices.Contains(runtimes, m.Runtime):
+		fail("runtime %s does not read format %s (%s does)", m.Runtime, m.Format, strings.Join(runtimes, ", "))
 	}
 	if m.MinReplicas < 0 {
 		fail("minReplicas %d is negative", m.MinReplicas)
@@ -387,9 +452,7 @@ func (r *Registry) WithModels(models []Model) (out *Registry, rejected map[strin
 		taken[m.Name] = true
 	}
 	for _, m := range models {
-		if m.Runtime == "" {
-			m.Runtime = DefaultRuntime
-		}
+		m.defaults()
 		if taken[m.Name] {
 			rejected[m.Name] = fmt.Errorf("%w: model %q: registered twice", ErrInvalid, m.Name)
 			continue

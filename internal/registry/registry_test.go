@@ -118,6 +118,10 @@ func TestParseRejects(t *testing.T) {
 		{"negative min replicas", model(v1 + "    minReplicas: -1\n"), "negative"},
 		{"negative max replicas", model(v1 + "    maxReplicas: -1\n"), "maxReplicas -1 is negative"},
 		{"max below min", model(v1 + "    minReplicas: 3\n    maxReplicas: 2\n"), "maxReplicas 2 is below minReplicas 3"},
+		{"unknown format", model(v1 + "    format: pytorch\n"), `format "pytorch" is not one the mesh reads (lightgbm, onnx, sklearn, triton, xgboost)`},
+		{"unknown runtime", model(v1 + "    runtime: tfserving\n"), `runtime "tfserving" is not one the mesh runs (mlserver, onnxruntime, triton)`},
+		{"mlserver without a format", model(v1 + "    runtime: mlserver\n"), "runtime mlserver reads several formats: say which in format (lightgbm, sklearn, xgboost)"},
+		{"runtime that does not read the format", model(v1 + "    runtime: onnxruntime\n    format: sklearn\n"), "runtime onnxruntime does not read format sklearn (mlserver does)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -127,6 +131,31 @@ func TestParseRejects(t *testing.T) {
 				t.Fatalf("error %v, want ErrInvalid mentioning %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestFormatDefaults: a model that names neither a runtime nor a format is an ONNX model for
+// ONNX Runtime, as before formats existed; a runtime alone implies its format; a format alone
+// leaves the runtime to whichever reads it.
+func TestFormatDefaults(t *testing.T) {
+	t.Parallel()
+	v1 := "    versions: [{version: \"1\", storageUri: \"file:///m/1\"}]\n"
+	tests := []struct{ give, runtime, format string }{
+		{"", "onnxruntime", "onnx"},
+		{"    runtime: triton\n", "triton", "triton"},
+		{"    runtime: onnxruntime\n", "onnxruntime", "onnx"},
+		{"    format: sklearn\n", "", "sklearn"},
+		{"    format: onnx\n", "", "onnx"},
+		{"    runtime: mlserver\n    format: lightgbm\n", "mlserver", "lightgbm"},
+	}
+	for _, tt := range tests {
+		r, err := Parse([]byte("models:\n  - name: m\n" + tt.give + v1))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.give, err)
+		}
+		if m := r.Models[0]; m.Runtime != tt.runtime || m.Format != tt.format {
+			t.Errorf("%q: runtime %q format %q, want %q %q", tt.give, m.Runtime, m.Format, tt.runtime, tt.format)
+		}
 	}
 }
 

@@ -153,7 +153,11 @@ type LoadRequest struct {
 	// memory (the free watermark kept), evicting nothing, and the first replica to go under
 	// memory pressure. A load without it of a resident extra replica makes that one a replica
 	// like any other.
-	Extra         bool `protobuf:"varint,11,opt,name=extra,proto3" json:"extra,omitempty"`
+	Extra bool `protobuf:"varint,11,opt,name=extra,proto3" json:"extra,omitempty"`
+	// The model's format as the registry names it ("onnx", "triton", "sklearn", "xgboost",
+	// "lightgbm"): one the worker's runtime reads (its record's formats), or the load fails
+	// with FAILED_PRECONDITION. Empty: whatever the runtime reads.
+	Format        string `protobuf:"bytes,12,opt,name=format,proto3" json:"format,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -263,6 +267,13 @@ func (x *LoadRequest) GetExtra() bool {
 		return x.Extra
 	}
 	return false
+}
+
+func (x *LoadRequest) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
 }
 
 type LoadResponse struct {
@@ -939,7 +950,7 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\x13meshv1/worker.proto\x12\amesh.v1\"8\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"\x85\x03\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\"\x9d\x03\n" +
 	"\vLoadRequest\x12'\n" +
 	"\x05model\x18\x01 \x01(\v2\x11.mesh.v1.ModelRefR\x05model\x12\x1f\n" +
 	"\vstorage_uri\x18\x02 \x01(\tR\n" +
@@ -954,7 +965,8 @@ const file_meshv1_worker_proto_rawDesc = "" +
 	"\fstorage_path\x18\t \x01(\tR\vstoragePath\x12\x16\n" +
 	"\x06sha256\x18\n" +
 	" \x01(\tR\x06sha256\x12\x14\n" +
-	"\x05extra\x18\v \x01(\bR\x05extra\"\x7f\n" +
+	"\x05extra\x18\v \x01(\bR\x05extra\x12\x16\n" +
+	"\x06format\x18\f \x01(\tR\x06format\"\x7f\n" +
 	"\fLoadResponse\x12*\n" +
 	"\areplica\x18\x01 \x01(\v2\x10.mesh.v1.ReplicaR\areplica\x12+\n" +
 	"\aevicted\x18\x02 \x03(\v2\x11.mesh.v1.ModelRefR\aevicted\x12\x16\n" +

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -34,6 +35,7 @@ type fakeBackend struct {
 	gate     chan struct{} // when set, Load waits on it
 	block    chan struct{} // when set, Infer waits on it
 	resident map[placement.ModelVersion]bool
+	formats  []string // the format of each load, in order
 }
 
 func newFakeBackend() *fakeBackend {
@@ -42,10 +44,15 @@ func newFakeBackend() *fakeBackend {
 
 func (f *fakeBackend) Runtime() string { return "fake" }
 
-func (f *fakeBackend) Capabilities() placement.Capabilities { return placement.Capabilities{} }
+func (f *fakeBackend) Capabilities() placement.Capabilities {
+	return placement.Capabilities{Formats: []string{"onnx"}}
+}
 
 func (f *fakeBackend) Load(ctx context.Context, m placement.ModelVersion, files Files) (Loaded, error) {
 	gpu := files.GPU
+	f.mu.Lock()
+	f.formats = append(f.formats, files.Format)
+	f.mu.Unlock()
 	if f.gate != nil {
 		select {
 		case <-f.gate:
@@ -148,6 +155,28 @@ func newFixtureWith(t *testing.T, capacity placement.Memory, configure func(*Con
 
 func (fx *fixture) spec(name string, declared int64) Spec {
 	return Spec{Model: placement.ModelVersion{Name: name, Version: "1"}, Storage: storage.Location{URI: "file://" + filepath.Join(fx.root, name+".onnx")}, DeclaredBytes: declared}
+}
+
+// TestLoadChecksTheFormat: a model of a format the runtime reads is handed over with it; one
+// of another format fails before anything is fetched or loaded, with ErrFormat.
+func TestLoadChecksTheFormat(t *testing.T) {
+	fx := newFixture(t, 10000)
+	s := fx.spec("a", 0)
+	s.Format = "onnx"
+	if _, err := fx.agent.Load(t.Context(), s); err != nil {
+		t.Fatal(err)
+	}
+	s = fx.spec("b", 0)
+	s.Format = "sklearn"
+	_, err := fx.agent.Load(t.Context(), s)
+	if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), "fake reads onnx, not sklearn") {
+		t.Fatalf("a sklearn model on a runtime that reads onnx: %v", err)
+	}
+	fx.backend.mu.Lock()
+	defer fx.backend.mu.Unlock()
+	if !slices.Equal(fx.backend.formats, []string{"onnx"}) {
+		t.Fatalf("backend loads with formats %q, want the onnx one only", fx.backend.formats)
+	}
 }
 
 func (fx *fixture) resident(t *testing.T) map[string]placement.State {

@@ -48,7 +48,7 @@ func (s *Management) Load(ctx context.Context, r *meshv1.LoadRequest) (*meshv1.L
 		Storage: storage.Location{URI: r.GetStorageUri(), Key: r.GetStorageKey(), Bucket: r.GetStorageBucket(),
 			Path: r.GetStoragePath(), SHA256: r.GetSha256()},
 		Learned: placement.Footprint{Host: r.GetLearnedHostBytes(), GPU: r.GetLearnedGpuBytes()}, Pinned: r.GetPinned(),
-		Extra: r.GetExtra(),
+		Extra: r.GetExtra(), Format: r.GetFormat(),
 	})
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
 		span.SetAttributes(attribute.String("mesh.model", r.GetModel().GetName()), attribute.String("mesh.version", r.GetModel().GetVersion()),
