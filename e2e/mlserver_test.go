@@ -226,6 +226,8 @@ func TestMixedFleet(t *testing.T) {
 			append([]string{"--capacity", "1GiB"}, tr.workerArgs(tritonModels)...),
 		}})
 	onnxWorker, mlWorker, tritonWorker := m.workers[0], m.workers[1], m.workers[2]
+	m.awaitReads(t, "sklearn")
+	m.awaitReads(t, "triton")
 
 	// Each model of MLServer's formats: cold over REST, placed on the MLServer worker, the
 	// framework's predictions for the whole test split; hot over gRPC, the same again.
@@ -339,6 +341,12 @@ func TestMixedFleet(t *testing.T) {
 	eventually(t, 10*time.Second, "the worker reports MLServer's models gone", func() bool {
 		return rdb.HLen(context.Background(), keys.Replicas(mlWorker.ID)).Val() == 0
 	})
+	// Gone, the worker reads no format: a request for a model of MLServer's is refused at
+	// once, with the reason, as when no MLServer worker runs at all.
+	m.awaitGone(t, "sklearn")
+	if code, body, _ := restPredict(t, m.Gateway, "wine-sklearn", wine.Inputs[:1]); code != 503 || !strings.Contains(body, "no live worker that reads format sklearn") {
+		t.Fatalf("wine-sklearn with MLServer down: %d %s", code, body)
+	}
 	ml.start(t)
 	eventually(t, 60*time.Second, "wine-sklearn answered again after MLServer came back", func() bool {
 		code, _, got := restPredict(t, m.Gateway, "wine-sklearn", wine.Inputs)
@@ -346,4 +354,39 @@ func TestMixedFleet(t *testing.T) {
 	})
 	_, _, got := restPredict(t, m.Gateway, "wine-sklearn", wine.Inputs)
 	samePredictions(t, "wine-sklearn after MLServer's restart", wine, got)
+}
+
+// awaitGone waits until no live worker's record says it reads format.
+func (m *mesh) awaitGone(t testing.TB, format string) {
+	t.Helper()
+	m.awaitFormat(t, format, false)
+}
+
+// awaitReads waits until some live worker's record says it reads format: a worker beside a
+// model server reads its formats only once the server answers.
+func (m *mesh) awaitReads(t testing.TB, format string) {
+	t.Helper()
+	m.awaitFormat(t, format, true)
+}
+
+func (m *mesh) awaitFormat(t testing.TB, format string, read bool) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: m.redis.Addr})
+	defer rdb.Close()
+	reader := residency.NewReader(rdb, residency.Keys{Prefix: m.prefix}, quietLog())
+	what := "a worker reads format " + format
+	if !read {
+		what = "no worker reads format " + format
+	}
+	eventually(t, 30*time.Second, what, func() bool {
+		snap, err := reader.Read(context.Background())
+		if err != nil {
+			return false
+		}
+		reads := false
+		for _, w := range snap.Workers {
+			reads = reads || w.Caps.Reads(format)
+		}
+		return reads == read
+	})
 }

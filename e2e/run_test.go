@@ -60,7 +60,7 @@ func readPid(t testing.TB, path string) int {
 }
 
 // TestMakeRunRestartsADeadWorker: `make run`'s script, on ports of its own, serves a
-// request; a worker killed with SIGKILL is reported on the terminal and restarted, answers
+// request to an ONNX model and to each MLServer demo model; a worker killed with SIGKILL is reported on the terminal and restarted, answers
 // its health check again with its log appended, and the mesh serves again; Ctrl-C (SIGINT to
 // the process group, as a terminal sends it) stops the script with status 0 and leaves no
 // process behind.
@@ -87,12 +87,31 @@ func TestMakeRunRestartsADeadWorker(t *testing.T) {
 		"MESH_PROMETHEUS_PORT=" + addrPort(t, prom),
 		"MESH_WORKER_PORT=" + strconv.Itoa(workerPort),
 		"MESH_WORKER_MANAGEMENT_PORT=" + strconv.Itoa(managementPort),
+		"MESH_MLSERVER_WORKER_PORT=" + addrPort(t, freePort(t)),
+		"MESH_MLSERVER_WORKER_MANAGEMENT_PORT=" + addrPort(t, freePort(t)),
+		"MESH_MLSERVER_HTTP_PORT=" + addrPort(t, freePort(t)),
+		"MESH_MLSERVER_GRPC_PORT=" + addrPort(t, freePort(t)),
+		"MESH_MLSERVER_METRICS_PORT=" + addrPort(t, freePort(t)),
 	}
 	// env(1) execs the script with the variables: the process (and group) is the script's.
 	run := proctest.Start(t, "run.sh", "/usr/bin/env", append(env, "../scripts/run.sh")...)
 	run.Await(t, 2*time.Minute, proctest.HTTPOK("http://"+gateway+"/v2/health/ready"))
 	if code, out := inferREST(t, gateway, "iris", irisSetosa, nil); code != 200 {
 		t.Fatalf("iris through the local mesh: %d %v", code, out)
+	}
+	// One demo model of each of MLServer's formats, on the MLServer worker, once the script
+	// says the mesh runs (MLServer answers then) and the worker found MLServer up.
+	eventually(t, time.Minute, "the script reports the mesh running", func() bool { return strings.Contains(run.Logs(), "The mesh is running") })
+	for _, nm := range nativeModels {
+		ts := readNativeTestset(t, nm.name)
+		var code int
+		var body string
+		var got []float64
+		eventually(t, 10*time.Second, nm.name+" answered", func() bool {
+			code, body, got = restPredict(t, gateway, nm.name, ts.Inputs)
+			return code == 200
+		})
+		samePredictions(t, nm.name+" through the local mesh ("+body[:min(len(body), 40)]+")", ts, got)
 	}
 
 	pidFile := filepath.Join(state, "worker-1.pid")

@@ -25,6 +25,7 @@ func BenchmarkTriton(b *testing.B) {
 	pythonModels(b, models, map[string]int{"double": 2})
 	reg := fmt.Sprintf("models:\n  - {name: double, runtime: triton, versions: [{version: \"1\", storageUri: \"file://%s/double\"}]}\n", models)
 	m := startMesh(b, meshOptions{Registry: reg, WorkerArgs: tr.workerArgs(models)})
+	m.awaitReads(b, "triton")
 	w := m.workers[0]
 	ctx := context.Background()
 	ref := &meshv1.ModelRef{Name: "double", Version: "1"}

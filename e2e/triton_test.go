@@ -115,6 +115,7 @@ func TestTritonThroughTheMesh(t *testing.T) {
 		fmt.Fprintf(&reg, "  - {name: %s, runtime: triton, versions: [{version: \"1\", storageUri: \"file://%s/%s\", memoryBytes: 104857600}]}\n", name, models, name)
 	}
 	m := startMesh(t, meshOptions{Registry: reg.String(), Capacities: []string{"250MiB"}, WorkerArgs: append(tr.workerArgs(models), "--eviction-min-idle", "100ms")})
+	m.awaitReads(t, "triton")
 
 	// Cold over REST, then hot: Envoy routes to Triton's HTTP port itself.
 	code, body := rawPost(t, "http://"+m.Gateway+"/v2/models/double/infer", fourOnes)

@@ -58,9 +58,10 @@ type Config struct {
 	// reads for the status of models that are Kubernetes resources.
 	RecordLoad func(ctx context.Context, m placement.ModelVersion, failure *residency.Failure) error
 	// Refresh, when not nil, reads the residency state into the view at once; a request for
-	// a model the view does not know is decided again after one (at most one every 100 ms,
-	// shared by the requests waiting), so that a model registered a moment ago (a new
-	// InferenceService) is not refused because an event is still on its way.
+	// a model the view does not know, or that no worker in the view can take, is decided
+	// again after one (at most one every 100 ms, shared by the requests waiting), so that a
+	// model registered a moment ago (a new InferenceService), or a worker whose model server
+	// just came up, is not refused because an event is still on its way.
 	Refresh func(ctx context.Context) error
 	// ProbeAfter is how long a Load may run before the worker's liveness is checked, and how
 	// often after (default 250ms); ProbeTimeout how long that check waits (default 1s). A
@@ -124,7 +125,7 @@ type Server struct {
 	refreshed  time.Time
 }
 
-// minRefresh bounds how often unknown models make the view be read again.
+// minRefresh bounds how often requests refused by the view make it be read again.
 const minRefresh = 100 * time.Millisecond
 
 // refresh reads the state again (Config.Refresh), or waits for the read under way; it reports
@@ -203,7 +204,7 @@ func (s *Server) Handle(ctx context.Context, req Request, extend func() error) (
 	// (and a margin) from when it is sent, which is never before now.
 	deadline := time.Now().Add(s.cfg.LoadDeadline)
 	d, err := Decide(s.snapshot(), req, s.cfg.Rand)
-	if errors.Is(err, ErrNotRegistered) && s.cfg.Refresh != nil && s.refresh(ctx) {
+	if (errors.Is(err, ErrNotRegistered) || errors.Is(err, ErrNoWorker)) && s.cfg.Refresh != nil && s.refresh(ctx) {
 		d, err = Decide(s.snapshot(), req, s.cfg.Rand)
 	}
 	if err != nil {

@@ -453,6 +453,22 @@ func TestUnreachableWorkerIsLeftOutAndItsLeaseEnded(t *testing.T) {
 	}
 }
 
+// TestNoWorkerRereadsTheState: a request no worker in the view can take (here: of a format
+// none reads) makes the state be read again before it is refused: a worker whose model
+// server just came up may be in Redis already.
+func TestNoWorkerRereadsTheState(t *testing.T) {
+	m := newMesh(t, mustRegistry(t, testRegistry))
+	m.addWorker(worker("w1", 1, ort, 1000, 0), nil)
+	var reads atomic.Int32
+	r := m.startReplica(Config{Refresh: func(context.Context) error { reads.Add(1); return nil }}, &fakeLoader{})
+	r.waitFor(t, workersLive(1))
+	ex, err := r.send(t.Context(), rest("wine"))
+	checkAnswer(t, refused(typev3.StatusCode_ServiceUnavailable, "no_worker", "no live worker that reads format sklearn for model wine:1", "1"), ex, err)
+	if reads.Load() != 1 {
+		t.Fatalf("%d reads of the state before refusing, want 1", reads.Load())
+	}
+}
+
 // TestUnknownModelRereadsTheState: a request for a model the view does not know makes the
 // state be read again before it is refused, at most once per 100 ms however many arrive.
 func TestUnknownModelRereadsTheState(t *testing.T) {

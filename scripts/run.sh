@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Starts the whole mesh locally: a private redis-server, two workers with different memory
-# budgets, ext_proc, the control plane and the gateway Envoy, with the demo registry
-# (manifests/local/registry.yaml), and Prometheus scraping them all; every model is cold at
-# start.
+# Starts the whole mesh locally: a private redis-server, two ONNX Runtime workers with
+# different memory budgets, an MLServer with its worker (the scikit-learn, XGBoost and
+# LightGBM demo models), ext_proc, the control plane and the gateway Envoy, with the demo
+# registry (manifests/local/registry.yaml), and Prometheus scraping them all; every model is
+# cold at start.
 # Each process runs under a supervisor that restarts it when it exits, as Kubernetes restarts
 # a container: after 1 s, doubling up to 10 s while it keeps dying, back to 1 s once a run
 # lasted a minute. The terminal gets a line naming what exited, how, and the restart; each
@@ -15,6 +16,10 @@
 #   MESH_EXTPROC_PORT (9002)  MESH_EXTPROC_METRICS_PORT (9003)
 #   MESH_WORKER_PORT (8001) and MESH_WORKER_MANAGEMENT_PORT (8011): the first worker's data
 #     and management ports; the second worker's are one more (8002, 8012)
+#   MESH_MLSERVER_WORKER_PORT (8003) and MESH_MLSERVER_WORKER_MANAGEMENT_PORT (8013): the
+#     MLServer worker's; MESH_MLSERVER_HTTP_PORT (8085), MESH_MLSERVER_GRPC_PORT (8086) and
+#     MESH_MLSERVER_METRICS_PORT (8087): MLServer's own, where the gateway sends its models'
+#     requests
 #   MESH_PROMETHEUS_PORT (9090): Prometheus, scraping everything with the mesh's rules
 # MESH_RUN_DIR (.run): the state directory (logs, pid files, caches, Redis, Prometheus data);
 # emptied at start (another directory only if run.sh made it, or it is empty).
@@ -45,6 +50,11 @@ extproc_metrics_port="${MESH_EXTPROC_METRICS_PORT:-9003}"
 prometheus_port="${MESH_PROMETHEUS_PORT:-9090}"
 worker_port="${MESH_WORKER_PORT:-8001}"
 worker_management_port="${MESH_WORKER_MANAGEMENT_PORT:-8011}"
+mlserver_worker_port="${MESH_MLSERVER_WORKER_PORT:-8003}"
+mlserver_worker_management_port="${MESH_MLSERVER_WORKER_MANAGEMENT_PORT:-8013}"
+mlserver_http_port="${MESH_MLSERVER_HTTP_PORT:-8085}"
+mlserver_grpc_port="${MESH_MLSERVER_GRPC_PORT:-8086}"
+mlserver_metrics_port="${MESH_MLSERVER_METRICS_PORT:-8087}"
 storage="${MESH_STORAGE:-file}"
 s3_port="${MESH_S3_PORT:-9000}"
 ort_lib="$(ls "$root"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -1)"
@@ -161,7 +171,7 @@ s3)
 	wait_http "$s3/_health"
 	s3put() { curl -sSf --aws-sigv4 aws:amz:us-east-1:s3 --user "$s3_key:$s3_secret" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$@"; }
 	s3put -X PUT "$s3/models"
-	for f in testdata/models/*/*/model.onnx; do s3put -T "$f" "$s3/models/${f#testdata/models/}"; done
+	for f in testdata/models/*/*/model.*; do s3put -T "$f" "$s3/models/${f#testdata/models/}"; done
 	printf '{"type": "s3", "access_key_id": "%s", "secret_access_key": "%s", "endpoint_url": "%s", "bucket": "models"}\n' \
 		"$s3_key" "$s3_secret" "$s3" >"$state/storage-config/local-s3"
 	sed -E 's#storageUri: "file://[^"]*/testdata/models/([^"]*)"#storage: {key: local-s3, path: "\1"}#' \
@@ -188,6 +198,18 @@ for i in 1 2; do
 		--ort-library "$ort_lib" --redis-addr "$redis_addr" --log-format text
 done
 
+# MLServer, loading only what its worker asks for, and the worker that drives it: the gateway
+# sends its models' requests to MLServer's own ports. A restarted MLServer starts empty; the
+# worker sees it gone, and loads its models again on demand.
+supervise mlserver scripts/mlserver.sh "$state/mlserver/models" "$mlserver_http_port" "$mlserver_grpc_port" "$mlserver_metrics_port"
+management+=("127.0.0.1:$mlserver_worker_management_port")
+supervise worker-mlserver bin/mesh-worker --worker-id worker-mlserver --listen "127.0.0.1:$mlserver_worker_port" \
+	--management-listen "127.0.0.1:$mlserver_worker_management_port" \
+	"${storage_flags[@]}" --cache-dir "$state/cache-mlserver" --capacity 512MiB --runtime mlserver \
+	--mlserver-http "127.0.0.1:$mlserver_http_port" --mlserver-grpc "127.0.0.1:$mlserver_grpc_port" \
+	--mlserver-repository "$state/mlserver/models" --mlserver-metrics "http://127.0.0.1:$mlserver_metrics_port/metrics" \
+	--redis-addr "$redis_addr" --log-format text
+
 supervise extproc bin/mesh-extproc --listen "127.0.0.1:$extproc_port" --metrics-listen "127.0.0.1:$extproc_metrics_port" \
 	--redis-addr "$redis_addr" --log-format text
 
@@ -207,12 +229,13 @@ supervise envoy .venv/bin/envoy -c "$state/envoy.yaml" --concurrency 2 --disable
 # Prometheus (make setup installs it) with manifests/observability's local configuration.
 sed -e "s#\${SCRAPE_INTERVAL}#5s#g" -e "s#\${RULES}#$root/manifests/observability/rules#" \
 	-e "s#\${GATEWAY_ADMIN}#127.0.0.1:$admin_port#" -e "s#\${CONTROLPLANE}#127.0.0.1:$cp_metrics_port#" \
-	-e "s#\${EXTPROC}#127.0.0.1:$extproc_metrics_port#" -e "s#\${WORKERS}#\"${management[0]}\", \"${management[1]}\"#" \
+	-e "s#\${EXTPROC}#127.0.0.1:$extproc_metrics_port#" -e "s#\${WORKERS}#\"${management[0]}\", \"${management[1]}\", \"${management[2]}\"#" \
 	manifests/observability/prometheus-local.yaml >"$state/prometheus.yaml"
 supervise prometheus prometheus --config.file "$state/prometheus.yaml" --storage.tsdb.path "$state/prometheus" \
 	--web.listen-address "127.0.0.1:$prometheus_port" --log.level warn
 
 for m in "${management[@]}"; do wait_http "http://$m/healthz"; done
+wait_http "http://127.0.0.1:$mlserver_http_port/v2/health/live"
 wait_http "http://127.0.0.1:$prometheus_port/-/ready"
 wait_http "http://127.0.0.1:$admin_port/ready"
 wait_http "http://127.0.0.1:$gateway_port/v2/health/ready"
@@ -236,6 +259,9 @@ gRPC (and REST) with tritonclient, a stock KServe v2 client, sending no mesh hea
   .venv/bin/python scripts/infer.py --url localhost:$gateway_port --protocol http digits $zeros
   .venv/bin/python scripts/infer.py --url localhost:$gateway_port breast-cancer \$(python3 -c 'import json; print(*json.load(open("testdata/models/breast-cancer/testset.json"))["inputs"][0])')
                                                   # breast-cancer splits 90/10 between versions 1 and 2
+  .venv/bin/python scripts/infer.py --url localhost:$gateway_port --input input-0 --datatype FP64 --outputs predict \
+    wine-sklearn \$(python3 -c 'import json; print(*json.load(open("testdata/models/wine-sklearn/testset.json"))["inputs"][0])')
+                                                  # scikit-learn on MLServer; also diabetes-xgboost, breast-cancer-lightgbm
 A process that dies is restarted (try: kill -9 \$(cat $state/worker-1.pid)); Ctrl-C stops everything.
 MSG
 # The supervisors never exit on their own: this waits for Ctrl-C or SIGTERM (cleanup).

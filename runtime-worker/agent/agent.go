@@ -272,6 +272,11 @@ func (a *Agent) Capacity() placement.Memory { return a.cfg.Capacity }
 // may coalesce into one value. Readers take a Snapshot after each.
 func (a *Agent) Changed() <-chan struct{} { return a.changed }
 
+// Republish asks for the worker's state to be written again soon (Changed): for a change the
+// agent cannot see, such as its model server answering again, which changes what the
+// runtime reads.
+func (a *Agent) Republish() { a.notify() }
+
 func (a *Agent) notify() {
 	select {
 	case a.changed <- struct{}{}:

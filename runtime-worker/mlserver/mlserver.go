@@ -92,8 +92,8 @@ type parameters struct {
 }
 
 // Install copies the model at f.Path into dir with a model-settings.json that names m and
-// the runtime of f.Format. A file keeps its name and the settings point at it; a directory
-// is copied whole, and the settings point at its one file, or at the directory itself when
+// the runtime of f.Format. A file is installed under its format's name (fileName) and the
+// settings point at it; a directory is copied whole, and the settings point at its one file, or at the directory itself when
 // it holds several (MLServer's runtimes then look for their well-known file names, such as
 // model.joblib or model.json). The format must be given: a file's name does not say it.
 func (*Server) Install(m placement.ModelVersion, f agent.Files, dir string) error {
@@ -111,10 +111,11 @@ func (*Server) Install(m placement.ModelVersion, f agent.Files, dir string) erro
 	uri := "."
 	switch {
 	case fi.Mode().IsRegular():
-		uri = "./" + filepath.Base(f.Path)
+		name := fileName(f.Format, f.Path)
+		uri = "./" + name
 		err = os.MkdirAll(dir, 0o755)
 		if err == nil {
-			err = copyFile(f.Path, filepath.Join(dir, filepath.Base(f.Path)))
+			err = copyFile(f.Path, filepath.Join(dir, name))
 		}
 	case fi.IsDir():
 		err = modelserver.CopyTree(f.Path, dir)
@@ -132,6 +133,31 @@ func (*Server) Install(m placement.ModelVersion, f agent.Files, dir string) erro
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "model-settings.json"), body, 0o644)
+}
+
+// fileName is the name a one-file model of format is installed as: the worker's disk tier
+// keeps a single object under a name of its own, and XGBoost tells a booster's encoding
+// from the name's extension (.json, else UBJSON), so the JSON text is looked for.
+func fileName(format, path string) string {
+	switch format {
+	case "sklearn":
+		return "model.joblib"
+	case "lightgbm":
+		return "model.txt"
+	}
+	head := make([]byte, 64)
+	fh, err := os.Open(path)
+	if err == nil {
+		n, _ := fh.Read(head)
+		head = head[:n]
+		fh.Close()
+	}
+	// JSON opens an object and a quoted key; UBJSON's object marker is followed by a length
+	// type byte.
+	if rest, ok := strings.CutPrefix(strings.TrimSpace(string(head)), "{"); ok && strings.HasPrefix(strings.TrimSpace(rest), `"`) {
+		return "model.json"
+	}
+	return "model.ubj"
 }
 
 // onlyFile names the one regular file directly in dir, if it holds exactly one and nothing

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -119,7 +120,7 @@ func TestBackendAgainstRealMLServer(t *testing.T) {
 			mu.Lock()
 			touched[m]++
 			mu.Unlock()
-		}, func() { lost <- struct{}{} })
+		}, func() { lost <- struct{}{} }, func() {})
 	}()
 	defer func() { stop(); <-watched }()
 	// Prepared: each runtime imported once, its probe directory gone.
@@ -132,6 +133,10 @@ func TestBackendAgainstRealMLServer(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("MLServer not prepared: repository %v", entries)
 		}
+	}
+
+	if caps := b.Capabilities(); !caps.OneVersion || !slices.Equal(caps.Formats, []string{"lightgbm", "sklearn", "xgboost"}) {
+		t.Fatalf("capabilities of an MLServer that answers: %+v", caps)
 	}
 
 	models := []struct{ name, format, file string }{
@@ -245,6 +250,10 @@ func TestBackendAgainstRealMLServer(t *testing.T) {
 	}
 	if b.Live(ctx) {
 		t.Fatal("live after the kill")
+	}
+	// A server that is down reads no format: the worker's record offers it no loads.
+	if caps := b.Capabilities(); len(caps.Formats) != 0 {
+		t.Fatalf("capabilities of a killed MLServer: %+v", caps)
 	}
 }
 

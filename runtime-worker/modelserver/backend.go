@@ -16,9 +16,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -90,6 +92,8 @@ type Backend struct {
 	held map[string]string
 	// loading names the models whose Load is under way; reconciliation leaves them alone.
 	loading map[string]bool
+	// up: the server answers, and was reconciled and prepared since it last did not (Watch).
+	up atomic.Bool
 }
 
 // New connects to the server lazily (the first call dials); Close releases the connection.
@@ -118,8 +122,16 @@ func (b *Backend) Client() Client { return b.client }
 // Runtime names the backend in the worker's records.
 func (b *Backend) Runtime() string { return b.server.Runtime() }
 
-// Capabilities are the server's; one version of a model at a time.
-func (b *Backend) Capabilities() placement.Capabilities { return b.server.Capabilities() }
+// Capabilities are the server's while it is up; while it is down (and before Watch first
+// found it up) it reads no format, so that the worker's record offers no room for loads it
+// would fail.
+func (b *Backend) Capabilities() placement.Capabilities {
+	caps := b.server.Capabilities()
+	if !b.up.Load() {
+		caps.Formats = nil
+	}
+	return caps
+}
 
 // Live reports whether the server answers.
 func (b *Backend) Live(ctx context.Context) bool {
@@ -248,7 +260,9 @@ func (b *Backend) Reconcile(ctx context.Context) ([]string, error) {
 			continue
 		}
 		seen[mi.GetName()] = true
-		if _, err := b.client.RepositoryModelUnload(ctx, &inference.RepositoryModelUnloadRequest{ModelName: mi.GetName()}); err != nil {
+		// A server lists what its repository holds, loaded or not (MLServer after a restart):
+		// one it does not have loaded answers NOT_FOUND, and only its files are left.
+		if _, err := b.client.RepositoryModelUnload(ctx, &inference.RepositoryModelUnloadRequest{ModelName: mi.GetName()}); err != nil && status.Code(err) != codes.NotFound {
 			return orphans, fmt.Errorf("unload orphan %s: %w", mi.GetName(), err)
 		}
 		if err := os.RemoveAll(filepath.Join(b.cfg.Repository, mi.GetName())); err != nil {

@@ -10,15 +10,16 @@ import (
 // downAfter is how many polls in a row must fail before the server counts as gone.
 const downAfter = 3
 
-// Watch polls the server every interval until ctx ends. While it answers, each model's last
+// Watch polls the server every interval until ctx ends, calling up each time it finds the
+// server answering after it did not (at the first answer too), once reconciled. While it answers, each model's last
 // use it reports goes to touch, so the least-recently-used order comes from the server
 // (inference does not pass through the worker). When it stops answering (downAfter polls in
 // a row), Watch forgets what the server held and calls lost once; when it answers again,
 // Watch reconciles (removing what a restarted server or a dead worker left behind) and
-// prepares it before reporting again. Returns nil when ctx ends.
-func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(placement.ModelVersion, time.Time), lost func()) error {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
+// prepares it before reporting again. While the server is down it is polled every
+// downPoll at most, so that it is back in the mesh soon after it answers. The backend reads
+// its formats only while the server is up (Capabilities). Returns nil when ctx ends.
+func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(placement.ModelVersion, time.Time), lost, up func()) error {
 	// Start as if the server had just come back: the first answer reconciles, so models a
 	// previous worker left loaded are unloaded before anything is reported.
 	down := true
@@ -37,6 +38,7 @@ func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(
 			// One slow or failed poll (a busy server, a blip) is not a dead server.
 		case err != nil && ctx.Err() == nil && !down: // up → down
 			down = true
+			b.up.Store(false)
 			b.mu.Lock()
 			kept := map[string]string{}
 			for n := range b.loading {
@@ -57,16 +59,25 @@ func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(
 			}
 			b.log.InfoContext(ctx, b.Runtime()+" answers", "orphans_unloaded", len(orphans))
 			down = false
+			b.up.Store(true)
+			up()
 		case err == nil:
 			b.report(uses, touch)
+		}
+		wait := interval
+		if down {
+			wait = min(interval, downPoll)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-time.After(wait):
 		}
 	}
 }
+
+// downPoll bounds the interval of polls of a server that is down.
+const downPoll = 250 * time.Millisecond
 
 // report passes each use of a model the worker holds to touch, with the version it holds
 // when the server named none.

@@ -165,13 +165,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		g.Go(func() error {
 			return beside.Watch(gctx, serverCfg.Poll, models.Touch, func() {
 				log.WarnContext(gctx, cfg.Runtime+" lost its models", "models", len(models.Lost(gctx)))
-			})
+			}, models.Republish)
 		})
 	}
 	if rdb != nil {
 		reporter := residency.NewReporter(rdb, residency.Keys{Prefix: cfg.RedisPrefix}, residency.ReporterConfig{Heartbeat: cfg.Heartbeat}, log)
 		g.Go(func() error {
-			return reporter.Run(gctx, models.Changed(), func() residency.State { return stateOf(self, models) })
+			return reporter.Run(gctx, models.Changed(), func() residency.State { return stateOf(self, backend, models) })
 		})
 	}
 	g.Go(func() error {
@@ -259,9 +259,11 @@ func advertised(configured, host, addr string) string {
 	return addr
 }
 
-func stateOf(self residency.Worker, models *agent.Agent) residency.State {
+// stateOf is the worker's record: self with what the models use and what the runtime reads
+// now (a model server that is down reads nothing).
+func stateOf(self residency.Worker, backend agent.Backend, models *agent.Agent) residency.State {
 	replicas, used := models.Snapshot()
-	self.Used = used
+	self.Used, self.Caps = used, backend.Capabilities()
 	st := residency.State{Worker: self, Replicas: make(map[string]residency.Replica, len(replicas)), Measured: map[string]placement.Footprint{}}
 	for _, r := range replicas {
 		st.Replicas[r.Model.String()] = residency.Replica{State: r.State, Bytes: r.Memory.Total(), Memory: r.Memory,
