@@ -94,12 +94,16 @@ bench-mesh: setup models build ## the mesh: hot path, cold start, concurrent col
 bench-triton: setup models build ## Triton through the mesh: load/unload and hot path against Triton's own
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench 'BenchmarkTriton' -benchtime 1x -tags e2e ./e2e/ -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
 
+.PHONY: bench-mlserver
+bench-mlserver: setup models build ## MLServer through the mesh: load/unload and hot path against MLServer's own
+	$(GO) test -count=1 -timeout 20m -run '^$$' -bench 'BenchmarkMLServer' -benchtime 1x -tags e2e ./e2e/ -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
+
 .PHONY: bench-kube
 bench-kube: setup models build ## InferenceServices on a real API server: create to answer, load to status, at 1,000
 	$(GO) test -count=1 -timeout 20m -run '^$$' -bench 'BenchmarkKube' -benchtime 1x -tags e2e ./e2e/ -args -bin $(abspath $(BIN)) -models $(abspath $(MODELS))
 
 .PHONY: bench
-bench: bench-worker bench-mesh bench-triton bench-kube ## every benchmark
+bench: bench-worker bench-mesh bench-triton bench-mlserver bench-kube ## every benchmark
 
 .PHONY: run
 run: setup models build ## start the whole mesh locally with the demo models (S3=1: from a local S3 server)

@@ -2,8 +2,12 @@ package mlserver
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/prometheus/procfs"
 
@@ -34,35 +38,76 @@ func (s *Server) Measure(ctx context.Context, _ modelserver.Client, _ placement.
 
 // resident sums the resident memory of the MLServer serving the worker's repository and of
 // its descendants; false when no such process is visible. MLServer is found by its command
-// line, "mlserver start DIR" with DIR the repository.
+// line, "mlserver start DIR" with DIR the repository, once: its process id is kept while it
+// still runs that command.
 func (s *Server) resident() (int64, bool) {
-	procs, err := procfs.AllProcs()
+	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return 0, false
 	}
-	repo := filepath.Clean(s.repository)
-	children := map[int][]procfs.Proc{}
-	var roots []procfs.Proc
-	for _, p := range procs {
-		if st, err := p.Stat(); err == nil {
-			children[st.PPID] = append(children[st.PPID], p)
-		}
-		if args, err := p.CmdLine(); err == nil && servesRepository(p, args, repo) {
-			roots = append(roots, p)
-		}
-	}
-	if len(roots) == 0 {
+	root, ok := s.mlserverProcess(fs)
+	if !ok {
 		return 0, false
 	}
 	var total int64
-	for queue := roots; len(queue) > 0; queue = queue[1:] {
-		p := queue[0]
+	for queue := []int{root}; len(queue) > 0; queue = queue[1:] {
+		p, err := fs.Proc(queue[0])
+		if err != nil {
+			continue // exited meanwhile
+		}
 		if statm, err := p.Statm(); err == nil {
 			total += int64(statm.ResidentBytes())
 		}
-		queue = append(queue, children[p.PID]...)
+		queue = append(queue, children(queue[0])...)
 	}
 	return total, true
+}
+
+// mlserverProcess is the process id of the MLServer serving the repository.
+func (s *Server) mlserverProcess(fs procfs.FS) (int, bool) {
+	repo := filepath.Clean(s.repository)
+	s.mu.Lock()
+	pid := s.pid
+	s.mu.Unlock()
+	if pid > 0 {
+		if p, err := fs.Proc(pid); err == nil {
+			if args, err := p.CmdLine(); err == nil && servesRepository(p, args, repo) {
+				return pid, true
+			}
+		}
+	}
+	procs, err := fs.AllProcs()
+	if err != nil {
+		return 0, false
+	}
+	for _, p := range procs {
+		if args, err := p.CmdLine(); err == nil && servesRepository(p, args, repo) {
+			s.mu.Lock()
+			s.pid = p.PID
+			s.mu.Unlock()
+			return p.PID, true
+		}
+	}
+	return 0, false
+}
+
+// children lists the child processes of pid, from each of its threads' children file
+// (/proc/PID/task/TID/children).
+func children(pid int) []int {
+	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, f := range files {
+		body, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, field := range strings.Fields(string(body)) {
+			if n, err := strconv.Atoi(field); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // servesRepository reports whether args are MLServer's "mlserver start DIR" with DIR, read

@@ -61,6 +61,8 @@ type Server struct {
 	mu sync.Mutex
 	// served is each model's count of answered requests at the last poll.
 	served map[string]float64
+	// pid is MLServer's main process, once found (resident).
+	pid int
 }
 
 var _ modelserver.Server = (*Server)(nil)
