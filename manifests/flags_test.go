@@ -327,7 +327,7 @@ func TestParseUsage(t *testing.T) {
 // timeouts nest, the wasm module is where the control plane says, termination outlasts
 // shutdown.
 func TestComponentsAgree(t *testing.T) {
-	for _, dir := range []string{"base", filepath.Join("overlays", "gpu"), filepath.Join("overlays", "dev")} {
+	for _, dir := range []string{"base", filepath.Join("overlays", "gpu"), filepath.Join("overlays", "mlserver"), filepath.Join("overlays", "dev")} {
 		t.Run(strings.ReplaceAll(dir, string(filepath.Separator), "_"), func(t *testing.T) {
 			objs := build(t, dir)
 			byWorkload := map[string][]invocation{}
@@ -452,7 +452,7 @@ func TestComponentsAgree(t *testing.T) {
 				t.Error("the gateway's grace period must outlast its preStop sleep")
 			}
 
-			// Workers: advertised at the pod IP, on the ports they (and Triton) listen on, which
+			// Workers: advertised at the pod IP, on the ports they (or Triton, or MLServer) listen on, which
 			// their headless Service declares as TCP; termination outlasts shutdown.
 			for _, in := range workers {
 				svc := named[*corev1.Service](t, objs, in.workload)
@@ -467,11 +467,11 @@ func TestComponentsAgree(t *testing.T) {
 					t.Errorf("%s: --advertise-host %q is not the pod IP", in.where(), in.values["advertise-host"])
 				}
 				ports := []int32{listenPort(in, "management-listen")}
-				if in.values["runtime"] == "triton" {
-					for _, flag := range []string{"triton-http", "triton-grpc"} {
+				if rt := in.values["runtime"]; rt == "triton" || rt == "mlserver" {
+					for _, flag := range []string{rt + "-http", rt + "-grpc"} {
 						host, port := portOf(t, in.where(), in.values[flag])
 						if host != "" {
-							t.Errorf("%s: --%s %s names a host; Triton runs beside the worker, advertised at --advertise-host", in.where(), flag, in.values[flag])
+							t.Errorf("%s: --%s %s names a host; %s runs beside the worker, advertised at --advertise-host", in.where(), flag, in.values[flag], rt)
 						}
 						ports = append(ports, port)
 					}

@@ -164,7 +164,7 @@ func podHasPort(spec corev1.PodSpec, name string, number int32) bool {
 
 func TestKustomizeBuilds(t *testing.T) {
 	dirs := kustomizations(t)
-	for _, want := range []string{"base", filepath.Join("overlays", "dev"), filepath.Join("overlays", "gpu"), filepath.Join("overlays", "tracing"),
+	for _, want := range []string{"base", filepath.Join("overlays", "dev"), filepath.Join("overlays", "gpu"), filepath.Join("overlays", "mlserver"), filepath.Join("overlays", "tracing"),
 		filepath.Join("..", "istio", "gateway"), filepath.Join("..", "istio", "security"), filepath.Join("..", "istio", "extensions")} {
 		if !slices.Contains(dirs, want) {
 			t.Errorf("no kustomization in %s", want)
@@ -467,6 +467,43 @@ func TestGPUOverlayAddsTritonWorkers(t *testing.T) {
 	for _, p := range s.Spec.Ports {
 		if p.Name != "http-triton-metrics" && (p.AppProtocol == nil || *p.AppProtocol != "tcp") {
 			t.Errorf("mesh-worker-triton port %s: appProtocol must be tcp", p.Name)
+		}
+	}
+}
+
+// TestMLServerOverlayAddsMLServerWorkers: MLServer and its worker share a process namespace
+// (the worker measures MLServer's processes) and the repository at one path, and MLServer is
+// started as the worker looks for it.
+func TestMLServerOverlayAddsMLServerWorkers(t *testing.T) {
+	objs := build(t, filepath.Join("overlays", "mlserver"))
+	d := named[*appsv1.Deployment](t, objs, "mesh-worker-mlserver")
+	spec := d.Spec.Template.Spec
+	if d.Namespace != "modelmesh" || spec.ServiceAccountName != "mesh-worker" || spec.ShareProcessNamespace == nil || !*spec.ShareProcessNamespace {
+		t.Errorf("mlserver workers: namespace %q, service account %q, shared process namespace %v", d.Namespace, spec.ServiceAccountName, spec.ShareProcessNamespace)
+	}
+	named[*appsv1.Deployment](t, objs, "mesh-worker") // ONNX workers stay
+	var mlserver, worker *corev1.Container
+	for i := range spec.Containers {
+		switch spec.Containers[i].Name {
+		case "mlserver":
+			mlserver = &spec.Containers[i]
+		case "worker":
+			worker = &spec.Containers[i]
+		}
+	}
+	if mlserver == nil || worker == nil {
+		t.Fatalf("containers %v", spec.Containers)
+	}
+	if !slices.Equal(mlserver.Command, []string{"mlserver", "start", "/repository"}) || !slices.Contains(worker.Args, "--mlserver-repository=/repository") {
+		t.Errorf("mlserver command %v, worker args %v: the worker finds MLServer by its repository", mlserver.Command, worker.Args)
+	}
+	if *mlserver.SecurityContext.RunAsUser != *worker.SecurityContext.RunAsUser {
+		t.Error("mlserver and the worker run as different users: the worker cannot read MLServer's memory")
+	}
+	s := named[*corev1.Service](t, objs, "mesh-worker-mlserver")
+	for _, p := range s.Spec.Ports {
+		if p.Name != "http-mlserver-metrics" && (p.AppProtocol == nil || *p.AppProtocol != "tcp") {
+			t.Errorf("mesh-worker-mlserver port %s: appProtocol must be tcp", p.Name)
 		}
 	}
 }
