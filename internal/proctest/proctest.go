@@ -7,6 +7,7 @@ package proctest
 import (
 	"bufio"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -143,4 +144,21 @@ func HTTPOKWith(c *http.Client, url string) func() bool {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}
+}
+
+// FreePorts returns n distinct loopback ports that are free now, for a server the test
+// starts: each is held until all are chosen, so none is offered twice.
+func FreePorts(t testing.TB, n int) []string {
+	t.Helper()
+	var ports []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		ports = append(ports, port)
+	}
+	return ports
 }

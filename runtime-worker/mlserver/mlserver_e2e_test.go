@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,25 +31,12 @@ type server struct {
 	proc                *proctest.Process
 }
 
-func freePorts(t *testing.T, n int) []string {
-	t.Helper()
-	var ports []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		must(t, err)
-		defer ln.Close() // held until all are chosen, so none is offered twice
-		_, port, _ := net.SplitHostPort(ln.Addr().String())
-		ports = append(ports, port)
-	}
-	return ports
-}
-
 func startMLServer(t *testing.T) *server {
 	t.Helper()
 	if _, err := os.Stat("../../.venv-mlserver/bin/mlserver"); err != nil {
 		t.Fatalf("MLServer's virtualenv is missing; run `make setup`: %v", err)
 	}
-	p := freePorts(t, 3)
+	p := proctest.FreePorts(t, 3)
 	s := &server{http: "127.0.0.1:" + p[0], grpc: "127.0.0.1:" + p[1], metrics: "127.0.0.1:" + p[2], repo: filepath.Join(t.TempDir(), "models")}
 	s.proc = proctest.Start(t, "mlserver", "../../scripts/mlserver.sh", s.repo, p[0], p[1], p[2])
 	s.proc.Await(t, 60*time.Second, proctest.HTTPOK("http://"+s.http+"/v2/health/live"))

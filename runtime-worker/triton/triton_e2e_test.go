@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -29,27 +28,14 @@ type server struct {
 	repo                string
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
-
 func startTriton(t *testing.T) *server {
 	t.Helper()
 	if _, err := os.Stat("../../.venv-triton/bin/python"); err != nil {
 		t.Fatalf("Triton's virtualenv is missing; run `make setup`: %v", err)
 	}
 	state := t.TempDir()
-	hp, gp, mp := freePort(t), freePort(t), freePort(t)
-	for hp == gp || gp == mp || hp == mp { // a closed probe's port can be offered again
-		gp, mp = freePort(t), freePort(t)
-	}
+	ports := proctest.FreePorts(t, 3)
+	hp, gp, mp := ports[0], ports[1], ports[2]
 	s := &server{http: "127.0.0.1:" + hp, grpc: "127.0.0.1:" + gp, metrics: "127.0.0.1:" + mp, repo: filepath.Join(state, "models")}
 	// GPU metrics on (the script turns them off), so that Triton reports its GPUs as it does
 	// for a worker's --triton-metrics; a later flag wins.
