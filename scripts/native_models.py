@@ -8,6 +8,7 @@ For each, under the output directory:
 
   wine-sklearn/1/model.joblib          scikit-learn random forest (joblib), class labels
   diabetes-xgboost/1/model.json        XGBoost regressor (JSON), disease progression
+  diabetes-xgboost/1/model.ubj         the same booster in UBJSON, XGBoost's binary format
   breast-cancer-lightgbm/1/model.txt   LightGBM binary booster (text), probabilities
   raises-sklearn/1/model.joblib        a pipeline that loads but raises on every predict
 
@@ -55,6 +56,7 @@ def export_all(out, seed):
     X_train, X_test, y_train, _ = _split(datasets.load_diabetes, seed, stratify=False)
     booster = xgb.XGBRegressor(n_estimators=40, max_depth=3, random_state=seed).fit(X_train, y_train)
     _write(out, "diabetes-xgboost", "model.json", booster.save_model, X_test, booster.predict(X_test), "FP32")
+    booster.save_model(str(out / "diabetes-xgboost" / "1" / "model.ubj"))
 
     X_train, X_test, y_train, _ = _split(datasets.load_breast_cancer, seed)
     params = {"objective": "binary", "num_leaves": 15, "seed": seed, "verbose": -1, "deterministic": True, "num_threads": 1}

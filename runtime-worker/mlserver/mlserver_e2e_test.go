@@ -130,6 +130,18 @@ func TestBackendAgainstRealMLServer(t *testing.T) {
 		{"diabetes-xgboost", "xgboost", "model.json"},
 		{"breast-cancer-lightgbm", "lightgbm", "model.txt"},
 	}
+	// The same XGBoost booster saved as UBJSON, under a name that does not say so (as the
+	// worker's disk tier keeps a one-file model): installed as model.ubj, it answers alike.
+	ubj := filepath.Join(t.TempDir(), "model.onnx")
+	must(t, os.WriteFile(ubj, mustRead(t, "../../testdata/models/diabetes-xgboost/1/model.ubj"), 0o644))
+	if _, err := b.Load(ctx, placement.ModelVersion{Name: "diabetes-ubj", Version: "1"}, agent.Files{Path: ubj, Format: "xgboost", GPU: -1}); err != nil {
+		t.Fatalf("an XGBoost booster in UBJSON: %v", err)
+	}
+	dia := demo(t, "diabetes-xgboost")
+	if code, body, got := s.infer(t, "diabetes-ubj", dia.Inputs); code != 200 || len(got) != len(dia.Predictions) || math.Abs(got[0]-dia.Predictions[0]) > 1e-4 {
+		t.Fatalf("diabetes-ubj: %d %s", code, body)
+	}
+	must(t, b.Unload(ctx, placement.ModelVersion{Name: "diabetes-ubj", Version: "1"}))
 	for _, m := range models {
 		mv := placement.ModelVersion{Name: m.name, Version: "1"}
 		path := filepath.Join("../../testdata/models", m.name, "1", m.file)
