@@ -24,6 +24,9 @@ type host interface {
 	SendResponse(code uint32, headers [][2]string, body []byte, grpcStatus int32) error
 	// ClearRouteCache makes the proxy choose the route again with the new headers.
 	ClearRouteCache() error
+	// DebugEnabled reports whether Debugf would be logged: checked first, so that a
+	// request does not pay for formatting a message the proxy drops.
+	DebugEnabled() bool
 	Debugf(format string, args ...any)
 	Warnf(format string, args ...any)
 }
@@ -142,25 +145,35 @@ func (s *stream) onRequestTrailers() types.Action {
 	return s.pass()
 }
 
-// apply sets the canonical headers for a valid model and lets the request go on.
+// apply sets the canonical headers for a valid model and lets the request go on. A header
+// the client already sent as the filter would set it is left alone: then the route chosen
+// before the filter ran stands, and the route cache is not cleared.
 func (s *stream) apply(m placement.ModelVersion, source string) types.Action {
 	s.waiting = false
-	if err := s.host.ReplaceRequestHeader(wire.HeaderModel, m.Name); err != nil {
-		return s.fail(fmt.Errorf("set %s: %w", wire.HeaderModel, err))
+	if !s.req.sent(wire.HeaderModel, m.Name) {
+		if err := s.host.ReplaceRequestHeader(wire.HeaderModel, m.Name); err != nil {
+			return s.fail(fmt.Errorf("set %s: %w", wire.HeaderModel, err))
+		}
+		s.changed = true
 	}
-	if m.Version != "" {
+	_, hasVersion, _ := s.req.header(wire.HeaderVersion)
+	switch {
+	case m.Version != "" && !s.req.sent(wire.HeaderVersion, m.Version):
 		if err := s.host.ReplaceRequestHeader(wire.HeaderVersion, m.Version); err != nil {
 			return s.fail(fmt.Errorf("set %s: %w", wire.HeaderVersion, err))
 		}
-	} else if len(s.req.values[wire.HeaderVersion]) > 0 {
+		s.changed = true
+	case m.Version == "" && hasVersion:
 		// An empty version from the client means none; do not pass it on as if it were one.
 		if err := s.host.RemoveRequestHeader(wire.HeaderVersion); err != nil {
 			return s.fail(fmt.Errorf("remove %s: %w", wire.HeaderVersion, err))
 		}
+		s.changed = true
 	}
-	s.changed = true
 	s.plugin.stats.countModel(m.Name)
-	s.host.Debugf("modelid: model %s version %q from %s", m.Name, m.Version, source)
+	if s.host.DebugEnabled() {
+		s.host.Debugf("modelid: model %s version %q from %s", m.Name, m.Version, source)
+	}
 	return s.pass()
 }
 
@@ -185,7 +198,9 @@ func (s *stream) reject(err error) types.Action {
 	if errors.Is(err, errTooLarge) {
 		code, grpcStatus = 413, grpcResourceExhausted
 	}
-	s.host.Debugf("modelid: refused %s: %v", s.req.path, err)
+	if s.host.DebugEnabled() {
+		s.host.Debugf("modelid: refused %s: %v", s.req.path, err)
+	}
 	return s.respond(code, grpcStatus, message(err))
 }
 

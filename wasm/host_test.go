@@ -88,6 +88,8 @@ type testHost struct {
 	metricIDs   map[string]uint32
 	metrics     map[uint32]int64
 	logs        []string
+	// logLevel is the level the host logs at (proxy_get_log_level); 0, trace, by default.
+	logLevel uint32
 }
 
 type hostKey struct{}
@@ -106,6 +108,12 @@ var hostFuncs = map[string]any{
 	"proxy_log": func(ctx context.Context, m api.Module, level, ptr, size uint32) uint32 {
 		h := hostOf(ctx)
 		h.logs = append(h.logs, fmt.Sprintf("%d %s", level, read(m, ptr, size)))
+		return okStatus
+	},
+	"proxy_get_log_level": func(ctx context.Context, m api.Module, retLevel uint32) uint32 {
+		if !m.Memory().WriteUint32Le(retLevel, hostOf(ctx).logLevel) {
+			return badArgStatus
+		}
 		return okStatus
 	},
 	"proxy_get_buffer_bytes": func(ctx context.Context, m api.Module, bt, start, maxSize, retPtr, retSize uint32) uint32 {
@@ -463,7 +471,9 @@ func TestModuleRequests(t *testing.T) {
 			wantActions:  []types.Action{types.ActionContinue},
 			wantHeaders:  map[string]string{"x-model-id": "wine"},
 			wantCounters: map[string]int64{statOverflow: 1},
-			wantClears:   1,
+			// The client's own x-model-id, as the filter would set it: the route chosen on it
+			// stands.
+			wantClears: 0,
 		},
 		{
 			name:         "invalid gRPC id",
@@ -557,5 +567,35 @@ func TestModuleRejectsBadConfiguration(t *testing.T) {
 		if !slices.ContainsFunc(v.host.logs, func(l string) bool { return strings.Contains(l, "configuration rejected") }) {
 			t.Errorf("configuration %s: no log line says why; logs %q", config, v.host.logs)
 		}
+	}
+}
+
+// TestModuleLogsDebugOnlyAtDebugLevel: a request's debug line is written when the host logs
+// at debug level, and neither formatted nor sent when it logs at warn, as Envoy does by
+// default.
+func TestModuleLogsDebugOnlyAtDebugLevel(t *testing.T) {
+	v, ok := startVM(t, "")
+	if !ok {
+		t.Fatal("configuration refused")
+	}
+	debugLines := func() int {
+		n := 0
+		for _, l := range v.host.logs {
+			if strings.HasPrefix(l, "1 modelid: model iris") {
+				n++
+			}
+		}
+		return n
+	}
+	iris := [][2]string{{":path", "/v2/models/iris/infer"}}
+	v.host.logLevel = 1 // debug
+	v.request(iris, nil, nil)
+	if debugLines() != 1 {
+		t.Fatalf("at debug level: %d debug lines, want 1: %q", debugLines(), v.host.logs)
+	}
+	v.host.logLevel = 3 // warn
+	v.request(iris, nil, nil)
+	if debugLines() != 1 {
+		t.Fatalf("at warn level a debug line was sent: %q", v.host.logs)
 	}
 }

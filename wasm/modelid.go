@@ -48,20 +48,43 @@ func isInternalHeader(name string) bool {
 type request struct {
 	path        string
 	contentType string
-	// values holds every value of the id and version headers, in arrival order.
-	values map[string][]string
+	// values holds every value of the id and version headers (valueHeaders), in arrival
+	// order: no map per request.
+	values [len(valueHeaders)][]string
+}
+
+// valueHeaders are the headers whose values the filter keeps: the id headers and the
+// version.
+var valueHeaders = [...]string{wire.HeaderModel, headerVModelID, headerMMModelID, wire.HeaderVersion}
+
+// valueIndex is name's place in valueHeaders, -1 if it is none of them.
+func valueIndex(name string) int {
+	for i, h := range valueHeaders {
+		if h == name {
+			return i
+		}
+	}
+	return -1
 }
 
 func newRequest(headers [][2]string) request {
-	r := request{values: map[string][]string{}}
+	var r request
 	for _, h := range headers {
-		switch name := strings.ToLower(h[0]); name {
+		// Envoy passes names in lower case; a name with an upper-case letter (a test's host)
+		// is lowered, the rest are not copied.
+		name := h[0]
+		if strings.ToLower(name) != name {
+			name = strings.ToLower(name)
+		}
+		switch name {
 		case ":path":
 			r.path = h[1]
 		case "content-type":
 			r.contentType = h[1]
-		case wire.HeaderModel, headerVModelID, headerMMModelID, wire.HeaderVersion:
-			r.values[name] = append(r.values[name], h[1])
+		default:
+			if i := valueIndex(name); i >= 0 {
+				r.values[i] = append(r.values[i], h[1])
+			}
 		}
 	}
 	return r
@@ -70,7 +93,10 @@ func newRequest(headers [][2]string) request {
 // header returns the header's value and whether it is present. Several different values
 // are refused: the filter and the upstream might each pick a different one.
 func (r request) header(name string) (string, bool, error) {
-	vs := r.values[name]
+	var vs []string
+	if i := valueIndex(name); i >= 0 {
+		vs = r.values[i]
+	}
 	if len(vs) == 0 {
 		return "", false, nil
 	}
@@ -80,6 +106,12 @@ func (r request) header(name string) (string, bool, error) {
 		}
 	}
 	return vs[0], true, nil
+}
+
+// sent reports whether the client sent header name exactly once, with value.
+func (r request) sent(name, value string) bool {
+	i := valueIndex(name)
+	return i >= 0 && len(r.values[i]) == 1 && r.values[i][0] == value
 }
 
 // isGRPC reports whether a reply to the request must be a gRPC status: Envoy itself takes

@@ -89,6 +89,8 @@ func (abiHost) ClearRouteCache() error {
 	return err
 }
 
+func (abiHost) DebugEnabled() bool { return proxywasm.DebugEnabled() }
+
 func (abiHost) Debugf(format string, args ...any) { proxywasm.LogDebugf(format, args...) }
 
 func (abiHost) Warnf(format string, args ...any) { proxywasm.LogWarnf(format, args...) }

@@ -123,6 +123,14 @@ func (m MetricCounter) Increment(offset uint64) {
 	}
 }
 
+// DebugEnabled reports whether the host logs at debug level: callers check it before they
+// format a debug message, which otherwise costs its formatting on every request while the
+// host drops it.
+func DebugEnabled() bool {
+	var level logLevel
+	return proxyGetLogLevel(&level) != statusOK || level <= logDebug
+}
+
 // LogDebugf logs at debug level in the host's log.
 func LogDebugf(format string, args ...any) { proxyLog(logDebug, fmt.Sprintf(format, args...)) }
 

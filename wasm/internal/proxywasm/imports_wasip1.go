@@ -12,6 +12,9 @@ import "unsafe"
 //go:wasmimport env proxy_log
 func proxyLog(level logLevel, msg string) status
 
+//go:wasmimport env proxy_get_log_level
+func proxyGetLogLevel(retLevel *logLevel) status
+
 //go:wasmimport env proxy_get_buffer_bytes
 func proxyGetBufferBytes(bt bufferType, start, maxSize uint32, retData, retSize *uint32) status
 
