@@ -2,9 +2,13 @@
 
 package proxywasm
 
-// Callbacks of the proxy-wasm ABI 0.2.1, exported to the host. Each one brackets its work
-// with reg.enter/exit so that memory allocated for the host is released once the host is
-// done with it. Booleans cross the ABI as i32 (0 false, anything else true).
+// Callbacks of the proxy-wasm ABI 0.2.1, exported to the host: only those the filter needs.
+// The host skips a callback the module does not export (the response's headers, body and
+// trailers, proxy_on_log, proxy_on_done), and each one it does call is a crossing into the
+// Go runtime on every request (docs/benchmarks.md, "Hot path attribution"). Each one
+// brackets its work with reg.enter/exit so that memory allocated for the host is released
+// once the host is done with it. Booleans cross the ABI as i32 (0 false, anything else
+// true).
 
 //go:wasmexport proxy_abi_version_0_2_1
 func proxyABIVersion() {}
@@ -52,41 +56,6 @@ func proxyOnRequestTrailers(id, n uint32) uint32 {
 	reg.enter()
 	defer reg.exit()
 	return uint32(reg.requestTrailers(id, int(n)))
-}
-
-//go:wasmexport proxy_on_response_headers
-func proxyOnResponseHeaders(id, n, eos uint32) uint32 {
-	reg.enter()
-	defer reg.exit()
-	return uint32(reg.responseHeaders(id, int(n), eos != 0))
-}
-
-//go:wasmexport proxy_on_response_body
-func proxyOnResponseBody(id, size, eos uint32) uint32 {
-	reg.enter()
-	defer reg.exit()
-	return uint32(reg.responseBody(id, int(size), eos != 0))
-}
-
-//go:wasmexport proxy_on_response_trailers
-func proxyOnResponseTrailers(id, n uint32) uint32 {
-	reg.enter()
-	defer reg.exit()
-	return uint32(reg.responseTrailers(id, int(n)))
-}
-
-//go:wasmexport proxy_on_log
-func proxyOnLog(id uint32) {
-	reg.enter()
-	defer reg.exit()
-	reg.log(id)
-}
-
-//go:wasmexport proxy_on_done
-func proxyOnDone(id uint32) bool {
-	reg.enter()
-	defer reg.exit()
-	return reg.done(id)
 }
 
 //go:wasmexport proxy_on_delete

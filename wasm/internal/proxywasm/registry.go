@@ -144,41 +144,6 @@ func (r *registry) requestTrailers(id uint32, n int) types.Action {
 	return types.ActionContinue
 }
 
-func (r *registry) responseHeaders(id uint32, n int, eos bool) types.Action {
-	if s := r.stream(id, "proxy_on_response_headers"); s != nil {
-		return s.OnHttpResponseHeaders(n, eos)
-	}
-	return types.ActionContinue
-}
-
-func (r *registry) responseBody(id uint32, size int, eos bool) types.Action {
-	if s := r.stream(id, "proxy_on_response_body"); s != nil {
-		return s.OnHttpResponseBody(size, eos)
-	}
-	return types.ActionContinue
-}
-
-func (r *registry) responseTrailers(id uint32, n int) types.Action {
-	if s := r.stream(id, "proxy_on_response_trailers"); s != nil {
-		return s.OnHttpResponseTrailers(n)
-	}
-	return types.ActionContinue
-}
-
-// log serves proxy_on_log, the last callback of a stream before its deletion.
-func (r *registry) log(id uint32) {
-	if s := r.streams[id]; s != nil {
-		s.OnHttpStreamDone()
-	}
-}
-
-func (r *registry) done(id uint32) bool {
-	if p, ok := r.plugins[id]; ok {
-		return p.OnPluginDone()
-	}
-	return true
-}
-
 func (r *registry) delete(id uint32) {
 	delete(r.streams, id)
 	delete(r.plugins, id)

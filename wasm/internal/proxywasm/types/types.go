@@ -72,8 +72,6 @@ type PluginContext interface {
 	// proxywasm.GetPluginConfiguration during the call. Returning
 	// OnPluginStartStatusFailed rejects it.
 	OnPluginStart(pluginConfigurationSize int) OnPluginStartStatus
-	// OnPluginDone runs before the host deletes the context; return true when done.
-	OnPluginDone() bool
 	// NewHttpContext makes the state of one HTTP stream.
 	NewHttpContext(contextID uint32) HttpContext
 }
@@ -88,14 +86,6 @@ type HttpContext interface {
 	OnHttpRequestBody(bodySize int, endOfStream bool) Action
 	// OnHttpRequestTrailers runs when request trailers arrive.
 	OnHttpRequestTrailers(numTrailers int) Action
-	// OnHttpResponseHeaders runs when the response headers arrive.
-	OnHttpResponseHeaders(numHeaders int, endOfStream bool) Action
-	// OnHttpResponseBody runs for each response body chunk.
-	OnHttpResponseBody(bodySize int, endOfStream bool) Action
-	// OnHttpResponseTrailers runs when response trailers arrive.
-	OnHttpResponseTrailers(numTrailers int) Action
-	// OnHttpStreamDone runs once when the stream ends, before the context is deleted.
-	OnHttpStreamDone()
 }
 
 // DefaultVMContext implements VMContext with no-ops; embed it and override what you need.
@@ -126,8 +116,6 @@ func (*DefaultPluginContext) OnPluginStart(int) OnPluginStartStatus {
 	return OnPluginStartStatusOK
 }
 
-// OnPluginDone reports the plugin done.
-func (*DefaultPluginContext) OnPluginDone() bool { return true }
 
 // NewHttpContext returns nil: the plugin does not handle HTTP streams.
 func (*DefaultPluginContext) NewHttpContext(uint32) HttpContext { return nil }
@@ -141,14 +129,3 @@ func (*DefaultHttpContext) OnHttpRequestBody(int, bool) Action { return ActionCo
 // OnHttpRequestTrailers continues.
 func (*DefaultHttpContext) OnHttpRequestTrailers(int) Action { return ActionContinue }
 
-// OnHttpResponseHeaders continues.
-func (*DefaultHttpContext) OnHttpResponseHeaders(int, bool) Action { return ActionContinue }
-
-// OnHttpResponseBody continues.
-func (*DefaultHttpContext) OnHttpResponseBody(int, bool) Action { return ActionContinue }
-
-// OnHttpResponseTrailers continues.
-func (*DefaultHttpContext) OnHttpResponseTrailers(int) Action { return ActionContinue }
-
-// OnHttpStreamDone does nothing.
-func (*DefaultHttpContext) OnHttpStreamDone() {}
