@@ -42,7 +42,6 @@ func (s *recordingStream) OnHttpRequestBody(int, bool) types.Action {
 	return types.ActionContinue
 }
 
-
 type recordingVM struct {
 	types.DefaultVMContext
 	plugin *recordingPlugin

@@ -116,7 +116,6 @@ func (*DefaultPluginContext) OnPluginStart(int) OnPluginStartStatus {
 	return OnPluginStartStatusOK
 }
 
-
 // NewHttpContext returns nil: the plugin does not handle HTTP streams.
 func (*DefaultPluginContext) NewHttpContext(uint32) HttpContext { return nil }
 
@@ -128,4 +127,3 @@ func (*DefaultHttpContext) OnHttpRequestBody(int, bool) Action { return ActionCo
 
 // OnHttpRequestTrailers continues.
 func (*DefaultHttpContext) OnHttpRequestTrailers(int) Action { return ActionContinue }
-
