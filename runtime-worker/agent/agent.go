@@ -27,6 +27,9 @@ var (
 	ErrLoadFailed = errors.New("model failed to load")
 	// ErrFormat: the model's format is not one the worker's runtime reads.
 	ErrFormat = errors.New("model format not read by this runtime")
+	// ErrRuntimeDown: the runtime reads no format now (its model server is not answering);
+	// another worker, or this one later, may load the model.
+	ErrRuntimeDown = errors.New("runtime not answering")
 	// ErrClosed: the worker is shutting down.
 	ErrClosed = errors.New("worker is shutting down")
 )

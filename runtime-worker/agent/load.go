@@ -26,7 +26,7 @@ func (a *Agent) Load(ctx context.Context, spec Spec) (LoadResult, error) {
 	}
 	if caps := a.backend.Capabilities(); spec.Format != "" && !caps.Reads(spec.Format) {
 		if len(caps.Formats) == 0 { // a model server that is not answering
-			return LoadResult{}, fmt.Errorf("load %s: %w: %s reads no format now", spec.Model, ErrFormat, a.backend.Runtime())
+			return LoadResult{}, fmt.Errorf("load %s: %w: %s reads no format now", spec.Model, ErrRuntimeDown, a.backend.Runtime())
 		}
 		return LoadResult{}, fmt.Errorf("load %s: %w: %s reads %s, not %s", spec.Model, ErrFormat, a.backend.Runtime(), strings.Join(caps.Formats, ", "), spec.Format)
 	}

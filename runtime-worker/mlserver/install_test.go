@@ -56,6 +56,21 @@ func TestInstall(t *testing.T) {
 			t.Errorf("%s: settings %+v, want %+v", tt.src, got, want)
 		}
 	}
+	// A model-settings.json inside the model's files would be loaded by MLServer as a model
+	// of its own, of any runtime class: refused.
+	nested := filepath.Join(t.TempDir(), "nested")
+	if err := os.MkdirAll(filepath.Join(nested, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for path, body := range map[string]string{"model.joblib": "pickle", "sub/model-settings.json": `{"name": "other", "implementation": "evil.Model"}`} {
+		if err := os.WriteFile(filepath.Join(nested, path), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := (&Server{}).Install(m, agent.Files{Path: nested, Format: "sklearn"}, filepath.Join(t.TempDir(), "m"))
+	if err == nil || !strings.Contains(err.Error(), "sub/model-settings.json") {
+		t.Errorf("a nested model-settings.json: %v, want a refusal naming it", err)
+	}
 	for format, want := range map[string]string{"": "needs the model's format", "onnx": `not "onnx"`} {
 		err := (&Server{}).Install(m, agent.Files{Path: filepath.Join(src, "sk"), Format: format}, filepath.Join(t.TempDir(), "m"))
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -23,8 +23,10 @@ import (
 // when MLServer's processes are not visible from the worker (another host, or a pod without
 // a shared process namespace).
 func (s *Server) Measure(ctx context.Context, _ modelserver.Client, _ placement.ModelVersion, _ string, load func(context.Context) error) (placement.Memory, error) {
-	s.measuring.Lock()
-	defer s.measuring.Unlock()
+	if err := s.lock(ctx); err != nil {
+		return placement.Memory{}, err
+	}
+	defer s.unlock()
 	before, seen := s.resident()
 	if err := load(ctx); err != nil {
 		return placement.Memory{}, err

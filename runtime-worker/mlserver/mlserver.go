@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -45,7 +46,7 @@ type Config struct {
 // New drives the MLServer cfg locates; Close releases the connection.
 func New(cfg Config, log *slog.Logger) (*modelserver.Backend, error) {
 	return modelserver.New(cfg.Config, &Server{metricsURL: cfg.MetricsURL, repository: cfg.Repository, log: log,
-		http: &http.Client{}, served: map[string]float64{}}, log)
+		http: &http.Client{}, served: map[string]float64{}, measuring: make(chan struct{}, 1)}, log)
 }
 
 // Server is what MLServer does its own way (modelserver.Server).
@@ -54,9 +55,9 @@ type Server struct {
 	log                    *slog.Logger
 	http                   *http.Client
 
-	// measuring serializes loads, so that the growth of MLServer's memory around one is that
-	// model's alone.
-	measuring sync.Mutex
+	// measuring serializes loads (a one-slot semaphore a waiting load can give up on), so
+	// that the growth of MLServer's memory around one is that model's alone.
+	measuring chan struct{}
 
 	mu sync.Mutex
 	// served is each model's count of answered requests at the last poll.
@@ -121,6 +122,9 @@ func (*Server) Install(m placement.ModelVersion, f agent.Files, dir string) erro
 		}
 	case fi.IsDir():
 		err = modelserver.CopyTree(f.Path, dir)
+		if err == nil {
+			err = noNestedSettings(dir)
+		}
 		if only, ok := onlyFile(dir); ok && err == nil {
 			uri = "./" + only
 		}
@@ -161,6 +165,35 @@ func fileName(format, path string) string {
 	}
 	return "model.ubj"
 }
+
+// noNestedSettings refuses a model directory holding a model-settings.json below its top:
+// MLServer looks for them at any depth, and would load one as a model of whatever name and
+// runtime class it says (code of the directory's own, past the format check). The one at
+// the top is the worker's to write.
+func noNestedSettings(dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Name() == "model-settings.json" && filepath.Dir(path) != dir {
+			rel, _ := filepath.Rel(dir, path)
+			return fmt.Errorf("the model's files hold %s: MLServer would load it as a model of its own; only the worker writes model settings", rel)
+		}
+		return nil
+	})
+}
+
+// lock takes the load slot, or gives up when ctx ends.
+func (s *Server) lock(ctx context.Context) error {
+	select {
+	case s.measuring <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for mlserver's load slot: %w", ctx.Err())
+	}
+}
+
+func (s *Server) unlock() { <-s.measuring }
 
 // onlyFile names the one regular file directly in dir, if it holds exactly one and nothing
 // else.
@@ -207,8 +240,10 @@ func (s *Server) Poll(ctx context.Context, c modelserver.Client) ([]modelserver.
 // runtime and a file that does not exist does it: MLServer imports the class in each
 // process, then fails to find the file, and the imports stay.
 func (s *Server) Prepare(ctx context.Context, c modelserver.Client, repository string) error {
-	s.measuring.Lock()
-	defer s.measuring.Unlock()
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.unlock()
 	for _, format := range s.Capabilities().Formats {
 		// Model names start with a letter or a digit: this one is the worker's own.
 		name := "_import-" + format

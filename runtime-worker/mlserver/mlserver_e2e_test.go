@@ -28,6 +28,7 @@ import (
 type server struct {
 	http, grpc, metrics string
 	repo                string
+	args                []string // of scripts/mlserver.sh, to start it again
 	proc                *proctest.Process
 }
 
@@ -38,7 +39,8 @@ func startMLServer(t *testing.T) *server {
 	}
 	p := proctest.FreePorts(t, 3)
 	s := &server{http: "127.0.0.1:" + p[0], grpc: "127.0.0.1:" + p[1], metrics: "127.0.0.1:" + p[2], repo: filepath.Join(t.TempDir(), "models")}
-	s.proc = proctest.Start(t, "mlserver", "../../scripts/mlserver.sh", s.repo, p[0], p[1], p[2])
+	s.args = []string{s.repo, p[0], p[1], p[2]}
+	s.proc = proctest.Start(t, "mlserver", "../../scripts/mlserver.sh", s.args...)
 	s.proc.Await(t, 60*time.Second, proctest.HTTPOK("http://"+s.http+"/v2/health/live"))
 	return s
 }
@@ -223,11 +225,21 @@ func TestBackendAgainstRealMLServer(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(orphan, "model.joblib"), mustRead(t, "../../testdata/models/wine-sklearn/1/model.joblib"), 0o644))
 	_, err = b.Client().RepositoryModelLoad(ctx, &inference.RepositoryModelLoadRequest{ModelName: "orphan"})
 	must(t, err)
+	// A stray settings file whose name is no model id: unloaded, but no path is made of it.
+	outside := filepath.Join(filepath.Dir(s.repo), "outside")
+	must(t, os.MkdirAll(outside, 0o755))
+	must(t, os.MkdirAll(filepath.Join(s.repo, "stray"), 0o755))
+	must(t, os.WriteFile(filepath.Join(s.repo, "stray", "model-settings.json"),
+		[]byte(`{"name": "../outside", "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./absent"}}`), 0o644))
 	got, err := b.Reconcile(ctx)
 	must(t, err)
-	if len(got) != 1 || got[0] != "orphan" {
-		t.Fatalf("reconcile unloaded %v, want [orphan]", got)
+	if !slices.Equal(got, []string{"../outside", "orphan"}) && !slices.Equal(got, []string{"orphan", "../outside"}) {
+		t.Fatalf("reconcile unloaded %v, want orphan and the stray name", got)
 	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Fatalf("reconcile removed a directory outside the repository: %v", err)
+	}
+	must(t, os.RemoveAll(filepath.Join(s.repo, "stray")))
 
 	must(t, b.Unload(ctx, raises))
 	for _, m := range models {
@@ -252,6 +264,47 @@ func TestBackendAgainstRealMLServer(t *testing.T) {
 	// A server that is down reads no format: the worker's record offers it no loads.
 	if caps := b.Capabilities(); len(caps.Formats) != 0 {
 		t.Fatalf("capabilities of a killed MLServer: %+v", caps)
+	}
+}
+
+// TestWatchSeesAFastRestart: MLServer killed and back before three polls failed comes back
+// empty (it loads nothing at start); the watch sees that none of the worker's models is
+// loaded there, forgets them and reconciles, instead of advertising models MLServer lost.
+func TestWatchSeesAFastRestart(t *testing.T) {
+	s := startMLServer(t)
+	b, err := New(Config{Config: modelserver.Config{Repository: s.repo, GRPCAddr: s.grpc}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	must(t, err)
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	lost, up := make(chan struct{}, 4), make(chan struct{}, 4)
+	wctx, stop := context.WithCancel(ctx)
+	watched := make(chan error, 1)
+	// Polls 3 s apart: a restart of about 2 s fails one poll at most.
+	go func() {
+		watched <- b.Watch(wctx, 3*time.Second, func(placement.ModelVersion, time.Time) {}, func() { lost <- struct{}{} }, func() { up <- struct{}{} })
+	}()
+	defer func() { stop(); <-watched }()
+	<-up
+	wine := placement.ModelVersion{Name: "wine-sklearn", Version: "1"}
+	_, err = b.Load(ctx, wine, agent.Files{Path: "../../testdata/models/wine-sklearn/1/model.joblib", Format: "sklearn", GPU: -1})
+	must(t, err)
+	s.proc.Kill()
+	s.proc = proctest.Start(t, "mlserver", "../../scripts/mlserver.sh", s.args...)
+	s.proc.Await(t, 60*time.Second, proctest.HTTPOK("http://"+s.http+"/v2/health/live"))
+	select {
+	case <-lost:
+	case <-time.After(15 * time.Second):
+		t.Fatal("MLServer restarted empty, and the watch did not report its models gone")
+	}
+	select {
+	case <-up:
+	case <-time.After(15 * time.Second):
+		t.Fatal("MLServer answers again, and the watch did not reconcile it")
+	}
+	// The worker holds nothing there now: the model loads again.
+	if _, err := b.Load(ctx, wine, agent.Files{Path: "../../testdata/models/wine-sklearn/1/model.joblib", Format: "sklearn", GPU: -1}); err != nil {
+		t.Fatalf("load after the restart: %v", err)
 	}
 }
 

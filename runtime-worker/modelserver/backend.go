@@ -183,7 +183,9 @@ func (b *Backend) load(ctx context.Context, m placement.ModelVersion, f agent.Fi
 	}
 	meta, err := b.metadata(ctx, m)
 	if err != nil {
-		b.unload(context.WithoutCancel(ctx), m)
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		b.unload(uctx, m)
+		cancel()
 		return agent.Loaded{}, err
 	}
 	return agent.Loaded{Metadata: meta, Memory: mem}, nil
@@ -238,8 +240,11 @@ func (b *Backend) Infer(context.Context, placement.ModelVersion, *tensor.Request
 // Reconcile brings the server's loaded set in line with what the worker holds (nothing, at
 // start): every model the server knows that the worker does not hold is unloaded and its
 // directory removed, so no orphan holds memory; so are directories a worker left half
-// installed. It returns the names unloaded.
+// installed (first, so that a server that refuses to unload one of those does not keep the
+// rest). A name in the server's index that is no model id (a stray settings file's) is
+// unloaded, but no path is made of it. It returns the names unloaded.
 func (b *Backend) Reconcile(ctx context.Context) ([]string, error) {
+	b.removeStaging()
 	idx, err := b.client.RepositoryIndex(ctx, &inference.RepositoryIndexRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("%s repository index: %w", b.Runtime(), err)
@@ -256,27 +261,35 @@ func (b *Backend) Reconcile(ctx context.Context) ([]string, error) {
 	var orphans []string
 	seen := map[string]bool{}
 	for _, mi := range idx.GetModels() {
-		if held[mi.GetName()] || seen[mi.GetName()] {
+		name := mi.GetName()
+		if held[name] || seen[name] || strings.HasPrefix(name, stagingPrefix) || strings.HasPrefix(name, "_") {
 			continue
 		}
-		seen[mi.GetName()] = true
+		seen[name] = true
 		// A server lists what its repository holds, loaded or not (MLServer after a restart):
 		// one it does not have loaded answers NOT_FOUND, and only its files are left.
-		if _, err := b.client.RepositoryModelUnload(ctx, &inference.RepositoryModelUnloadRequest{ModelName: mi.GetName()}); err != nil && status.Code(err) != codes.NotFound {
-			return orphans, fmt.Errorf("unload orphan %s: %w", mi.GetName(), err)
+		if _, err := b.client.RepositoryModelUnload(ctx, &inference.RepositoryModelUnloadRequest{ModelName: name}); err != nil && status.Code(err) != codes.NotFound {
+			return orphans, fmt.Errorf("unload orphan %s: %w", name, err)
 		}
-		if err := os.RemoveAll(filepath.Join(b.cfg.Repository, mi.GetName())); err != nil {
-			return orphans, err
+		if placement.ValidateID(name) == nil {
+			if err := os.RemoveAll(filepath.Join(b.cfg.Repository, name)); err != nil {
+				return orphans, err
+			}
 		}
-		orphans = append(orphans, mi.GetName())
+		orphans = append(orphans, name)
 	}
+	return orphans, nil
+}
+
+// removeStaging removes the repository entries that are the worker's own and not in use:
+// staging directories of loads no longer under way, and those starting with "_" (model
+// names start with a letter or a digit).
+func (b *Backend) removeStaging() {
 	entries, err := os.ReadDir(b.cfg.Repository)
 	if err != nil {
-		return orphans, err
+		return
 	}
 	for _, e := range entries {
-		// Model names start with a letter or a digit: staging directories and those starting
-		// with "_" are the worker's own.
 		n := e.Name()
 		if !strings.HasPrefix(n, stagingPrefix) && !strings.HasPrefix(n, "_") {
 			continue
@@ -288,7 +301,6 @@ func (b *Backend) Reconcile(ctx context.Context) ([]string, error) {
 			os.RemoveAll(filepath.Join(b.cfg.Repository, n))
 		}
 	}
-	return orphans, nil
 }
 
 func (b *Backend) metadata(ctx context.Context, m placement.ModelVersion) (tensor.Metadata, error) {

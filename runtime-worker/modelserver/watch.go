@@ -2,9 +2,11 @@ package modelserver
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/modelmesh/mesh/internal/placement"
+	"github.com/modelmesh/mesh/proto/inference"
 )
 
 // downAfter is how many polls in a row must fail before the server counts as gone.
@@ -38,15 +40,15 @@ func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(
 			// One slow or failed poll (a busy server, a blip) is not a dead server.
 		case err != nil && ctx.Err() == nil && !down: // up → down
 			down = true
-			b.up.Store(false)
-			b.mu.Lock()
-			kept := map[string]string{}
-			for n := range b.loading {
-				kept[n] = b.held[n] // a load under way keeps its claim; it ends on its own
-			}
-			b.held = kept
-			b.mu.Unlock()
+			b.forget()
 			b.log.ErrorContext(ctx, b.Runtime()+" stopped answering; its models are gone from this worker", "error", err)
+			lost()
+		case err == nil && !down && b.restarted(ctx):
+			// Back before three polls failed, with nothing loaded: a restart the polls did not
+			// see. Down and up again at once: forget, then reconcile at the next poll.
+			down = true
+			b.forget()
+			b.log.ErrorContext(ctx, b.Runtime()+" restarted: none of the models this worker holds is loaded there any more")
 			lost()
 		case err == nil && down:
 			orphans, err := b.Reconcile(ctx)
@@ -78,6 +80,48 @@ func (b *Backend) Watch(ctx context.Context, interval time.Duration, touch func(
 
 // downPoll bounds the interval of polls of a server that is down.
 const downPoll = 250 * time.Millisecond
+
+// forget drops every model the server held but those whose load is under way, and reads
+// no format until the server is up again.
+func (b *Backend) forget() {
+	b.up.Store(false)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	kept := map[string]string{}
+	for n := range b.loading {
+		kept[n] = b.held[n] // a load under way keeps its claim; it ends on its own
+	}
+	b.held = kept
+}
+
+// restarted reports whether the server holds none of the models the worker loaded there
+// (loads under way aside), as after a restart between two polls; false when the worker
+// holds none, or the index cannot be read.
+func (b *Backend) restarted(ctx context.Context) bool {
+	b.mu.Lock()
+	var held []string
+	for n := range b.held {
+		if !b.loading[n] {
+			held = append(held, n)
+		}
+	}
+	b.mu.Unlock()
+	if len(held) == 0 {
+		return false
+	}
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	idx, err := b.client.RepositoryIndex(ictx, &inference.RepositoryIndexRequest{Ready: true})
+	if err != nil {
+		return false
+	}
+	for _, mi := range idx.GetModels() {
+		if slices.Contains(held, mi.GetName()) {
+			return false
+		}
+	}
+	return true
+}
 
 // report passes each use of a model the worker holds to touch, with the version it holds
 // when the server named none.

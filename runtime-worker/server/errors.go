@@ -43,7 +43,7 @@ func statusOf(err error) (int, codes.Code) {
 		return http.StatusInsufficientStorage, codes.ResourceExhausted
 	case errors.Is(err, agent.ErrLoadFailed), errors.Is(err, agent.ErrFormat):
 		return http.StatusUnprocessableEntity, codes.FailedPrecondition
-	case errors.Is(err, agent.ErrDraining), errors.Is(err, agent.ErrClosed):
+	case errors.Is(err, agent.ErrDraining), errors.Is(err, agent.ErrClosed), errors.Is(err, agent.ErrRuntimeDown):
 		return http.StatusServiceUnavailable, codes.Unavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout, codes.DeadlineExceeded
