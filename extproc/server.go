@@ -380,7 +380,10 @@ func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
 	defer f.cancel()
 	s.metrics.loadsInFlight.Inc()
 	defer s.metrics.loadsInFlight.Dec()
-	w, err := s.ensure(ctx, d)
+	// What only bookkeeping needs (the load lock's release, the load's record) runs once the
+	// waiting requests are answered: it is not on the cold start's path.
+	var after []func()
+	w, err := s.ensure(ctx, d, &after)
 	closing := false
 	if err != nil && !errors.As(err, new(*Error)) {
 		switch {
@@ -390,9 +393,6 @@ func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
 			err = errorf(ErrLoadFailed, "load of model %s stopped: ext_proc is shutting down", d.Model)
 			closing = true
 		}
-	}
-	if s.cfg.RecordLoad != nil && !closing {
-		s.recordLoad(ctx, d.Model, w, err)
 	}
 	result := "ok"
 	if err != nil {
@@ -406,6 +406,12 @@ func (s *Server) fly(ctx context.Context, f *flight, d Decision) {
 	}
 	s.mu.Unlock()
 	close(f.done)
+	for _, fn := range after {
+		fn()
+	}
+	if s.cfg.RecordLoad != nil && !closing {
+		s.recordLoad(ctx, d.Model, w, err)
+	}
 }
 
 // recordLoad tells cfg.RecordLoad how the flight of m ended; a Redis error is logged.
@@ -427,7 +433,7 @@ func (s *Server) recordLoad(ctx context.Context, m placement.ModelVersion, w res
 
 // ensure makes d's model ready somewhere and says where: a replica that appeared in the
 // snapshot, or the worker this replica loaded it on while holding the fleet-wide lock.
-func (s *Server) ensure(ctx context.Context, d Decision) (residency.Worker, error) {
+func (s *Server) ensure(ctx context.Context, d Decision, after *[]func()) (residency.Worker, error) {
 	log := s.log.With("model", d.Model.String())
 	for {
 		if w, ok := s.readyNow(d.Model); ok {
@@ -443,7 +449,7 @@ func (s *Server) ensure(ctx context.Context, d Decision) (residency.Worker, erro
 			}
 		}
 		if s.locks == nil {
-			return s.load(ctx, log, d, nil)
+			return s.load(ctx, log, d, nil, after)
 		}
 		lock, err := s.locks.Acquire(ctx, d.Model)
 		if err != nil {
@@ -453,10 +459,10 @@ func (s *Server) ensure(ctx context.Context, d Decision) (residency.Worker, erro
 			// Without Redis every replica loads on its own; they all rank workers the same
 			// way, so their Loads usually meet on one worker, which coalesces them.
 			log.WarnContext(ctx, "load lock unavailable; loading without it", "error", err)
-			return s.load(ctx, log, d, nil)
+			return s.load(ctx, log, d, nil, after)
 		}
 		if lock != nil {
-			return s.load(ctx, log.With("fence", lock.Generation), d, lock)
+			return s.load(ctx, log.With("fence", lock.Generation), d, lock, after)
 		}
 		s.metrics.lockWaits.Inc()
 		log.DebugContext(ctx, "another replica is loading; waiting")
@@ -502,7 +508,7 @@ func (s *Server) awaitOther(ctx context.Context, m placement.ModelVersion) error
 // replica that takes the lock right after, its snapshot not yet showing the new replica,
 // ranks the same worker first (the ranking is the same everywhere) and its Load there is
 // answered at once: releasing at once costs at most a confirmation, never a second load.
-func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *Lock) (residency.Worker, error) {
+func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *Lock, after *[]func()) (residency.Worker, error) {
 	cands := d.Candidates
 	if snap := s.snapshot(); snap != nil {
 		cands = s.candidates(snap, d.Target)
@@ -511,13 +517,15 @@ func (s *Server) load(ctx context.Context, log *slog.Logger, d Decision, lock *L
 		return residency.Worker{}, errorf(ErrNoWorker, "no live worker %s can hold model %s", d.Target.describeRuntime(), d.Model)
 	}
 	if lock != nil {
-		defer func() {
+		// Released once the flight's requests are answered (fly runs after); kept alive
+		// until the load ends, here.
+		*after = append(*after, func() {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			defer cancel()
 			if _, err := lock.Release(rctx); err != nil {
 				log.WarnContext(ctx, "release load lock", "error", err)
 			}
-		}()
+		})
 		stop := lock.KeepAlive(ctx, s.log)
 		defer stop()
 	}

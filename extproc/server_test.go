@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/modelmesh/mesh/internal/placement"
 	"github.com/modelmesh/mesh/internal/residency"
 )
 
@@ -155,6 +156,47 @@ func TestHotModelIsRoutedWithoutLoad(t *testing.T) {
 	}
 	if loader.confirms != 2 {
 		t.Fatalf("%d residency confirmations, want one per request", loader.confirms)
+	}
+}
+
+// TestColdAnswerDoesNotWaitForTheRecord: the requests a load held are answered as soon as
+// the load ends; writing the load's record (and releasing the load lock) comes after, off
+// the cold start's path.
+func TestColdAnswerDoesNotWaitForTheRecord(t *testing.T) {
+	m := newMesh(t, mustRegistry(t, testRegistry))
+	w1 := m.addWorker(worker("w1", 1, ort, 1000, 0), nil)
+	recording, release := make(chan struct{}), make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	defer unblock() // a failure below must not leave the flight blocked
+	var records atomic.Int32
+	cfg := Config{RecordLoad: func(ctx context.Context, _ placement.ModelVersion, failure *residency.Failure) error {
+		records.Add(1)
+		close(recording)
+		<-release
+		return nil
+	}}
+	r := m.startReplica(cfg, &fakeLoader{workers: map[string]*fakeWorker{"w1": w1}})
+	r.waitFor(t, workersLive(1))
+	answered := make(chan error, 1)
+	go func() {
+		ex, err := r.send(t.Context(), rest("digits"))
+		if err == nil && ex.answer.GetRequestHeaders() == nil {
+			err = fmt.Errorf("answer %v, want the request routed", ex.answer)
+		}
+		answered <- err
+	}()
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cold request waited for the load's record to be written")
+	}
+	<-recording // written all the same
+	unblock()
+	if records.Load() != 1 {
+		t.Fatalf("%d records of one load", records.Load())
 	}
 }
 
