@@ -50,16 +50,31 @@ const (
 )
 
 // filteredEnvoy runs an Envoy with one static route to addr behind the given HTTP filters
-// (YAML list entries, before the router) and per-route filter configuration, with a cluster
-// extproc at extproc for an ext_proc filter's gRPC service. It returns the listener's
-// address and the process.
+// (YAML list entries, before the router; none: the same proxy as the gateway without the
+// mesh) and per-route filter configuration, with a cluster extproc at extproc (when not
+// empty) for an ext_proc filter's gRPC service. It returns the listener's address and the
+// process.
 func filteredEnvoy(b *testing.B, addr, extproc, filters, perRoute string) (string, *proctest.Process) {
 	b.Helper()
 	listen, admin := freePort(b), freePort(b)
 	lh, lp, _ := net.SplitHostPort(listen)
 	_, ap, _ := net.SplitHostPort(admin)
 	wh, wp, _ := net.SplitHostPort(addr)
-	eh, ep, _ := net.SplitHostPort(extproc)
+	extprocCluster := ""
+	if extproc != "" {
+		eh, ep, _ := net.SplitHostPort(extproc)
+		extprocCluster = fmt.Sprintf(`
+    - name: extproc
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {http2_protocol_options: {}}
+      load_assignment:
+        cluster_name: extproc
+        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]`, eh, ep)
+	}
 	cfg := fmt.Sprintf(`
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: %s}}}
 static_resources:
@@ -88,18 +103,8 @@ static_resources:
       connect_timeout: 1s
       load_assignment:
         cluster_name: worker
-        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]
-    - name: extproc
-      type: STATIC
-      connect_timeout: 1s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config: {http2_protocol_options: {}}
-      load_assignment:
-        cluster_name: extproc
-        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]
-`, ap, lh, lp, perRoute, filters, wh, wp, eh, ep)
+        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]%s
+`, ap, lh, lp, perRoute, filters, wh, wp, extprocCluster)
 	path := filepath.Join(b.TempDir(), "attribution.yaml")
 	must(b, os.WriteFile(path, []byte(cfg), 0o644))
 	p := startProcess(b, "envoy (attribution)", envoyPath(b), []string{"-c", path, "--concurrency", "2", "--disable-hot-restart", "--use-dynamic-base-id", "--log-level", "warn"},

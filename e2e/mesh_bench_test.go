@@ -6,8 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,7 +18,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/modelmesh/mesh/internal/placement"
-	"github.com/modelmesh/mesh/internal/proctest"
 	"github.com/modelmesh/mesh/internal/residency"
 	"github.com/modelmesh/mesh/proto/meshv1"
 )
@@ -64,46 +61,6 @@ func loadBody(b *testing.B, url, body string, qps float64, d time.Duration) (p50
 	return p50, p99, res.ActualQPS
 }
 
-// staticEnvoy runs a second Envoy with one static route to addr: the same proxy without
-// the mesh's filters, for comparison.
-func staticEnvoy(b *testing.B, addr string) string {
-	b.Helper()
-	listen, admin := freePort(b), freePort(b)
-	lh, lp, _ := net.SplitHostPort(listen)
-	_, ap, _ := net.SplitHostPort(admin)
-	wh, wp, _ := net.SplitHostPort(addr)
-	cfg := fmt.Sprintf(`
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: %s}}}
-static_resources:
-  listeners:
-    - address: {socket_address: {address: %s, port_value: %s}}
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: static
-                codec_type: AUTO
-                route_config:
-                  virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: worker}}]}]
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  clusters:
-    - name: worker
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: worker
-        endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]
-`, ap, lh, lp, wh, wp)
-	path := filepath.Join(b.TempDir(), "static.yaml")
-	must(b, os.WriteFile(path, []byte(cfg), 0o644))
-	startProcess(b, "static envoy", envoyPath(b), []string{"-c", path, "--concurrency", "2", "--disable-hot-restart", "--use-dynamic-base-id", "--log-level", "warn"},
-		proctest.HTTPOK("http://"+admin+"/ready"))
-	return listen
-}
-
 // BenchmarkMeshHotPath compares iris inference through the mesh's gateway (wasm filter,
 // routing on the model header, per-model cluster) with the same Envoy binary routing
 // statically to the same worker, and with the worker called directly: open-loop latency
@@ -114,7 +71,7 @@ func BenchmarkMeshHotPath(b *testing.B) {
 		b.Fatalf("warm iris: %d %v", code, out)
 	}
 	m.waitHot(b, "iris", "1")
-	static := staticEnvoy(b, m.workers[0].DataAddr)
+	static, _ := filteredEnvoy(b, m.workers[0].DataAddr, "", "", "")
 	targets := []struct{ name, addr string }{{"worker", m.workers[0].DataAddr}, {"static-envoy", static}, {"mesh", m.Gateway}}
 	type row struct{ p50, p99, max float64 }
 	rows := map[string]row{}
