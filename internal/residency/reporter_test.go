@@ -162,11 +162,12 @@ func TestParseWorkerOfAnOlderVersion(t *testing.T) {
 	if !cmp.Equal(old.Capacity, placement.HostMemory(1000)) || !cmp.Equal(old.Used, placement.HostMemory(250)) {
 		t.Fatalf("old record read as capacity %s, used %s", old.Capacity, old.Used)
 	}
-	// It advertised no capabilities: a Triton worker still holds one version at a time.
-	if old := ParseWorker(map[string]string{"id": "t", "runtime": "triton"}); !old.Caps.OneVersion {
+	// It advertised no capabilities: a Triton worker still holds one version at a time, and
+	// each reads its runtime's format, so that models are placed on it as before formats.
+	if old := ParseWorker(map[string]string{"id": "t", "runtime": "triton"}); !old.Caps.OneVersion || !old.Caps.Reads("triton") {
 		t.Fatalf("an old Triton record reads as capabilities %+v", old.Caps)
 	}
-	if old := ParseWorker(map[string]string{"id": "o", "runtime": "onnxruntime"}); old.Caps.OneVersion {
+	if old := ParseWorker(map[string]string{"id": "o", "runtime": "onnxruntime"}); old.Caps.OneVersion || !old.Caps.Reads("onnx") {
 		t.Fatalf("an old ONNX Runtime record reads as capabilities %+v", old.Caps)
 	}
 	w := Worker{ID: "w", Capacity: placement.Memory{Host: 10, GPU: []int64{100, 100}}, Used: placement.Memory{GPU: []int64{0, 40}}}

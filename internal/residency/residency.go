@@ -119,13 +119,17 @@ func ParseWorker(h map[string]string) Worker {
 	}
 	if err := json.Unmarshal([]byte(h["capabilities"]), &w.Caps); err != nil {
 		// A worker of an older version advertised no capabilities; of its runtimes only
-		// Triton held one version of a model at a time.
-		w.Caps = placement.Capabilities{OneVersion: w.Runtime == "triton"}
+		// Triton held one version of a model at a time, and each read its own format.
+		w.Caps = placement.Capabilities{OneVersion: w.Runtime == "triton", Formats: legacyFormats[w.Runtime]}
 	}
 	w.StartedUnixMs, _ = strconv.ParseInt(h["started_unix_ms"], 10, 64)
 	_ = json.Unmarshal([]byte(h["labels"]), &w.Labels) // missing labels read as none
 	return w
 }
+
+// legacyFormats are the formats of the runtimes workers ran before they advertised
+// capabilities.
+var legacyFormats = map[string][]string{"onnxruntime": {"onnx"}, "triton": {"triton"}}
 
 // Replica is one field of a worker's replicas hash, JSON-encoded.
 type Replica struct {
