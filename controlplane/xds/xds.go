@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -49,6 +50,9 @@ type Server struct {
 	metrics *Metrics
 
 	current translate.Resources
+	// currentVersions are current's versions (versions), kept so that a push hashes only
+	// what it changes.
+	currentVersions map[resourcev3.Type]string
 }
 
 // New returns a server with an empty configuration.
@@ -86,21 +90,45 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 		Clusters:  merge(prev.Clusters, next.Clusters),
 		Endpoints: merge(prev.Endpoints, next.Endpoints),
 	}
+	// Each resource set is hashed once: hashing a type marshals every one of its resources
+	// (about 30 ms for the whole configuration at 10,000 models), and the phases share sets.
+	// The union is next's set when next removes nothing (it holds every name of prev).
+	prevRoutes := s.currentVersions[resourcev3.RouteType]
+	if s.currentVersions == nil {
+		prevRoutes = hashOf(prev.Routes)
+	}
+	nextV := map[resourcev3.Type]string{resourcev3.ListenerType: hashOf(next.Listeners), resourcev3.RouteType: hashOf(next.Routes)}
+	unionV := map[resourcev3.Type]string{resourcev3.ListenerType: nextV[resourcev3.ListenerType]}
+	for typ, sets := range map[resourcev3.Type][2][]types.Resource{
+		resourcev3.ClusterType: {union.Clusters, next.Clusters}, resourcev3.EndpointType: {union.Endpoints, next.Endpoints},
+	} {
+		unionV[typ] = hashOf(sets[0])
+		nextV[typ] = unionV[typ]
+		if len(sets[0]) != len(sets[1]) {
+			nextV[typ] = hashOf(sets[1])
+		}
+	}
+	with := func(base map[resourcev3.Type]string, routes string) map[resourcev3.Type]string {
+		out := maps.Clone(base)
+		out[resourcev3.RouteType] = routes
+		return out
+	}
 	phases := []struct {
 		name, metric string // as logged; as the phase label
 		res          translate.Resources
+		versions     map[resourcev3.Type]string
 		wait         []resourcev3.Type
 	}{
 		{"add clusters", "add_clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
-			[]resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType}},
+			with(unionV, prevRoutes), []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType}},
 		{"switch routes", "switch_routes", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: next.Routes},
-			[]resourcev3.Type{resourcev3.RouteType, resourcev3.ListenerType}},
-		{"remove clusters", "remove_clusters", next, nil},
+			with(unionV, nextV[resourcev3.RouteType]), []resourcev3.Type{resourcev3.RouteType, resourcev3.ListenerType}},
+		{"remove clusters", "remove_clusters", next, nextV, nil},
 	}
 	last := versions(translate.Resources{})
 	acked := true
 	for _, p := range phases {
-		v := versions(p.res)
+		v := p.versions
 		if err := s.set(ctx, p.res, v); err != nil {
 			return fmt.Errorf("push phase %q: %w", p.name, err)
 		}
@@ -126,7 +154,7 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 		}
 		last = v
 	}
-	s.current = next
+	s.current, s.currentVersions = next, nextV
 	s.metrics.pushDuration.Observe(time.Since(start).Seconds())
 	s.log.DebugContext(ctx, "configuration pushed", "duration_ms", time.Since(start).Milliseconds(),
 		"clusters", len(next.Clusters), "routes_version", last[resourcev3.RouteType])
@@ -150,22 +178,23 @@ func (s *Server) set(ctx context.Context, res translate.Resources, v map[resourc
 	return s.cache.SetSnapshot(ctx, nodeGroup, snap)
 }
 
-// versions hashes each type's resources; deterministic marshalling makes equal
-// configurations hash equal in every process.
+// versions hashes each type's resources (hashOf).
 func versions(res translate.Resources) map[resourcev3.Type]string {
-	out := map[resourcev3.Type]string{}
-	for typ, items := range map[resourcev3.Type][]types.Resource{
-		resourcev3.ListenerType: res.Listeners, resourcev3.RouteType: res.Routes,
-		resourcev3.ClusterType: res.Clusters, resourcev3.EndpointType: res.Endpoints,
-	} {
-		h := sha256.New()
-		for _, r := range items {
-			b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r) // generated messages always marshal
-			h.Write(b)
-		}
-		out[typ] = hex.EncodeToString(h.Sum(nil)[:8])
+	return map[resourcev3.Type]string{
+		resourcev3.ListenerType: hashOf(res.Listeners), resourcev3.RouteType: hashOf(res.Routes),
+		resourcev3.ClusterType: hashOf(res.Clusters), resourcev3.EndpointType: hashOf(res.Endpoints),
 	}
-	return out
+}
+
+// hashOf is the version of a resource list; deterministic marshalling makes equal lists hash
+// equal in every process.
+func hashOf(items []types.Resource) string {
+	h := sha256.New()
+	for _, r := range items {
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(r) // generated messages always marshal
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 // merge gives the union of two resource lists by name, b's version winning, sorted by name.

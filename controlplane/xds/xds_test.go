@@ -217,6 +217,30 @@ func TestPushIsMakeBeforeBreak(t *testing.T) {
 	}
 }
 
+// TestPushVersionsAreTheConfigurationsHashes: however a push reuses hashes between its
+// phases, what it leaves served carries the versions of the configuration's own content,
+// as a restarted control plane (which hashes it afresh) would serve it.
+func TestPushVersionsAreTheConfigurationsHashes(t *testing.T) {
+	s := New(Config{AckTimeout: time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx := context.Background()
+	cold := resources(t, nil)
+	hot := resources(t, map[placement.ModelVersion][]string{{Name: "iris", Version: "1"}: {"10.0.0.1:8000"}})
+	for i, step := range []translate.Resources{cold, hot, cold, hot} {
+		if err := s.Push(ctx, step); err != nil {
+			t.Fatal(err)
+		}
+		snap, err := s.cache.GetSnapshot(nodeGroup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for typ, want := range versions(step) {
+			if got := snap.GetVersion(typ); got != want {
+				t.Errorf("push %d: %s version %q, want the configuration's %q", i, shortType(typ), got, want)
+			}
+		}
+	}
+}
+
 // TestUnchangedPushSendsNothing: pushing the same configuration again, as a restarted
 // control plane would, sends Envoy no response.
 func TestUnchangedPushSendsNothing(t *testing.T) {
