@@ -1,6 +1,7 @@
 package residency
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,6 +61,13 @@ type Reader struct {
 	rdb  redis.UniversalClient
 	keys Keys
 	log  *slog.Logger
+
+	mu sync.Mutex
+	// raw and decoded are the registry as last read and decoded: a snapshot whose registry
+	// is unchanged (every one but after an edit) shares it rather than decoding it again,
+	// which takes about 24 ms at 10,000 models.
+	raw     []byte
+	decoded *registry.Registry
 }
 
 // NewReader returns a reader over rdb.
@@ -126,13 +135,29 @@ func (r *Reader) Read(ctx context.Context) (Snapshot, error) {
 		}
 	}
 	if raw, err := reg.Bytes(); err == nil {
-		parsed, err := registry.Decode(raw)
+		parsed, err := r.decode(raw)
 		if err != nil {
 			return Snapshot{}, fmt.Errorf("read registry: %w", err)
 		}
 		snap.Registry = parsed
 	}
 	return snap, nil
+}
+
+// decode is registry.Decode of raw, or the registry decoded last when raw is the same: the
+// registry is read-only once decoded, so snapshots may share it.
+func (r *Reader) decode(raw []byte) (*registry.Registry, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.decoded != nil && bytes.Equal(raw, r.raw) {
+		return r.decoded, nil
+	}
+	parsed, err := registry.Decode(raw)
+	if err != nil {
+		return nil, err
+	}
+	r.raw, r.decoded = raw, parsed
+	return parsed, nil
 }
 
 // WatchConfig times Watch.

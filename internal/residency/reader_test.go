@@ -124,3 +124,41 @@ func TestPublishedRegistry(t *testing.T) {
 		t.Fatalf("a value that is not a registry: %v, %v; want an error", got, err)
 	}
 }
+
+// TestReaderDecodesTheRegistryOnceUntilItChanges: snapshots read while the published
+// registry stays the same share one decoded registry; a new publication is decoded anew.
+func TestReaderDecodesTheRegistryOnceUntilItChanges(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	keys := Keys{Prefix: "p"}
+	publish := func(yaml string) {
+		t.Helper()
+		reg, err := registry.Parse([]byte(yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := PublishRegistry(ctx, rdb, keys, reg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewReader(rdb, keys, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	read := func() *registry.Registry {
+		t.Helper()
+		snap, err := r.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snap.Registry
+	}
+	publish("models:\n  - name: iris\n    versions: [{version: \"1\", storageUri: \"file:///m\"}]\n")
+	first, second := read(), read()
+	if first == nil || first != second {
+		t.Fatalf("two reads of one registry: %p and %p, want one decoded registry", first, second)
+	}
+	publish("models:\n  - name: digits\n    versions: [{version: \"1\", storageUri: \"file:///m\"}]\n")
+	if third := read(); third == first || third.Models[0].Name != "digits" {
+		t.Fatalf("after a new publication: %+v, want the new registry", third)
+	}
+}
