@@ -105,12 +105,9 @@ func BenchmarkMLServer(b *testing.B) {
 // started, and the model leaves after the gateway stopped routing to it.
 func gone(b *testing.B, w *worker, model string) {
 	b.Helper()
-	for {
+	eventuallyEvery(b, 10*time.Second, time.Millisecond, model+" gone from the worker", func() bool {
 		list, err := w.Mgmt.List(context.Background(), &meshv1.ListRequest{})
 		must(b, err)
-		if !slices.ContainsFunc(list.GetReplicas(), func(r *meshv1.Replica) bool { return r.GetModel().GetName() == model }) {
-			return
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return !slices.ContainsFunc(list.GetReplicas(), func(r *meshv1.Replica) bool { return r.GetModel().GetName() == model })
+	})
 }
