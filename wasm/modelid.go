@@ -9,13 +9,6 @@ import (
 	"github.com/modelmesh/mesh/internal/wire"
 )
 
-// Headers ModelMesh clients name a model by, besides wire.HeaderModel. Envoy hands header
-// names to the filter in lower case, whatever the client sent.
-const (
-	headerVModelID  = "mm-vmodel-id"
-	headerMMModelID = "mm-model-id"
-)
-
 // Sources of a model id, named in error messages and logs.
 const (
 	sourcePath = "the KServe v2 path"
@@ -23,7 +16,7 @@ const (
 )
 
 // idHeaders are the headers that name a model, in order of precedence.
-var idHeaders = []string{wire.HeaderModel, headerVModelID, headerMMModelID}
+var idHeaders = []string{wire.HeaderModel, wire.HeaderVModelID, wire.HeaderMMModelID}
 
 // grpcService is the path prefix of the KServe v2 gRPC service; grpcBodyMethods are its
 // methods whose request message names the model in fields 1 (name) and 2 (version).
@@ -55,7 +48,7 @@ type request struct {
 
 // valueHeaders are the headers whose values the filter keeps: the id headers and the
 // version.
-var valueHeaders = [...]string{wire.HeaderModel, headerVModelID, headerMMModelID, wire.HeaderVersion}
+var valueHeaders = [...]string{wire.HeaderModel, wire.HeaderVModelID, wire.HeaderMMModelID, wire.HeaderVersion}
 
 // valueIndex is name's place in valueHeaders, -1 if it is none of them.
 func valueIndex(name string) int {

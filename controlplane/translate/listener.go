@@ -3,25 +3,35 @@ package translate
 import (
 	"fmt"
 
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	wasmfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/modelmesh/mesh/internal/wire"
 )
 
 // buildListener is the listener ListenerName: one HTTP connection manager (HTTP/1.1 and
-// HTTP/2 on one port) reading its routes by RDS, with the filters wasm (model id), fault,
-// ext_proc (the cold path) and router, in that order.
+// HTTP/2 on one port) reading its routes by RDS, with the filters strip (the internal
+// headers), wasm (model id), fault, ext_proc (the cold path) and router, in that order.
+// Native routes (native.go) leave wasm and ext_proc out of a request's filter chain.
 func buildListener(cfg Config) (*listenerv3.Listener, error) {
+	strip, err := stripInternalHeaders()
+	if err != nil {
+		return nil, err
+	}
 	pluginConf, err := anypb.New(wrapperspb.String(fmt.Sprintf(`{"max_models": %d}`, cfg.WasmMaxModels)))
 	if err != nil {
 		return nil, err
@@ -68,6 +78,7 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			RouteConfigName: RouteConfigName, ConfigSource: ads()}},
 		HttpFilters: []*hcmv3.HttpFilter{
+			{Name: stripFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: strip}},
 			{Name: wasmFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: wasm}},
 			{Name: faultFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: fault}},
 			{Name: extProcFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: extProc}},
@@ -83,6 +94,18 @@ func buildListener(cfg Config) (*listenerv3.Listener, error) {
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}},
 	}, nil
+}
+
+// stripInternalHeaders is the header mutation filter that removes the headers only the mesh
+// may set (wire.HeaderDestination and every wire.InternalHeaderPrefix header) from each
+// client request, first of the gateway's filters: on native routes it is the only filter
+// before the router that sees the request, and Envoy matches the prefix itself.
+func stripInternalHeaders() (*anypb.Any, error) {
+	return anypb.New(&headermutationv3.HeaderMutation{Mutations: &headermutationv3.Mutations{RequestMutations: []*mutationrulesv3.HeaderMutation{
+		{Action: &mutationrulesv3.HeaderMutation_Remove{Remove: wire.HeaderDestination}},
+		{Action: &mutationrulesv3.HeaderMutation_RemoveOnMatch_{RemoveOnMatch: &mutationrulesv3.HeaderMutation_RemoveOnMatch{
+			KeyMatcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: wire.InternalHeaderPrefix}}}}},
+	}}})
 }
 
 // extProcConfig is the ext_proc filter of the cold path, on the gateway listener and on the

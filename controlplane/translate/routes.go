@@ -60,29 +60,40 @@ func buildRoutes(cfg Config, reg *registry.Registry, ready map[placement.ModelVe
 
 // modelRoutes gives a model's routes, in the order Envoy must try them: one per ready
 // version for requests that name the version, then the routes of each traffic rule, and of
-// the default version unless the last rule matches every request, for requests that do not. A rule's routes are
-// emitted when some rule is hot or does something only Envoy can do (timeout, retries,
-// fault, header changes); otherwise the catch-all cold route serves the model alike.
+// the default version unless the last rule matches every request, for requests that do not.
+// A rule's routes are emitted when some rule is hot or does something only Envoy can do
+// (timeout, retries, fault, header changes); otherwise the catch-all cold route serves the
+// model alike. Before them come their native twins (native.go): of each ready version's
+// route, and of the rules' routes up to the first rule that is not hot or has a URI
+// condition, since a twin must never take a request that an earlier rule's route would
+// have matched.
 func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cfg Config) ([]*routev3.Route, error) {
 	disabled, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
 	if err != nil {
 		return nil, err
 	}
+	off, err := nativeFilters()
+	if err != nil {
+		return nil, err
+	}
 	hot := func(v string) bool { return len(ready[placement.ModelVersion{Name: m.Name, Version: v}]) > 0 }
 	cluster := func(v string) string { return wire.ClusterName(placement.ModelVersion{Name: m.Name, Version: v}) }
-	var routes []*routev3.Route
+	var routes, twins []*routev3.Route
 	for _, v := range m.Versions {
 		if !hot(v.Version) {
 			continue
 		}
-		routes = append(routes, &routev3.Route{
+		r := &routev3.Route{
 			Name: m.Name + "@" + v.Version,
 			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
 				Headers: []*routev3.HeaderMatcher{exact(wire.HeaderModel, m.Name), exact(wire.HeaderVersion, v.Version)}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)},
 				Timeout: durationpb.New(cfg.RouteTimeout), RetryPolicy: retryOtherReplica(cfg.HotTryTimeout)}},
 			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: disabled},
-		})
+		}
+		p, _ := pathTwin(r, m.Name, v.Version, off) // a version's route matches every path
+		twins = append(twins, p)
+		routes = append(routes, r)
 	}
 	rules := m.Traffic
 	if n := len(rules); n == 0 || len(rules[n-1].Match) > 0 || len(rules[n-1].When) > 0 {
@@ -99,8 +110,9 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 		return true
 	}
 	if !slices.ContainsFunc(rules, func(r registry.Rule) bool { return allHot(r) || actsInEnvoy(r) }) {
-		return routes, nil
+		return append(twins, routes...), nil
 	}
+	pathTwins := true
 	for i, rule := range rules {
 		hotRule := allHot(rule)
 		route, err := ruleRoute(rule, cfg, hotRule)
@@ -146,9 +158,16 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 			}
 			r.Match = match
 			routes = append(routes, r)
+			pathTwins = pathTwins && hotRule
+			if pathTwins {
+				var p *routev3.Route
+				if p, pathTwins = pathTwin(r, m.Name, "", off); pathTwins {
+					twins = append(twins, p)
+				}
+			}
 		}
 	}
-	return routes, nil
+	return append(twins, routes...), nil
 }
 
 // actsInEnvoy reports whether a rule asks for something that only the gateway's route can

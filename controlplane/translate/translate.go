@@ -30,6 +30,7 @@ const (
 	extProcFilter  = "envoy.filters.http.ext_proc"
 	faultFilter    = "envoy.filters.http.fault"
 	wasmFilter     = "envoy.filters.http.wasm"
+	stripFilter    = "envoy.filters.http.header_mutation"
 )
 
 // Config is the part of the gateway's configuration that does not come from state.

@@ -251,6 +251,9 @@ func TestRuleRoutes(t *testing.T) {
 		name  string
 		ready map[placement.ModelVersion][]string
 		want  map[string]summary
+		// twins are the native twins (native.go), in route order: of the versions' routes
+		// and of the rules' up to the first rule with a URI condition (fraud#0.1).
+		twins []string
 	}{
 		{"cold", nil, map[string]summary{
 			"fraud#0.0": {Cluster: WorkersCluster, Timeout: "2.5s", Retries: 3, ExtProc: true, Headers: []string{"x-route", "x-trace", "-x-debug"}},
@@ -259,7 +262,7 @@ func TestRuleRoutes(t *testing.T) {
 			"fraud#2.0": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true},
 			"fraud#2.1": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true},
 			"fraud#3":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true}, // the default version
-		}},
+		}, nil},
 		{"hot", map[placement.ModelVersion][]string{mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"}}, map[string]summary{
 			"fraud@1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 3, Previous: true},
 			"fraud@2":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 3, Previous: true},
@@ -269,7 +272,7 @@ func TestRuleRoutes(t *testing.T) {
 			"fraud#2.0": {Timeout: "1m0s", Retries: -1},
 			"fraud#2.1": {Timeout: "1m0s", Retries: -1},
 			"fraud#3":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 3, Previous: true, Headers: []string{"x-model-version"}},
-		}},
+		}, []string{"fraud@1~p", "fraud@2~p", "fraud#0.0~p"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -278,8 +281,13 @@ func TestRuleRoutes(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := map[string]summary{}
+			var twins []string
 			for _, r := range res.Routes[0].(*routev3.RouteConfiguration).GetVirtualHosts()[0].GetRoutes() {
 				if r.GetName() == "cold" {
+					continue
+				}
+				if r.GetTypedPerFilterConfig()[wasmFilter] != nil {
+					twins = append(twins, r.GetName())
 					continue
 				}
 				a := r.GetRoute()
@@ -299,6 +307,9 @@ func TestRuleRoutes(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Fatalf("routes (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.twins, twins); diff != "" {
+				t.Fatalf("native twins (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -105,7 +105,7 @@ func (r Rule) problems(versions map[string]bool) []error {
 		fail("weights add up to %d, more than the %d Envoy accepts in one route", total, uint32(math.MaxUint32))
 	}
 	for _, h := range slices.Sorted(maps.Keys(r.Match)) {
-		if err := headerName(h, true); err != nil {
+		if err := matchedHeader(h); err != nil {
 			fail("match: %v", err)
 		}
 	}
@@ -115,7 +115,7 @@ func (r Rule) problems(versions map[string]bool) []error {
 	}
 	for i, c := range r.When {
 		for _, h := range slices.Sorted(maps.Keys(c.Headers)) {
-			if err := headerName(h, true); err != nil {
+			if err := matchedHeader(h); err != nil {
 				fail("when[%d]: %v", i, err)
 			}
 			if err := c.Headers[h].check(false); err != nil {
@@ -266,6 +266,17 @@ func changeableHeader(name string) error {
 		return fmt.Errorf("header %q belongs to the mesh or to Envoy and may not be changed", name)
 	}
 	return nil
+}
+
+// matchedHeader accepts a header a rule may match on: a header name or pseudo-header, but
+// none of the internal headers the gateway strips from every client request (a rule on
+// one could never match a request the filter saw, and would let a client steer one it
+// did not).
+func matchedHeader(name string) error {
+	if name == wire.HeaderDestination || strings.HasPrefix(name, wire.InternalHeaderPrefix) {
+		return fmt.Errorf("header %q is internal to the mesh: the gateway strips it from client requests", name)
+	}
+	return headerName(name, true)
 }
 
 // headerName accepts a lower-case HTTP header name (an RFC 9110 token), and a pseudo-header

@@ -88,6 +88,8 @@ func TestParseRejectsRules(t *testing.T) {
 		{"upper-case condition header", rule("        when: [{headers: {X-A: {exact: a}}}]\n"), `header name "X-A" must be lower-case`},
 		{"empty condition header", rule("        when: [{headers: {\"\": {exact: a}}}]\n"), `header name "" must be lower-case and not empty`},
 		{"header name with a space", rule("        match: {\"x a\": b}\n"), `match: header name "x a"`},
+		{"internal header", rule("        match: {x-mesh-tier: gold}\n"), `match: header "x-mesh-tier" is internal to the mesh`},
+		{"destination header", rule("        when: [{headers: {x-gateway-destination-endpoint: {prefix: \"10.\"}}}]\n"), `when[0]: header "x-gateway-destination-endpoint" is internal`},
 		{"relative uri", rule("        when: [{uri: {prefix: v2/}}]\n"), `uri: "v2/" does not start with /`},
 		{"relative exact uri", rule("        when: [{uri: {exact: v2}}]\n"), `uri: "v2" does not start with /`},
 		{"negative timeout", rule("        timeout: -1s\n"), "timeout: -1s is below 1ms"},

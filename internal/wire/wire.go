@@ -20,11 +20,16 @@ const (
 	// names one, by a weighted route or ext_proc when they choose one; the worker reads it
 	// when the path does not name a version.
 	HeaderVersion = "x-model-version"
+	// HeaderVModelID and HeaderMMModelID name the model for ModelMesh clients, after
+	// HeaderModel in precedence; the wasm filter reads them.
+	HeaderVModelID  = "mm-vmodel-id"
+	HeaderMMModelID = "mm-model-id"
 	// HeaderDestination is the worker ("ip:port") ext_proc chose for a cold request; the
 	// workers cluster's override_host policy sends the request there.
 	HeaderDestination = "x-gateway-destination-endpoint"
-	// InternalHeaderPrefix begins headers only the mesh may set; the wasm filter strips them
-	// (and HeaderDestination) from client requests.
+	// InternalHeaderPrefix begins headers only the mesh may set; the gateway strips them (and
+	// HeaderDestination) from client requests before any other filter, and the wasm filter
+	// does again wherever it runs.
 	InternalHeaderPrefix = "x-mesh-"
 )
 
