@@ -270,14 +270,7 @@ func grpcLoad(b *testing.B, addr string, header bool, qps float64, d time.Durati
 	if n := failed.Load(); n > 0 {
 		b.Fatalf("gRPC load on %s: %d of %d calls failed", addr, n, res.DurationHistogram.Count)
 	}
-	for _, p := range res.DurationHistogram.Percentiles {
-		switch p.Percentile {
-		case 50:
-			p50 = p.Value
-		case 99:
-			p99 = p.Value
-		}
-	}
+	p50, p99 = medianAndP99(res.DurationHistogram)
 	return p50, p99, res.ActualQPS
 }
 

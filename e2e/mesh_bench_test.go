@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"fortio.org/fortio/fhttp"
+	"fortio.org/fortio/stats"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/modelmesh/mesh/internal/placement"
@@ -50,7 +51,14 @@ func loadBody(b *testing.B, url, body string, qps float64, d time.Duration) (p50
 	if res.RetCodes[200] != res.DurationHistogram.Count {
 		b.Fatalf("%s: status counts %v of %d requests", url, res.RetCodes, res.DurationHistogram.Count)
 	}
-	for _, p := range res.DurationHistogram.Percentiles {
+	p50, p99 = medianAndP99(res.DurationHistogram)
+	return p50, p99, res.ActualQPS
+}
+
+// medianAndP99 are a fortio run's p50 and p99 latencies in seconds; the run must have asked
+// for both percentiles.
+func medianAndP99(h *stats.HistogramData) (p50, p99 float64) {
+	for _, p := range h.Percentiles {
 		switch p.Percentile {
 		case 50:
 			p50 = p.Value
@@ -58,7 +66,7 @@ func loadBody(b *testing.B, url, body string, qps float64, d time.Duration) (p50
 			p99 = p.Value
 		}
 	}
-	return p50, p99, res.ActualQPS
+	return p50, p99
 }
 
 // BenchmarkMeshHotPath compares iris inference through the mesh's gateway (wasm filter,
