@@ -243,7 +243,7 @@ func message(err error) string {
 func internalHeaders(headers [][2]string) []string {
 	var names []string
 	for _, h := range headers {
-		if isInternalHeader(strings.ToLower(h[0])) && !slices.Contains(names, h[0]) {
+		if wire.IsInternalHeader(strings.ToLower(h[0])) && !slices.Contains(names, h[0]) {
 			names = append(names, h[0])
 		}
 	}

@@ -31,12 +31,6 @@ var errInvalid = errors.New("invalid request")
 // name; answered with 413 (gRPC RESOURCE_EXHAUSTED).
 var errTooLarge = errors.New("request too large")
 
-// isInternalHeader reports whether a client-sent header is one only the mesh may set.
-// name is lower case, as Envoy passes it.
-func isInternalHeader(name string) bool {
-	return name == wire.HeaderDestination || strings.HasPrefix(name, wire.InternalHeaderPrefix)
-}
-
 // request is what the filter reads from the request headers.
 type request struct {
 	path        string

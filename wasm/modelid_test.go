@@ -182,23 +182,6 @@ func TestParsePath(t *testing.T) {
 	}
 }
 
-func TestIsInternalHeader(t *testing.T) {
-	t.Parallel()
-	for name, want := range map[string]bool{
-		"x-gateway-destination-endpoint":   true,
-		"x-mesh-foo":                       true,
-		"x-mesh-":                          true,
-		"x-gateway-destination-endpoint-x": false,
-		"x-meshfoo":                        false,
-		"x-model-id":                       false,
-		"mesh-x":                           false,
-	} {
-		if got := isInternalHeader(name); got != want {
-			t.Errorf("isInternalHeader(%q) = %v, want %v", name, got, want)
-		}
-	}
-}
-
 // FuzzParsePath checks that the path parser never panics and that whatever it accepts
 // passes the id grammar and came from the path.
 func FuzzParsePath(f *testing.F) {

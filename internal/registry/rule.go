@@ -273,7 +273,7 @@ func changeableHeader(name string) error {
 // one could never match a request the filter saw, and would let a client steer one it
 // did not).
 func matchedHeader(name string) error {
-	if name == wire.HeaderDestination || strings.HasPrefix(name, wire.InternalHeaderPrefix) {
+	if wire.IsInternalHeader(name) {
 		return fmt.Errorf("header %q is internal to the mesh: the gateway strips it from client requests", name)
 	}
 	return headerName(name, true)

@@ -33,6 +33,13 @@ const (
 	InternalHeaderPrefix = "x-mesh-"
 )
 
+// IsInternalHeader reports whether a client-sent header is one only the mesh may set:
+// HeaderDestination or a name beginning with InternalHeaderPrefix. name is lower case, as
+// Envoy passes it.
+func IsInternalHeader(name string) bool {
+	return name == HeaderDestination || strings.HasPrefix(name, InternalHeaderPrefix)
+}
+
 // MetadataNamespace is the dynamic metadata namespace in which ext_proc also sets
 // HeaderDestination (key HeaderDestination) for the override_host policy.
 const MetadataNamespace = "envoy.lb"

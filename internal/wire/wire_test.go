@@ -57,3 +57,20 @@ func TestClusterNames(t *testing.T) {
 		})
 	}
 }
+
+func TestIsInternalHeader(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]bool{
+		"x-gateway-destination-endpoint":   true,
+		"x-mesh-foo":                       true,
+		"x-mesh-":                          true,
+		"x-gateway-destination-endpoint-x": false,
+		"x-meshfoo":                        false,
+		"x-model-id":                       false,
+		"mesh-x":                           false,
+	} {
+		if got := IsInternalHeader(name); got != want {
+			t.Errorf("IsInternalHeader(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
