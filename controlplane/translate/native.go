@@ -3,6 +3,7 @@ package translate
 import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -31,22 +32,41 @@ import (
 // shared by a model's twins), count them instead (docs/observability.md).
 const v2ModelsPrefix = "/v2/models/"
 
-// nativeFilters is the per-route configuration that leaves the wasm filter and ext_proc out
-// of the filter chain of a request whose first route is a native twin.
-func nativeFilters() (*anypb.Any, error) {
-	return anypb.New(&routev3.FilterConfig{Disabled: true})
+// perRoute is the per-route filter configuration the model routes share, built once per
+// route configuration: ext_proc disabled by its own configuration (on hot routes the filter's
+// headers select), and the wasm filter and ext_proc left out of the chain (on native twins).
+type perRoute struct {
+	extProcOff, nativeOff *anypb.Any
+}
+
+func newPerRoute() (perRoute, error) {
+	extProcOff, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
+	if err != nil {
+		return perRoute{}, err
+	}
+	nativeOff, err := anypb.New(&routev3.FilterConfig{Disabled: true})
+	return perRoute{extProcOff, nativeOff}, err
 }
 
 // pathTwin is r, a hot route of model name (version: the version its match requires, ""
-// for a rule's route), for the KServe v2 infer path of that model and version with no id
-// or version header sent; ok is false when r has a path condition of its own (a rule's
-// URI), which the exact infer path cannot also carry. r's other header conditions stay;
-// its model and version headers become required absent, and are added for the worker.
-func pathTwin(r *routev3.Route, name, version string, off *anypb.Any) (*routev3.Route, bool) {
+// for a rule's route), as a native twin: for the KServe v2 infer path of that model and
+// version with no id or version header sent, with the model's route stats, and the wasm
+// filter and ext_proc left out of the chain of requests that pick it first. It is nil when
+// r has a path condition of its own (a rule's URI), which the exact infer path cannot also
+// carry. r's other header conditions stay; its model and version headers become required
+// absent, and are added for the worker.
+func pathTwin(r *routev3.Route, name, version string, pr perRoute) *routev3.Route {
 	if r.GetMatch().GetPrefix() != "/" {
-		return nil, false
+		return nil
 	}
-	t := nativeClone(r, name, "~p", off)
+	t := proto.Clone(r).(*routev3.Route)
+	t.Name += "~p"
+	t.StatPrefix = name
+	if t.TypedPerFilterConfig == nil {
+		t.TypedPerFilterConfig = map[string]*anypb.Any{}
+	}
+	t.TypedPerFilterConfig[wasmFilter] = pr.nativeOff
+	t.TypedPerFilterConfig[extProcFilter] = pr.nativeOff
 	path := v2ModelsPrefix + name
 	if version != "" {
 		path += "/versions/" + version
@@ -65,20 +85,5 @@ func pathTwin(r *routev3.Route, name, version string, off *anypb.Any) (*routev3.
 		add = append(add, versionHeader(version)...)
 	}
 	t.RequestHeadersToAdd = append(add, t.RequestHeadersToAdd...)
-	return t, true
-}
-
-// nativeClone copies r, a route of model name, under a route name with suffix, with the
-// wasm filter and ext_proc left out of the chain of requests that pick it first, and the
-// model's route stats.
-func nativeClone(r *routev3.Route, name, suffix string, off *anypb.Any) *routev3.Route {
-	t := proto.Clone(r).(*routev3.Route)
-	t.Name += suffix
-	t.StatPrefix = name
-	if t.TypedPerFilterConfig == nil {
-		t.TypedPerFilterConfig = map[string]*anypb.Any{}
-	}
-	t.TypedPerFilterConfig[wasmFilter] = off
-	t.TypedPerFilterConfig[extProcFilter] = off
 	return t
 }

@@ -13,7 +13,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -37,8 +36,12 @@ func buildRoutes(cfg Config, reg *registry.Registry, ready map[placement.ModelVe
 	if reg != nil {
 		models = reg.Models
 	}
+	pr, err := newPerRoute()
+	if err != nil {
+		return nil, err
+	}
 	for _, m := range models {
-		r, err := modelRoutes(m, ready, cfg)
+		r, err := modelRoutes(m, ready, cfg, pr)
 		if err != nil {
 			return nil, err
 		}
@@ -67,15 +70,7 @@ func buildRoutes(cfg Config, reg *registry.Registry, ready map[placement.ModelVe
 // route, and of the rules' routes up to the first rule that is not hot or has a URI
 // condition, since a twin must never take a request that an earlier rule's route would
 // have matched.
-func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cfg Config) ([]*routev3.Route, error) {
-	disabled, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
-	if err != nil {
-		return nil, err
-	}
-	off, err := nativeFilters()
-	if err != nil {
-		return nil, err
-	}
+func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cfg Config, pr perRoute) ([]*routev3.Route, error) {
 	hot := func(v string) bool { return len(ready[placement.ModelVersion{Name: m.Name, Version: v}]) > 0 }
 	cluster := func(v string) string { return wire.ClusterName(placement.ModelVersion{Name: m.Name, Version: v}) }
 	var routes, twins []*routev3.Route
@@ -89,10 +84,9 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 				Headers: []*routev3.HeaderMatcher{exact(wire.HeaderModel, m.Name), exact(wire.HeaderVersion, v.Version)}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)},
 				Timeout: durationpb.New(cfg.RouteTimeout), RetryPolicy: retryOtherReplica(cfg.HotTryTimeout)}},
-			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: disabled},
+			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: pr.extProcOff},
 		}
-		p, _ := pathTwin(r, m.Name, v.Version, off) // a version's route matches every path
-		twins = append(twins, p)
+		twins = append(twins, pathTwin(r, m.Name, v.Version, pr)) // never nil: r matches every path
 		routes = append(routes, r)
 	}
 	rules := m.Traffic
@@ -144,7 +138,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 					RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: perMillion(mir.Percent)},
 				}}
 			}
-			route.TypedPerFilterConfig[extProcFilter] = disabled
+			route.TypedPerFilterConfig[extProcFilter] = pr.extProcOff
 		}
 		// Each condition of the rule is a route of its own, with the same actions.
 		for j, match := range ruleMatches(m.Name, rule) {
@@ -158,12 +152,12 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 			}
 			r.Match = match
 			routes = append(routes, r)
-			pathTwins = pathTwins && hotRule
-			if pathTwins {
-				var p *routev3.Route
-				if p, pathTwins = pathTwin(r, m.Name, "", off); pathTwins {
-					twins = append(twins, p)
-				}
+			var twin *routev3.Route
+			if pathTwins && hotRule {
+				twin = pathTwin(r, m.Name, "", pr)
+			}
+			if pathTwins = twin != nil; pathTwins {
+				twins = append(twins, twin)
 			}
 		}
 	}
