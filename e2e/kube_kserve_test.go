@@ -384,19 +384,25 @@ func TestKubeWatchExpiresAndRelists(t *testing.T) {
 		return code == 200
 	})
 	// Revisions move on elsewhere while the InferenceServices do not, past two compactions:
-	// the informer's last version is gone from etcd.
+	// the informer's last version is gone from etcd. They keep moving while the connections
+	// are cut: the control plane's own status write can come late and move its informer's
+	// version to one the compactor has not reached yet.
 	cms := k.clientset(t).CoreV1().ConfigMaps("modelmesh")
-	for i := range 50 {
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{GenerateName: "churn-"}, Data: map[string]string{"i": fmt.Sprint(i)}}
-		_, err := cms.Create(ctx, cm, metav1.CreateOptions{})
-		must(t, err)
+	churn := func(n int) {
+		for i := range n {
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{GenerateName: "churn-"}, Data: map[string]string{"i": fmt.Sprint(i)}}
+			_, err := cms.Create(ctx, cm, metav1.CreateOptions{})
+			must(t, err)
+		}
 	}
+	churn(50)
 	// The compactor runs on its own clock: the connections are cut once a second until a
 	// watch resumed after a cut finds its version compacted away.
 	eventuallyEvery(t, 60*time.Second, time.Second, "the control plane's watch of InferenceServices refused as too old, and listed again", func() bool {
 		if relistedAfterExpiry(m.cp.Logs(), "Resource=inferenceservices") {
 			return true
 		}
+		churn(5)
 		proxy.cut()
 		return false
 	})
