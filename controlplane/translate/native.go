@@ -32,20 +32,32 @@ import (
 // shared by a model's twins), count them instead (docs/observability.md).
 const v2ModelsPrefix = "/v2/models/"
 
-// perRoute is the per-route filter configuration the model routes share, built once per
-// route configuration: ext_proc disabled by its own configuration (on hot routes the filter's
-// headers select), and the wasm filter and ext_proc left out of the chain (on native twins).
+// perRoute is the per-route filter configuration the routes share, built once per route
+// configuration. The virtual host turns ext_proc off (extProcOff: every hot route takes the
+// route its headers select); the routes to the cold path turn it back on (extProcOn), and
+// native twins leave the wasm filter and ext_proc out of the chain (nativeOff). Set once on
+// the virtual host rather than on each of thousands of hot routes, it costs Envoy nothing per
+// route when it applies a route configuration.
 type perRoute struct {
-	extProcOff, nativeOff *anypb.Any
+	extProcOff, extProcOn, nativeOff *anypb.Any
 }
 
 func newPerRoute() (perRoute, error) {
-	extProcOff, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
-	if err != nil {
-		return perRoute{}, err
+	var pr perRoute
+	var err error
+	for _, c := range []struct {
+		to  **anypb.Any
+		msg proto.Message
+	}{
+		{&pr.extProcOff, &extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}}},
+		{&pr.extProcOn, &extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Overrides{Overrides: &extprocv3.ExtProcOverrides{}}}},
+		{&pr.nativeOff, &routev3.FilterConfig{Disabled: true}},
+	} {
+		if *c.to, err = anypb.New(c.msg); err != nil {
+			return perRoute{}, err
+		}
 	}
-	nativeOff, err := anypb.New(&routev3.FilterConfig{Disabled: true})
-	return perRoute{extProcOff, nativeOff}, err
+	return pr, nil
 }
 
 // pathTwin is r, a hot route of model name (version: the version its match requires, ""

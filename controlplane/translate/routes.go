@@ -53,11 +53,17 @@ func buildRoutes(cfg Config, reg *registry.Registry, ready map[placement.ModelVe
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: WorkersCluster},
 			Timeout:          durationpb.New(cfg.RouteTimeout),
+			RetryPolicy:      noRetries(),
 		}},
+		TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: pr.extProcOn},
 	})
+	// What every hot route shares is the virtual host's, which the routes to the cold path
+	// override: Envoy builds a retry policy and a filter configuration once, not once per route.
 	return &routev3.RouteConfiguration{
-		Name:         RouteConfigName,
-		VirtualHosts: []*routev3.VirtualHost{{Name: "models", Domains: []string{"*"}, Routes: routes}},
+		Name: RouteConfigName,
+		VirtualHosts: []*routev3.VirtualHost{{Name: "models", Domains: []string{"*"}, Routes: routes,
+			RetryPolicy:          retryOtherReplica(cfg.HotTryTimeout),
+			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: pr.extProcOff}}},
 	}, nil
 }
 
@@ -83,8 +89,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
 				Headers: []*routev3.HeaderMatcher{exact(wire.HeaderModel, m.Name), exact(wire.HeaderVersion, v.Version)}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)},
-				Timeout: durationpb.New(cfg.RouteTimeout), RetryPolicy: retryOtherReplica(cfg.HotTryTimeout)}},
-			TypedPerFilterConfig: map[string]*anypb.Any{extProcFilter: pr.extProcOff},
+				Timeout: durationpb.New(cfg.RouteTimeout)}},
 		}
 		twins = append(twins, pathTwin(r, m.Name, v.Version, pr)) // never nil: r matches every path
 		routes = append(routes, r)
@@ -118,6 +123,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 			// Requests this rule matches must not fall through to a later rule: send them to
 			// the cold path explicitly, where ext_proc applies the same rule.
 			action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: WorkersCluster}
+			route.TypedPerFilterConfig[extProcFilter] = pr.extProcOn
 		} else {
 			var weighted []*routev3.WeightedCluster_ClusterWeight
 			for _, w := range rule.Split {
@@ -138,7 +144,6 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 					RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: perMillion(mir.Percent)},
 				}}
 			}
-			route.TypedPerFilterConfig[extProcFilter] = pr.extProcOff
 		}
 		// Each condition of the rule is a route of its own, with the same actions.
 		for j, match := range ruleMatches(m.Name, rule) {
@@ -226,7 +231,7 @@ func ruleRoute(rule registry.Rule, cfg Config, hot bool) (*routev3.Route, error)
 		action.Timeout = d
 	}
 	var err error
-	if action.RetryPolicy, err = retryPolicy(rule.Retries, hot, cfg.HotTryTimeout); err != nil {
+	if action.RetryPolicy, err = retryPolicy(rule.Retries, hot); err != nil {
 		return nil, err
 	}
 	route := &routev3.Route{Action: &routev3.Route_Route{Route: action}, TypedPerFilterConfig: map[string]*anypb.Any{}}
@@ -371,16 +376,23 @@ func retryOtherReplica(tryTimeout time.Duration) *routev3.RetryPolicy {
 
 const defaultRetryOn = "connect-failure,refused-stream,reset"
 
+// noRetries is the policy of a route that must not retry: a route's policy replaces the
+// virtual host's whole.
+func noRetries() *routev3.RetryPolicy {
+	return &routev3.RetryPolicy{NumRetries: wrapperspb.UInt32(0)}
+}
+
 // retryPolicy is a rule route's retry policy. A hot route without retries in its rule keeps
-// retryOtherReplica, a cold one has none, and neither retries at 0 attempts. Hot routes
-// retry on another replica; cold ones on the worker ext_proc chose, since the workers
-// cluster sends every try there and it is the worker that loaded the model.
-func retryPolicy(r *registry.Retries, hot bool, tryTimeout time.Duration) (*routev3.RetryPolicy, error) {
+// the virtual host's (nil: retryOtherReplica), a cold one has none, and neither retries at 0
+// attempts. Hot routes retry on another replica; cold ones on the worker ext_proc chose,
+// since the workers cluster sends every try there and it is the worker that loaded the
+// model.
+func retryPolicy(r *registry.Retries, hot bool) (*routev3.RetryPolicy, error) {
 	switch {
 	case r == nil && hot:
-		return retryOtherReplica(tryTimeout), nil
-	case r == nil || r.Attempts == 0:
 		return nil, nil
+	case r == nil || r.Attempts == 0:
+		return noRetries(), nil
 	}
 	p := &routev3.RetryPolicy{RetryOn: defaultRetryOn}
 	if hot {

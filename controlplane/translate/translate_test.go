@@ -11,6 +11,7 @@ import (
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -241,7 +242,7 @@ func TestRuleRoutes(t *testing.T) {
 	type summary struct {
 		Cluster  string
 		Timeout  string
-		Retries  int // -1: no retry policy
+		Retries  int // the route's own retry policy, else the virtual host's
 		Previous bool
 		Fault    bool
 		ExtProc  bool
@@ -258,10 +259,10 @@ func TestRuleRoutes(t *testing.T) {
 		{"cold", nil, map[string]summary{
 			"fraud#0.0": {Cluster: WorkersCluster, Timeout: "2.5s", Retries: 3, ExtProc: true, Headers: []string{"x-route", "x-trace", "-x-debug"}},
 			"fraud#0.1": {Cluster: WorkersCluster, Timeout: "2.5s", Retries: 3, ExtProc: true, Headers: []string{"x-route", "x-trace", "-x-debug"}},
-			"fraud#1":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, Fault: true, ExtProc: true},
-			"fraud#2.0": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true},
-			"fraud#2.1": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true},
-			"fraud#3":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: -1, ExtProc: true}, // the default version
+			"fraud#1":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: 0, Fault: true, ExtProc: true},
+			"fraud#2.0": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: 0, ExtProc: true},
+			"fraud#2.1": {Cluster: WorkersCluster, Timeout: "1m0s", Retries: 0, ExtProc: true},
+			"fraud#3":   {Cluster: WorkersCluster, Timeout: "1m0s", Retries: 0, ExtProc: true}, // the default version
 		}, nil},
 		{"hot", map[placement.ModelVersion][]string{mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"}}, map[string]summary{
 			"fraud@1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 3, Previous: true},
@@ -269,8 +270,8 @@ func TestRuleRoutes(t *testing.T) {
 			"fraud#0.0": {Cluster: "model|fraud|2", Timeout: "2.5s", Retries: 3, Previous: true, Headers: []string{"x-model-version", "x-route", "x-trace", "-x-debug"}},
 			"fraud#0.1": {Cluster: "model|fraud|2", Timeout: "2.5s", Retries: 3, Previous: true, Headers: []string{"x-model-version", "x-route", "x-trace", "-x-debug"}},
 			"fraud#1":   {Cluster: "model|fraud|1", Timeout: "1m0s", Retries: 3, Previous: true, Fault: true, Headers: []string{"x-model-version"}},
-			"fraud#2.0": {Timeout: "1m0s", Retries: -1},
-			"fraud#2.1": {Timeout: "1m0s", Retries: -1},
+			"fraud#2.0": {Timeout: "1m0s", Retries: 0},
+			"fraud#2.1": {Timeout: "1m0s", Retries: 0},
 			"fraud#3":   {Cluster: "model|fraud|2", Timeout: "1m0s", Retries: 3, Previous: true, Headers: []string{"x-model-version"}},
 		}, []string{"fraud@1~p", "fraud@2~p", "fraud#0.0~p"}},
 	}
@@ -282,7 +283,8 @@ func TestRuleRoutes(t *testing.T) {
 			}
 			got := map[string]summary{}
 			var twins []string
-			for _, r := range res.Routes[0].(*routev3.RouteConfiguration).GetVirtualHosts()[0].GetRoutes() {
+			vhost := res.Routes[0].(*routev3.RouteConfiguration).GetVirtualHosts()[0]
+			for _, r := range vhost.GetRoutes() {
 				if r.GetName() == "cold" {
 					continue
 				}
@@ -291,12 +293,21 @@ func TestRuleRoutes(t *testing.T) {
 					continue
 				}
 				a := r.GetRoute()
-				s := summary{Cluster: a.GetCluster(), Timeout: a.GetTimeout().AsDuration().String(), Retries: -1,
-					Previous: len(a.GetRetryPolicy().GetRetryHostPredicate()) > 0,
-					Fault:    r.GetTypedPerFilterConfig()[faultFilter] != nil, ExtProc: r.GetTypedPerFilterConfig()[extProcFilter] == nil}
-				if p := a.GetRetryPolicy(); p != nil {
-					s.Retries = int(p.GetNumRetries().GetValue())
+				retry := a.GetRetryPolicy()
+				if retry == nil {
+					retry = vhost.GetRetryPolicy()
 				}
+				extProc := r.GetTypedPerFilterConfig()[extProcFilter]
+				if extProc == nil {
+					extProc = vhost.GetTypedPerFilterConfig()[extProcFilter]
+				}
+				var perRoute extprocv3.ExtProcPerRoute
+				if err := extProc.UnmarshalTo(&perRoute); err != nil {
+					t.Fatalf("route %s: ext_proc's configuration: %v", r.GetName(), err)
+				}
+				s := summary{Cluster: a.GetCluster(), Timeout: a.GetTimeout().AsDuration().String(), Retries: int(retry.GetNumRetries().GetValue()),
+					Previous: len(retry.GetRetryHostPredicate()) > 0,
+					Fault:    r.GetTypedPerFilterConfig()[faultFilter] != nil, ExtProc: !perRoute.GetDisabled()}
 				for _, h := range r.GetRequestHeadersToAdd() {
 					s.Headers = append(s.Headers, h.GetHeader().GetKey())
 				}
