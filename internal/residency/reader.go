@@ -162,15 +162,18 @@ func (r *Reader) decode(raw []byte) (*registry.Registry, error) {
 
 // WatchConfig times Watch.
 type WatchConfig struct {
-	// Batch is how long to collect events before reading, so a burst costs one read.
+	// Batch is the least time between two reads that events cause: an event after a quiet
+	// Batch is read at once, and the events that follow within Batch of that read are
+	// gathered into one read when it has passed. A lone change waits for no batch; a burst
+	// costs two reads. Reads at start and at resyncs do not count.
 	Batch time.Duration
 	// Resync is the interval of full reads without events: the backstop for missed events,
 	// lost subscriptions and expired leases, which publish nothing.
 	Resync time.Duration
 }
 
-// Watch calls onSnapshot with a fresh snapshot at start, after each burst of events and at
-// every resync, until ctx ends. A failed read is logged and retried at the next trigger;
+// Watch calls onSnapshot with a fresh snapshot at start, after events (at most once per
+// Batch) and at every resync, until ctx ends. A failed read is logged and retried at the next trigger;
 // onSnapshot is then not called, so callers keep the last good state. Returns nil when ctx
 // ends.
 func (r *Reader) Watch(ctx context.Context, cfg WatchConfig, onSnapshot func(Snapshot)) error {
@@ -196,6 +199,7 @@ func (r *Reader) Watch(ctx context.Context, cfg WatchConfig, onSnapshot func(Sna
 		onSnapshot(snap)
 	}
 	read()
+	var eventRead time.Time // when events last caused a read
 	for {
 		select {
 		case <-ctx.Done():
@@ -203,18 +207,21 @@ func (r *Reader) Watch(ctx context.Context, cfg WatchConfig, onSnapshot func(Sna
 		case <-resync.C:
 			read()
 		case <-events:
-			timer := time.NewTimer(cfg.Batch)
-		drain:
-			for {
-				select {
-				case <-events:
-				case <-timer.C:
-					break drain
-				case <-ctx.Done():
-					timer.Stop()
-					return nil
+			if wait := time.Until(eventRead.Add(cfg.Batch)); wait > 0 {
+				timer := time.NewTimer(wait)
+			gather:
+				for {
+					select {
+					case <-events:
+					case <-timer.C:
+						break gather
+					case <-ctx.Done():
+						timer.Stop()
+						return nil
+					}
 				}
 			}
+			eventRead = time.Now()
 			read()
 		}
 	}

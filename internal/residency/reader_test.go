@@ -71,28 +71,69 @@ func TestReaderSeesWhatReportersWrite(t *testing.T) {
 	}
 
 	// Watch delivers a snapshot at start and after a change.
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	snaps := make(chan Snapshot, 10)
-	done := make(chan error, 1)
-	go func() {
-		done <- r.Watch(wctx, WatchConfig{Batch: 10 * time.Millisecond, Resync: time.Minute}, func(s Snapshot) { snaps <- s })
-	}()
-	<-snaps
-	time.Sleep(50 * time.Millisecond) // the subscription is set up before the first read returns
-	rep.publish(ctx, Worker{ID: "w3"}, Event{Kind: "replica", Model: "iris:1", State: "ready"})
+	snaps, stop := watch(t, r, WatchConfig{Batch: 10 * time.Millisecond, Resync: time.Minute})
 	must(rep.write(ctx, State{Worker: Worker{ID: "w3"}, Replicas: map[string]Replica{"iris:1": {State: placement.StateReady}}}))
-	rep.publish(ctx, Worker{ID: "w3"}, Event{Kind: "replica", Model: "iris:1", State: "ready"})
-	select {
-	case s := <-snaps:
-		if len(s.Ready(iris)) < 2 {
-			t.Fatalf("snapshot after change: %v", s.Ready(iris))
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no snapshot after a change")
+	announceUntil(t, rep, snaps, func(s Snapshot) bool { return len(s.Ready(iris)) == 3 })
+	stop()
+}
+
+// TestWatchReadsALoneChangeAtOnce: an event after a quiet batch is read without waiting for
+// the batch to pass (an hour here).
+func TestWatchReadsALoneChangeAtOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	keys := Keys{Prefix: "q"}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	rep := NewReporter(rdb, keys, ReporterConfig{Heartbeat: time.Minute}, log)
+	snaps, stop := watch(t, NewReader(rdb, keys, log), WatchConfig{Batch: time.Hour, Resync: time.Hour})
+	defer stop()
+	if err := rep.write(context.Background(), State{Worker: Worker{ID: "w1"}, Replicas: map[string]Replica{"iris:1": {State: placement.StateReady}}}); err != nil {
+		t.Fatal(err)
 	}
-	cancel()
-	must(<-done)
+	announceUntil(t, rep, snaps, func(s Snapshot) bool { return len(s.Ready(placement.ModelVersion{Name: "iris", Version: "1"})) == 1 })
+}
+
+// watch runs r.Watch until stop, which also checks that it returned nil, and returns its
+// snapshots after the first (taken at start).
+func watch(t *testing.T, r *Reader, cfg WatchConfig) (<-chan Snapshot, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	snaps := make(chan Snapshot, 100)
+	done := make(chan error, 1)
+	go func() { done <- r.Watch(ctx, cfg, func(s Snapshot) { snaps <- s }) }()
+	select {
+	case <-snaps:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no snapshot at start")
+	}
+	return snaps, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watch: %v", err)
+		}
+	}
+}
+
+// announceUntil publishes a replica event, again every 100 ms (the watch's subscription may
+// not be in place yet), until a snapshot satisfies ok; it fails after 5 s.
+func announceUntil(t *testing.T, rep *Reporter, snaps <-chan Snapshot, ok func(Snapshot) bool) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		rep.publish(context.Background(), Worker{ID: "w3"}, Event{Kind: "replica", Model: "iris:1", State: "ready"})
+		select {
+		case s := <-snaps:
+			if ok(s) {
+				return
+			}
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal("no snapshot showing the change")
+		}
+	}
 }
 
 // TestPublishedRegistry: none before a registry is published, the published one after, and

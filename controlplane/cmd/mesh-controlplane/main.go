@@ -94,7 +94,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.MessageTimeout, "extproc-message-timeout", time.Second, "Envoy's wait for an ext_proc answer before it fails the request with 504 (ext_proc extends it while a model loads)")
 	fs.DurationVar(&c.MaxMessageTimeout, "extproc-max-message-timeout", 120*time.Second, "longest ext_proc may extend that wait while a model loads")
 	fs.DurationVar(&c.AckTimeout, "ack-timeout", 5*time.Second, "longest wait for Envoy to acknowledge one push phase")
-	fs.DurationVar(&c.Batch, "batch", 50*time.Millisecond, "how long to gather residency events into one push")
+	fs.DurationVar(&c.Batch, "batch", 50*time.Millisecond, "the least time between two residency reads that events cause (a lone event is read at once)")
 	fs.DurationVar(&c.Resync, "resync", 5*time.Second, "interval of full residency reads")
 	fs.StringVar(&c.TracingOTLPAddr, "tracing-otlp-addr", "", "OTLP/gRPC collector, host:port, the gateway Envoy sends its spans to (empty: the gateway does not trace)")
 	fs.Float64Var(&c.TracingSamplePercent, "tracing-sample-percent", 1, "with --tracing-otlp-addr: percent of requests the gateway traces (a request whose client sent an unsampled traceparent is never traced)")

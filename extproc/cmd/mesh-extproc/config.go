@@ -59,7 +59,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.Scale.DownFraction, "scale-down-fraction", 0.5, "hysteresis: a replica goes only when the ones left would carry at most this fraction of --scale-target-in-flight")
 	fs.DurationVar(&c.Scale.UpAfter, "scale-up-after", 4*time.Second, "how long demand must ask for another replica before one is added")
 	fs.DurationVar(&c.Scale.DownAfter, "scale-down-after", 30*time.Second, "how long demand must allow one replica fewer before one is drained")
-	fs.DurationVar(&c.EventBatch, "event-batch", 20*time.Millisecond, "how long to gather residency events into one read")
+	fs.DurationVar(&c.EventBatch, "event-batch", 20*time.Millisecond, "the least time between two residency reads that events cause (a lone event is read at once)")
 	c.Log.RegisterFlags(fs)
 	c.Shutdown.RegisterFlags(fs, 15*time.Second, "longest wait for held requests at shutdown")
 	c.Tracing.RegisterFlags(fs, "requests")
