@@ -77,8 +77,9 @@ var ErrNotAcknowledged = errors.New("not every envoy acknowledged the configurat
 
 // Push makes next the served configuration, in three phases so that no route ever names a
 // cluster an Envoy does not have: (1) clusters and endpoints of next added to the current
-// ones, routes unchanged; (2) routes of next; (3) clusters and endpoints only of next. Each
-// of the first two phases waits (up to AckTimeout) for every connected Envoy to acknowledge
+// ones, routes unchanged; (2) routes of next; (3) clusters and endpoints only of next. When
+// next has no cluster the current configuration lacks, (1) and (2) are one phase. Each
+// phase but the last waits (up to AckTimeout) for every connected Envoy to acknowledge
 // it; one that is not acknowledged in time is gone on from, and Push then returns
 // ErrNotAcknowledged. Resource versions are content hashes, so pushing an unchanged
 // configuration, or the same one from a restarted control plane, sends Envoy nothing.
@@ -113,17 +114,23 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 		out[resourcev3.RouteType] = routes
 		return out
 	}
-	phases := []struct {
+	type phase struct {
 		name, metric string // as logged; as the phase label
 		res          translate.Resources
 		versions     map[resourcev3.Type]string
 		wait         []resourcev3.Type
-	}{
-		{"add clusters", "add_clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
-			with(unionV, prevRoutes), []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType}},
-		{"switch routes", "switch_routes", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: next.Routes},
-			with(unionV, nextV[resourcev3.RouteType]), []resourcev3.Type{resourcev3.RouteType, resourcev3.ListenerType}},
-		{"remove clusters", "remove_clusters", next, nextV, nil},
+	}
+	all := []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType, resourcev3.ListenerType}
+	switchRoutes := phase{"switch routes", "switch_routes", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: next.Routes},
+		with(unionV, nextV[resourcev3.RouteType]), all}
+	phases := []phase{switchRoutes, {"remove clusters", "remove_clusters", next, nextV, nil}}
+	if addsClusters(prev.Clusters, next.Clusters) {
+		// New clusters must be in every Envoy before a route names them. Without new ones
+		// (a replica added to a cluster kept for its model: loading, or recently cold) the
+		// routes go with the endpoints in one phase: a route that arrives before its
+		// endpoints sends its requests to the cluster's fallback, the cold path.
+		phases = append([]phase{{"add clusters", "add_clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
+			with(unionV, prevRoutes), []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType}}}, phases...)
 	}
 	last := versions(translate.Resources{})
 	acked := true
@@ -195,6 +202,20 @@ func hashOf(items []types.Resource) string {
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// addsClusters reports whether next has a cluster that prev has not.
+func addsClusters(prev, next []types.Resource) bool {
+	had := make(map[string]bool, len(prev))
+	for _, r := range prev {
+		had[cachev3.GetResourceName(r)] = true
+	}
+	for _, r := range next {
+		if !had[cachev3.GetResourceName(r)] {
+			return true
+		}
+	}
+	return false
 }
 
 // merge gives the union of two resource lists by name, b's version winning, sorted by name.

@@ -17,6 +17,8 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -157,13 +159,18 @@ func serve(t *testing.T, s *Server) string {
 }
 
 func resources(t *testing.T, ready map[placement.ModelVersion][]string) translate.Resources {
+	return resourcesOf(t, translate.State{Ready: ready})
+}
+
+// resourcesOf translates st with one registered model, iris, and one worker.
+func resourcesOf(t *testing.T, st translate.State) translate.Resources {
 	reg, err := registry.Parse([]byte("models:\n  - name: iris\n    versions: [{version: \"1\", storageUri: \"file:///m\"}]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	res, err := translate.Translate(translate.Config{ListenerAddress: "127.0.0.1", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
 		WasmPath: "/m.wasm", WasmMaxModels: 10, RouteTimeout: time.Second, ExtProcMessageTimeout: time.Second, MaxMessageTimeout: time.Minute},
-		translate.State{Registry: reg, Workers: []string{"10.0.0.1:8000"}, Ready: ready})
+		translate.State{Registry: reg, Workers: []string{"10.0.0.1:8000"}, Ready: st.Ready, Retained: st.Retained})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,6 +221,66 @@ func TestPushIsMakeBeforeBreak(t *testing.T) {
 	}
 	if !sawHotRoute || have["model|iris|1"] {
 		t.Fatalf("hot route seen %v, iris cluster still present at the end %v; events %v", sawHotRoute, have["model|iris|1"], envoy.seen())
+	}
+}
+
+// TestPushWithoutNewClustersIsOnePhase: a replica added to a cluster Envoy already has (kept
+// with the fallback alone) goes out with its routes in one phase, one acknowledgement round
+// instead of two; a new cluster still goes first, on its own.
+func TestPushWithoutNewClustersIsOnePhase(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := New(Config{AckTimeout: 5 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(reg))
+	addr := serve(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	envoy := &fakeEnvoy{}
+	done := make(chan struct{})
+	go func() { defer close(done); envoy.run(t, ctx, addr) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
+
+	iris := placement.ModelVersion{Name: "iris", Version: "1"}
+	cold := resources(t, nil)
+	kept := resourcesOf(t, translate.State{Retained: map[placement.ModelVersion]bool{iris: false}})
+	hot := resources(t, map[placement.ModelVersion][]string{iris: {"10.0.0.1:8000"}})
+	addRounds := func() uint64 {
+		t.Helper()
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				if f.GetName() == "mesh_controlplane_push_ack_seconds" && slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
+					return l.GetName() == "phase" && l.GetValue() == "add_clusters"
+				}) {
+					n += m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+		return n
+	}
+	for _, step := range []struct {
+		name      string
+		res       translate.Resources
+		addPhases uint64
+	}{
+		{"cold: the fixed clusters are new", cold, 2},
+		{"the cluster kept with the fallback alone: a new cluster", kept, 2}, // clusters and endpoints
+		{"a replica in the kept cluster", hot, 0},
+		{"cold again", cold, 0},
+		{"hot with a new cluster", hot, 2},
+	} {
+		before := addRounds()
+		if err := s.Push(ctx, step.res); err != nil {
+			t.Fatal(err)
+		}
+		if got := addRounds() - before; got != step.addPhases {
+			t.Fatalf("%s: %d acknowledgements awaited for adding clusters, want %d", step.name, got, step.addPhases)
+		}
+	}
+	if !slices.Contains(envoy.clusters(), "model|iris|1") {
+		t.Fatalf("the iris cluster is not in Envoy at the end: %v", envoy.clusters())
 	}
 }
 
