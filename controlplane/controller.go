@@ -219,7 +219,7 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 		}
 		start := time.Now()
 		st := stateOf(reg, *snap)
-		st.Retained = withLoading(c.retained.update(st, start), st, *snap)
+		st.Retained = c.retained.update(st, start)
 		res, err := translate.Translate(c.cfg.Translate, st)
 		c.metrics.buildDuration.Observe(time.Since(start).Seconds())
 		if err != nil {
@@ -301,21 +301,6 @@ func stateOf(reg *registry.Registry, snap residency.Snapshot) translate.State {
 		}
 	}
 	return st
-}
-
-// withLoading adds to retained the model versions loading on some worker and ready on
-// none, with whether one of those workers serves gRPC at an address of its own. Their
-// clusters are made while they load, with the fallback alone, so that turning ready adds an
-// endpoint to a cluster Envoy has: one push phase instead of two (xds.Server.Push).
-func withLoading(retained map[placement.ModelVersion]bool, st translate.State, snap residency.Snapshot) map[placement.ModelVersion]bool {
-	for id, w := range snap.Workers {
-		for m, r := range snap.Replicas[id] {
-			if _, ready := st.Ready[m]; !ready && r.State == placement.StateLoading {
-				retained[m] = retained[m] || (w.GRPCAddr != "" && w.GRPCAddr != w.DataAddr)
-			}
-		}
-	}
-	return retained
 }
 
 type metrics struct {

@@ -250,43 +250,28 @@ func meshScale(b *testing.B, delta bool) {
 	})
 	after := m.envoyMemory(b)
 
-	// set changes model's replica on f to state (nil: removes it) and has it written.
-	set := func(f *fakeWorker, model string, state *placement.State) {
+	// Each change is timed from the write of a ready replica until Envoy routes to it: the
+	// cluster's replica in Envoy, and the routes that name it (the route configuration
+	// reloaded once more: nothing else changes it here).
+	var lat []time.Duration
+	for i := range 20 {
+		model := fmt.Sprintf("m%05d", 5000+i)
+		f := fakes[i%len(fakes)]
 		f.mu.Lock()
 		next := residency.State{Worker: f.state.Worker, Replicas: map[string]residency.Replica{}}
 		for k, v := range f.state.Replicas {
 			next.Replicas[k] = v
 		}
-		delete(next.Replicas, model+":1")
-		if state != nil {
-			next.Replicas[model+":1"] = residency.Replica{State: *state}
-		}
+		next.Replicas[model+":1"] = residency.Replica{State: placement.StateReady}
 		f.state = next
 		f.mu.Unlock()
-		f.ch <- struct{}{}
-	}
-	loading, ready := placement.StateLoading, placement.StateReady
-	// Each change is timed from the write of a ready replica until Envoy routes to it: the
-	// cluster's replica in Envoy, and the routes that name it (the route configuration
-	// reloaded once more: nothing else changes it here). Half the models turn ready with no
-	// loading state before (their cluster is new: two push phases), half after loading for
-	// as long as a load takes here (0.3 s: the cluster is made while it loads).
-	lat := map[bool][]time.Duration{}
-	for i := range 40 {
-		model := fmt.Sprintf("m%05d", 5000+i)
-		f := fakes[i%len(fakes)]
-		loads := i%2 == 1
-		if loads {
-			set(f, model, &loading)
-			time.Sleep(300 * time.Millisecond)
-		}
 		reloads := m.envoyStat(b, routeReloads)
 		start := time.Now()
-		set(f, model, &ready)
+		f.ch <- struct{}{}
 		eventually(b, 30*time.Second, model+" routed", func() bool {
 			return m.routedReplicas(b, "model|"+model+"|1") == 1 && m.envoyStat(b, routeReloads) > reloads
 		})
-		lat[loads] = append(lat[loads], time.Since(start))
+		lat = append(lat, time.Since(start))
 	}
 	mean := func(name string) float64 {
 		return sumMetric(b, m.CPMetrics, name+"_sum") / sumMetric(b, m.CPMetrics, name+"_count")
@@ -294,11 +279,7 @@ func meshScale(b *testing.B, delta bool) {
 	build := mean("mesh_controlplane_build_duration_seconds")
 	fmt.Printf("\ncontrol plane means: push (its phases, acknowledgements included) %.0f ms, wait for an acknowledgement %.0f ms\n",
 		mean("mesh_controlplane_push_duration_seconds")*1000, mean("mesh_controlplane_push_ack_seconds")*1000)
-	for _, loads := range []bool{false, true} {
-		l := lat[loads]
-		slices.Sort(l)
-		fmt.Printf("\n%s xDS, 10,000 registered, 2,000 resident on 20 workers: translation %.1f ms per build (mean), a replica ready %s until Envoy routes it p50 %v p99 %v (%d changes), Envoy heap %d MiB -> %d MiB\n",
-			map[bool]string{false: "state-of-the-world", true: "delta"}[delta], build*1000, map[bool]string{false: "with no load before", true: "after 0.3 s loading"}[loads],
-			l[len(l)/2].Round(time.Millisecond), l[len(l)-1].Round(time.Millisecond), len(l), before>>20, after>>20)
-	}
+	slices.Sort(lat)
+	fmt.Printf("\n%s xDS, 10,000 registered, 2,000 resident on 20 workers: translation %.1f ms per build (mean), a replica ready until Envoy routes it p50 %v p99 %v (%d changes), Envoy heap %d MiB -> %d MiB\n",
+		map[bool]string{false: "state-of-the-world", true: "delta"}[delta], build*1000, lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat), before>>20, after>>20)
 }

@@ -70,12 +70,11 @@ type State struct {
 	// another port (Triton). Models with replicas on such workers get a gRPC cluster and
 	// gRPC routes of their own.
 	GRPC map[string]string
-	// Retained are model versions with no ready replica that keep a cluster, with the
-	// fallback listener as the only endpoint, while their routes take the cold path (the
-	// value: with a gRPC twin cluster). Those whose last ready replica went recently: a
-	// request still in flight on one of them (on a worker that hung, its try not yet timed
-	// out) must find its cluster to retry in, on the cold path, rather than none. And those
-	// loading: turning ready then only adds an endpoint to a cluster Envoy has.
+	// Retained are model versions whose last ready replica went recently (the value: they
+	// had a gRPC twin cluster). Their clusters stay, with the fallback listener as the only
+	// endpoint, while their routes take the cold path: a request still in flight on one of
+	// them (on a worker that hung, its try not yet timed out) must find its cluster to
+	// retry in, on the cold path, rather than none.
 	Retained map[placement.ModelVersion]bool
 }
 

@@ -126,7 +126,7 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 	phases := []phase{switchRoutes, {"remove clusters", "remove_clusters", next, nextV, nil}}
 	if addsClusters(prev.Clusters, next.Clusters) {
 		// New clusters must be in every Envoy before a route names them. Without new ones
-		// (a replica added to a cluster kept for its model: loading, or recently cold) the
+		// (a replica added to a cluster kept for its model, recently cold; a rule edited) the
 		// routes go with the endpoints in one phase: a route that arrives before its
 		// endpoints sends its requests to the cluster's fallback, the cold path.
 		phases = append([]phase{{"add clusters", "add_clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
