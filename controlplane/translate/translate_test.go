@@ -371,3 +371,45 @@ func render(t *testing.T, res Resources) []byte {
 	}
 	return []byte(b.String())
 }
+
+// TestNativeTwinKeepsItsRoutesFields: a native twin is its route with only the match, the
+// name, the route stats, the per-filter configuration and the added headers changed; every
+// other field (the action, header removals, response headers, and any a later change adds
+// to routes) is the route's own.
+func TestNativeTwinKeepsItsRoutesFields(t *testing.T) {
+	res, err := Translate(cfg, State{Registry: loadRegistry(t, "rich.yaml"), Workers: []string{"10.0.0.1:8000"},
+		Ready: map[placement.ModelVersion][]string{mv("fraud", "1"): {"10.0.0.1:8000"}, mv("fraud", "2"): {"10.0.0.2:8000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := map[string]*routev3.Route{}
+	for _, r := range res.Routes[0].(*routev3.RouteConfiguration).GetVirtualHosts()[0].GetRoutes() {
+		routes[r.GetName()] = r
+	}
+	changed := map[protoreflect.Name]bool{"name": true, "match": true, "stat_prefix": true, "typed_per_filter_config": true, "request_headers_to_add": true}
+	twins := 0
+	for name, twin := range routes {
+		origin, ok := strings.CutSuffix(name, "~p")
+		if !ok {
+			continue
+		}
+		twins++
+		r := routes[origin]
+		if r == nil {
+			t.Fatalf("twin %s without its route", name)
+		}
+		fields := r.ProtoReflect().Descriptor().Fields()
+		for i := range fields.Len() {
+			fd := fields.Get(i)
+			if changed[fd.Name()] {
+				continue
+			}
+			if a, b := r.ProtoReflect().Get(fd), twin.ProtoReflect().Get(fd); !a.Equal(b) {
+				t.Errorf("twin %s: field %s is %v, its route's %v", name, fd.Name(), b, a)
+			}
+		}
+	}
+	if twins == 0 {
+		t.Fatal("no native twins to check")
+	}
+}
