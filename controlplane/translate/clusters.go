@@ -31,6 +31,10 @@ import (
 func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]string, split map[placement.ModelVersion]bool) (clusterList, endpointList []types.Resource, err error) {
 	var clusters []*clusterv3.Cluster
 	var endpoints []*endpointv3.ClusterLoadAssignment
+	protocol, err := followDownstream()
+	if err != nil {
+		return nil, nil, err
+	}
 	for _, m := range sortedModels(ready) {
 		if st.Registry == nil {
 			break
@@ -38,18 +42,12 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 		if _, ok := st.Registry.Model(m.Name); !ok {
 			continue // resident but no longer registered: not routed
 		}
-		c, err := modelCluster(wire.ClusterName(m), len(ready[m]))
-		if err != nil {
-			return nil, nil, err
-		}
+		c := modelCluster(wire.ClusterName(m), len(ready[m]), protocol)
 		clusters = append(clusters, c)
 		endpoints = append(endpoints, withFallback(assignment(wire.ClusterName(m), ready[m])))
 		if split[m] {
 			name := wire.GRPCClusterName(m)
-			gc, err := modelCluster(name, len(ready[m]))
-			if err != nil {
-				return nil, nil, err
-			}
+			gc := modelCluster(name, len(ready[m]), protocol)
 			var addrs []string
 			for _, a := range ready[m] {
 				addrs = append(addrs, grpcAddr(st.GRPC, a))
@@ -74,15 +72,12 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 			// requests' state lost) as its model's replicas go and come back: only its
 			// endpoints change. Its one host, the fallback, is then never ejected (it would
 			// be 100% of the hosts).
-			c, err := modelCluster(name, 1)
-			if err != nil {
-				return nil, nil, err
-			}
+			c := modelCluster(name, 1, protocol)
 			clusters = append(clusters, c)
 			endpoints = append(endpoints, fallbackOnly(name))
 		}
 	}
-	pool, err := workersCluster()
+	pool, err := workersCluster(protocol)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -134,11 +129,9 @@ func followDownstream() (map[string]*anypb.Any, error) {
 	return map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts}, nil
 }
 
-func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) (*clusterv3.Cluster, error) {
-	protocol, err := followDownstream()
-	if err != nil {
-		return nil, err
-	}
+// edsCluster is a cluster of name whose endpoints come by EDS, speaking protocol
+// (followDownstream: built once per translation, shared by every cluster).
+func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy, protocol map[string]*anypb.Any) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                          name,
 		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -151,7 +144,7 @@ func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) (*clusterv3.
 	} else {
 		c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
 	}
-	return c, nil
+	return c
 }
 
 // modelCluster is a model version's cluster: its ready replicas, then the fallback
@@ -166,11 +159,8 @@ func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) (*clusterv3.
 // go and keeps the last host. When a worker dies or hangs, every request in flight on it
 // retries at about the same moment; the retry budget lets each of them retry once at once
 // (Envoy's default allows 3 retries in flight per cluster, and fails the rest).
-func modelCluster(name string, replicas int) (*clusterv3.Cluster, error) {
-	c, err := edsCluster(name, nil)
-	if err != nil {
-		return nil, err
-	}
+func modelCluster(name string, replicas int, protocol map[string]*anypb.Any) *clusterv3.Cluster {
+	c := edsCluster(name, nil, protocol)
 	c.OutlierDetection = &clusterv3.OutlierDetection{
 		SplitExternalLocalOriginErrors:         true,
 		ConsecutiveLocalOriginFailure:          wrapperspb.UInt32(1),
@@ -186,7 +176,7 @@ func modelCluster(name string, replicas int) (*clusterv3.Cluster, error) {
 		RetryBudget: &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
 			BudgetPercent: &typev3.Percent{Value: 100}, MinRetryConcurrency: wrapperspb.UInt32(16)},
 	}}}
-	return c, nil
+	return c
 }
 
 // withFallback adds the fallback listener to a model cluster's endpoints at priority 1:
@@ -218,7 +208,7 @@ const fallbackOverprovisioning = 1_000_000
 // workersCluster is the pool of every live worker; the override_host policy sends each
 // request to the worker ext_proc chose (header or envoy.lb metadata). A chosen host that is
 // not in the pool is never used, so a forged value cannot send traffic anywhere else.
-func workersCluster() (*clusterv3.Cluster, error) {
+func workersCluster(protocol map[string]*anypb.Any) (*clusterv3.Cluster, error) {
 	rr, err := anypb.New(&roundrobinv3.RoundRobin{})
 	if err != nil {
 		return nil, err
@@ -236,7 +226,7 @@ func workersCluster() (*clusterv3.Cluster, error) {
 		return nil, err
 	}
 	return edsCluster(WorkersCluster, &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
-		TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.override_host", TypedConfig: override}}}})
+		TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.override_host", TypedConfig: override}}}}, protocol), nil
 }
 
 func extProcCluster(addr string) (*clusterv3.Cluster, error) {
