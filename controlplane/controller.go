@@ -177,18 +177,23 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 	defer republish.Stop()
 	// publish writes the registry when it changed; with verify, also when Redis lost it (a
 	// restart that came back empty), which only the periodic check needs to ask Redis about.
+	digest := reg.Digest() // reg's, computed once per change of reg (it encodes the registry)
 	publish := func(verify bool) {
-		if published == reg.Digest() && (!verify || c.rdb.Exists(ctx, c.keys.Registry()).Val() == 1) {
+		if published == digest && (!verify || c.rdb.Exists(ctx, c.keys.Registry()).Val() == 1) {
 			return
 		}
 		if err := residency.PublishRegistry(ctx, c.rdb, c.keys, reg); err != nil {
 			c.log.WarnContext(ctx, "publish registry to redis; will retry", "error", err)
 			return
 		}
-		published = reg.Digest()
+		published = digest
 		c.log.InfoContext(ctx, "registry published", "models", len(reg.Models), "digest", published)
 	}
 	publish(false)
+	// pushed is the input of the last push every gateway acknowledged, with its registry's
+	// digest: a resync that finds the same state translates and pushes nothing.
+	var pushed *translate.State
+	pushedDigest := ""
 	for {
 		var e event
 		select {
@@ -212,7 +217,9 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 				drained = true
 			}
 		}
-		reg = c.inForce(file)
+		if next := c.inForce(file); next != reg {
+			reg, digest = next, next.Digest()
+		}
 		publish(false)
 		if snap == nil {
 			continue // no residency read yet: nothing is known to be routable
@@ -220,6 +227,13 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 		start := time.Now()
 		st := stateOf(reg, *snap)
 		st.Retained = c.retained.update(st, start)
+		if pushed != nil && pushedDigest == digest && sameRouting(*pushed, st) {
+			if c.cfg.Status != nil {
+				c.cfg.Status.Observe(reg, *snap)
+			}
+			continue
+		}
+		pushed = nil
 		res, err := translate.Translate(c.cfg.Translate, st)
 		c.metrics.buildDuration.Observe(time.Since(start).Seconds())
 		if err != nil {
@@ -231,6 +245,9 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 		if err == nil || errors.Is(err, xds.ErrNotAcknowledged) {
 			c.ready.Store(true) // served, even if some gateway was slow or refused it
 		}
+		if err == nil {
+			pushed, pushedDigest = &st, digest
+		}
 		if err != nil && ctx.Err() == nil {
 			c.log.ErrorContext(ctx, "push configuration; the routed sets keep the replicas of both configurations", "error", err)
 		}
@@ -238,6 +255,23 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 			c.cfg.Status.Observe(reg, *snap)
 		}
 	}
+}
+
+// sameRouting reports whether a and b, of the same registry, translate alike: the same
+// workers, ready replicas, gRPC addresses and retained versions, whatever their order.
+func sameRouting(a, b translate.State) bool {
+	sameSet := func(x, y []string) bool {
+		return len(x) == len(y) && slices.Equal(slices.Sorted(slices.Values(x)), slices.Sorted(slices.Values(y)))
+	}
+	if !sameSet(a.Workers, b.Workers) || !maps.Equal(a.GRPC, b.GRPC) || !maps.Equal(a.Retained, b.Retained) || len(a.Ready) != len(b.Ready) {
+		return false
+	}
+	for m, addrs := range a.Ready {
+		if other, ok := b.Ready[m]; !ok || !sameSet(addrs, other) {
+			return false
+		}
+	}
+	return true
 }
 
 // pushRouted pushes res with the routed sets around it. They lead the push for replicas it

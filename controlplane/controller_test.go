@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -279,5 +280,74 @@ func TestRoutedSetsAroundAPush(t *testing.T) {
 	until := time.UnixMilli(int64(rdb.ZScore(ctx, keys.ControlPlanes(), "cp-1").Val()))
 	if left := time.Until(until); left <= 0 || left > 3*time.Second {
 		t.Fatalf("a stopped control plane's sets count %v more, want at most three resyncs (3s)", left)
+	}
+}
+
+// countingPusher counts pushes.
+type countingPusher struct{ n atomic.Int64 }
+
+func (p *countingPusher) Push(context.Context, translate.Resources) error {
+	p.n.Add(1)
+	return nil
+}
+
+// countingObserver counts the states shown to it: one per loop round, pushed or not.
+type countingObserver struct{ n atomic.Int64 }
+
+func (o *countingObserver) Observe(*registry.Registry, residency.Snapshot) { o.n.Add(1) }
+
+// TestUnchangedStateIsNotPushedAgain: resyncs that find the state a push already delivered
+// push nothing; a change is pushed.
+func TestUnchangedStateIsNotPushedAgain(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rdb.Close()
+	keys := residency.Keys{Prefix: "test"}
+	path := filepath.Join(t.TempDir(), "registry.yaml")
+	if err := os.WriteFile(path, []byte(irisTwo), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pusher, observer := &countingPusher{}, &countingObserver{}
+	c := New(Config{ID: "cp-1", RegistryPath: path, Status: observer,
+		Translate: translate.Config{ListenerAddress: "127.0.0.1", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
+			WasmPath: "/modelid.wasm", WasmMaxModels: 10, RouteTimeout: time.Second,
+			ExtProcMessageTimeout: time.Second, MaxMessageTimeout: 2 * time.Second},
+		Watch: residency.WatchConfig{Batch: 10 * time.Millisecond, Resync: 20 * time.Millisecond},
+	}, rdb, keys, pusher, log, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	eventuallyTrue(t, "the first push", func() bool { return pusher.n.Load() == 1 })
+	// Ten more rounds (resyncs), each shown to the observer: the state is the same.
+	rounds := observer.n.Load()
+	eventuallyTrue(t, "ten resyncs", func() bool { return observer.n.Load() >= rounds+10 })
+	if n := pusher.n.Load(); n != 1 {
+		t.Fatalf("%d pushes of an unchanged state, want 1", n)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A worker joins (its records as a reporter writes them): the next round pushes.
+	must(rdb.HSet(context.Background(), keys.Worker("w1"), "data_addr", "10.0.0.1:8000").Err())
+	must(rdb.ZAdd(context.Background(), keys.Workers(), redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: "w1"}).Err())
+	eventuallyTrue(t, "a new worker pushed", func() bool { return pusher.n.Load() == 2 })
+}
+
+func eventuallyTrue(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
 	}
 }

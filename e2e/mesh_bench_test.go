@@ -8,6 +8,7 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -187,11 +188,19 @@ func BenchmarkMeshConcurrentCold(b *testing.B) {
 
 // BenchmarkMeshScale registers 10,000 models and makes 2,000 of them resident on 20 fake
 // workers (records written to Redis; nothing listens at their addresses, which Envoy does
-// not need for configuration), then measures the control plane's translation time, the time
-// from a replica turning ready in Redis until Envoy routes to it, and Envoy's memory.
+// not need for configuration), then measures the control plane's translation and push
+// times, the time from a replica turning ready in Redis until Envoy routes to it, and the
+// memory of Envoy, the control plane and Redis; then the same at 50,000 registered and
+// 10,000 resident on 100 workers (state of the world only).
 func BenchmarkMeshScale(b *testing.B) {
-	for _, delta := range []bool{false, true} {
-		b.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(b *testing.B) { meshScale(b, delta) })
+	for _, c := range []struct {
+		name                 string
+		delta                bool
+		registered, resident int
+	}{
+		{"sotw", false, 10000, 2000}, {"delta", true, 10000, 2000}, {"sotw-50k", false, 50000, 10000},
+	} {
+		b.Run(c.name, func(b *testing.B) { meshScale(b, c.delta, c.registered, c.resident) })
 	}
 }
 
@@ -241,12 +250,12 @@ func startFakeWorkers(b *testing.B, m *mesh, n, perWorker int) []*fakeWorker {
 // routeReloads counts the gateway's applied route configurations.
 const routeReloads = "http.gateway.rds." + translate.RouteConfigName + ".config_reload"
 
-func meshScale(b *testing.B, delta bool) {
-	m := startMesh(b, meshOptions{Registry: scaleRegistry(10000), Delta: delta})
+func meshScale(b *testing.B, delta bool, registered, resident int) {
+	m := startMesh(b, meshOptions{Registry: scaleRegistry(registered), Delta: delta})
 	before := m.envoyMemory(b)
-	fakes := startFakeWorkers(b, m, 20, 100)
-	eventually(b, 60*time.Second, "2,000 model clusters in Envoy", func() bool {
-		return m.envoyStat(b, "cluster_manager.active_clusters") >= 2002
+	fakes := startFakeWorkers(b, m, resident/100, 100)
+	eventuallyEvery(b, 5*time.Minute, 100*time.Millisecond, fmt.Sprintf("%d model clusters in Envoy", resident), func() bool {
+		return m.envoyStat(b, "cluster_manager.active_clusters") >= int64(resident)+2
 	})
 	after := m.envoyMemory(b)
 
@@ -255,7 +264,7 @@ func meshScale(b *testing.B, delta bool) {
 	// reloaded once more: nothing else changes it here).
 	var lat []time.Duration
 	for i := range 20 {
-		model := fmt.Sprintf("m%05d", 5000+i)
+		model := fmt.Sprintf("m%05d", resident+i) // registered, not resident
 		f := fakes[i%len(fakes)]
 		f.mu.Lock()
 		next := residency.State{Worker: f.state.Worker, Replicas: map[string]residency.Replica{}}
@@ -280,6 +289,14 @@ func meshScale(b *testing.B, delta bool) {
 	fmt.Printf("\ncontrol plane means: push (its phases, acknowledgements included) %.0f ms, wait for an acknowledgement %.0f ms\n",
 		mean("mesh_controlplane_push_duration_seconds")*1000, mean("mesh_controlplane_push_ack_seconds")*1000)
 	slices.Sort(lat)
-	fmt.Printf("\n%s xDS, 10,000 registered, 2,000 resident on 20 workers: translation %.1f ms per build (mean), a replica ready until Envoy routes it p50 %v p99 %v (%d changes), Envoy heap %d MiB -> %d MiB\n",
-		map[bool]string{false: "state-of-the-world", true: "delta"}[delta], build*1000, lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat), before>>20, after>>20)
+	rdb := redis.NewClient(&redis.Options{Addr: m.redis.Addr})
+	defer rdb.Close()
+	info, err := rdb.InfoMap(context.Background(), "memory").Result()
+	must(b, err)
+	redisMemory, err := strconv.ParseInt(info["Memory"]["used_memory"], 10, 64)
+	must(b, err)
+	fmt.Printf("\n%s xDS, %d registered, %d resident on %d workers: translation %.1f ms per build (mean), a replica ready until Envoy routes it p50 %v p99 %v (%d changes), Envoy heap %d MiB -> %d MiB, Envoy RSS %d MiB, control plane RSS %d MiB, Redis %d MiB\n",
+		map[bool]string{false: "state-of-the-world", true: "delta"}[delta], registered, resident, len(fakes), build*1000,
+		lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat), before>>20, after>>20,
+		rss(b, m.envoy.Cmd.Process.Pid)>>20, rss(b, m.cp.Cmd.Process.Pid)>>20, redisMemory>>20)
 }
