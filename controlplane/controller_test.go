@@ -54,6 +54,38 @@ func (f *fakeTraffic) Apply(reg *registry.Registry) *registry.Registry {
 	return out
 }
 
+// testTranslate is a translation configuration for tests that do not look at it.
+func testTranslate() translate.Config {
+	return translate.Config{ListenerAddress: "127.0.0.1", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
+		WasmPath: "/modelid.wasm", WasmMaxModels: 10, RouteTimeout: time.Second,
+		ExtProcMessageTimeout: time.Second, MaxMessageTimeout: 2 * time.Second}
+}
+
+// redisAndRegistry starts a Redis for the test and writes irisTwo as the registry file.
+func redisAndRegistry(t *testing.T) (*redis.Client, residency.Keys, string) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	path := filepath.Join(t.TempDir(), "registry.yaml")
+	if err := os.WriteFile(path, []byte(irisTwo), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return rdb, residency.Keys{Prefix: "test"}, path
+}
+
+// runController runs c until the returned function is called, which cancels ctx and checks
+// that Run returned nil.
+func runController(t *testing.T, ctx context.Context, cancel context.CancelFunc, c *Controller) func() {
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 const irisTwo = "models:\n  - name: iris\n    defaultVersion: \"1\"\n" +
 	"    versions: [{version: \"1\", storageUri: \"file:///m/1\"}, {version: \"2\", storageUri: \"file:///m/2\"}]\n"
 
@@ -61,14 +93,7 @@ const irisTwo = "models:\n  - name: iris\n    defaultVersion: \"1\"\n" +
 // routes by, carries the traffic rules of the Traffic source, from the first publication on,
 // and follows changes of both the rules and the registry file.
 func TestControllerPublishesTheRegistryInForce(t *testing.T) {
-	srv := redistest.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
-	keys := residency.Keys{Prefix: "test"}
-	path := filepath.Join(t.TempDir(), "registry.yaml")
-	if err := os.WriteFile(path, []byte(irisTwo), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	rdb, keys, path := redisAndRegistry(t)
 	file, err := registry.Parse([]byte(irisTwo))
 	if err != nil {
 		t.Fatal(err)
@@ -98,19 +123,10 @@ func TestControllerPublishesTheRegistryInForce(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	c := New(Config{
 		ID: "cp-test", RegistryPath: path, Traffic: traffic,
-		Translate: translate.Config{ListenerAddress: "127.0.0.1", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
-			WasmPath: "/modelid.wasm", WasmMaxModels: 10, RouteTimeout: time.Second,
-			ExtProcMessageTimeout: time.Second, MaxMessageTimeout: 2 * time.Second},
-		Watch: residency.WatchConfig{Batch: 10 * time.Millisecond, Resync: 100 * time.Millisecond},
+		Translate: testTranslate(),
+		Watch:     residency.WatchConfig{Batch: 10 * time.Millisecond, Resync: 100 * time.Millisecond},
 	}, rdb, keys, xds.New(xds.Config{AckTimeout: time.Second}, log, nil), log, nil)
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer runController(t, ctx, cancel, c)()
 
 	await := func(what string, want *registry.Registry) {
 		t.Helper()
@@ -299,31 +315,15 @@ func (o *countingObserver) Observe(*registry.Registry, residency.Snapshot) { o.n
 // TestUnchangedStateIsNotPushedAgain: resyncs that find the state a push already delivered
 // push nothing; a change is pushed.
 func TestUnchangedStateIsNotPushedAgain(t *testing.T) {
-	srv := redistest.Start(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
-	keys := residency.Keys{Prefix: "test"}
-	path := filepath.Join(t.TempDir(), "registry.yaml")
-	if err := os.WriteFile(path, []byte(irisTwo), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	rdb, keys, path := redisAndRegistry(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	pusher, observer := &countingPusher{}, &countingObserver{}
 	c := New(Config{ID: "cp-1", RegistryPath: path, Status: observer,
-		Translate: translate.Config{ListenerAddress: "127.0.0.1", ListenerPort: 8080, ExtProcAddress: "127.0.0.1:9002",
-			WasmPath: "/modelid.wasm", WasmMaxModels: 10, RouteTimeout: time.Second,
-			ExtProcMessageTimeout: time.Second, MaxMessageTimeout: 2 * time.Second},
-		Watch: residency.WatchConfig{Batch: 10 * time.Millisecond, Resync: 20 * time.Millisecond},
+		Translate: testTranslate(),
+		Watch:     residency.WatchConfig{Batch: 10 * time.Millisecond, Resync: 20 * time.Millisecond},
 	}, rdb, keys, pusher, log, nil)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	defer runController(t, ctx, cancel, c)()
 	eventuallyTrue(t, "the first push", func() bool { return pusher.n.Load() == 1 })
 	// Ten more rounds (resyncs), each shown to the observer: the state is the same.
 	rounds := observer.n.Load()

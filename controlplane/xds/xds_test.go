@@ -158,6 +158,19 @@ func serve(t *testing.T, s *Server) string {
 	return ln.Addr().String()
 }
 
+// connect serves s and connects a fake Envoy (NACKing everything when nack is set) for the
+// rest of the test; it returns once the Envoy has subscribed.
+func connect(t *testing.T, s *Server, nack bool) *fakeEnvoy {
+	addr := serve(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	envoy := &fakeEnvoy{nack: nack}
+	done := make(chan struct{})
+	go func() { defer close(done); envoy.run(t, ctx, addr) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
+	return envoy
+}
+
 func resources(t *testing.T, ready map[placement.ModelVersion][]string) translate.Resources {
 	return resourcesOf(t, translate.State{Ready: ready})
 }
@@ -181,16 +194,11 @@ func resourcesOf(t *testing.T, st translate.State) translate.Resources {
 // cluster did, and a cluster leaves Envoy only after the routes stopped naming it.
 func TestPushIsMakeBeforeBreak(t *testing.T) {
 	s := New(Config{AckTimeout: 5 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	addr := serve(t, s)
-	ctx, cancel := context.WithCancel(context.Background())
-	envoy := &fakeEnvoy{}
-	done := make(chan struct{})
-	go func() { defer close(done); envoy.run(t, ctx, addr) }()
-	defer func() { cancel(); <-done }()
+	ctx := context.Background()
+	envoy := connect(t, s, false)
 
 	cold := resources(t, nil)
 	hot := resources(t, map[placement.ModelVersion][]string{{Name: "iris", Version: "1"}: {"10.0.0.1:8000"}})
-	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
 	for _, step := range []translate.Resources{cold, hot, cold} {
 		if err := s.Push(ctx, step); err != nil {
 			t.Fatal(err)
@@ -230,13 +238,8 @@ func TestPushIsMakeBeforeBreak(t *testing.T) {
 func TestPushWithoutNewClustersIsOnePhase(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s := New(Config{AckTimeout: 5 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(reg))
-	addr := serve(t, s)
-	ctx, cancel := context.WithCancel(context.Background())
-	envoy := &fakeEnvoy{}
-	done := make(chan struct{})
-	go func() { defer close(done); envoy.run(t, ctx, addr) }()
-	defer func() { cancel(); <-done }()
-	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
+	ctx := context.Background()
+	envoy := connect(t, s, false)
 
 	iris := placement.ModelVersion{Name: "iris", Version: "1"}
 	cold := resources(t, nil)
@@ -312,13 +315,8 @@ func TestPushVersionsAreTheConfigurationsHashes(t *testing.T) {
 // control plane would, sends Envoy no response.
 func TestUnchangedPushSendsNothing(t *testing.T) {
 	s := New(Config{AckTimeout: 5 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	addr := serve(t, s)
-	ctx, cancel := context.WithCancel(context.Background())
-	envoy := &fakeEnvoy{}
-	done := make(chan struct{})
-	go func() { defer close(done); envoy.run(t, ctx, addr) }()
-	defer func() { cancel(); <-done }()
-	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
+	ctx := context.Background()
+	envoy := connect(t, s, false)
 	// Push returns once every phase that changed something was acknowledged.
 	if err := s.Push(ctx, resources(t, nil)); err != nil {
 		t.Fatal(err)
@@ -341,13 +339,8 @@ func TestUnchangedPushSendsNothing(t *testing.T) {
 
 func TestNACKIsCounted(t *testing.T) {
 	s := New(Config{AckTimeout: 300 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	addr := serve(t, s)
-	ctx, cancel := context.WithCancel(context.Background())
-	envoy := &fakeEnvoy{nack: true}
-	done := make(chan struct{})
-	go func() { defer close(done); envoy.run(t, ctx, addr) }()
-	defer func() { cancel(); <-done }()
-	waitFor(t, "the fake Envoy subscribes", func() bool { return s.acks.subscribed(resourcev3.ClusterType) })
+	ctx := context.Background()
+	connect(t, s, true)
 	if err := s.Push(ctx, resources(t, nil)); !errors.Is(err, ErrNotAcknowledged) {
 		t.Fatalf("push that an Envoy rejected: %v, want ErrNotAcknowledged", err)
 	}
