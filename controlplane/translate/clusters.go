@@ -68,11 +68,13 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 			names = append(names, wire.GRPCClusterName(m))
 		}
 		for _, name := range names {
-			// Configured as with one replica, so that the cluster is not replaced (and its
-			// requests' state lost) as its model's replicas go and come back: only its
-			// endpoints change. Its one host, the fallback, is then never ejected (it would
-			// be 100% of the hosts).
-			c := modelCluster(name, 1, protocol)
+			// Configured with no replica (nothing may be ejected), unlike the cluster with
+			// replicas, so that Envoy replaces the cluster when its model's replicas come
+			// back. Kept as it was, the cluster took the replica but then went on sending
+			// a hung replica's retries to it after ejecting it, instead of to the fallback
+			// (TestMeshRichTrafficRules, "back from cold"). Requests in flight when it is
+			// replaced finish, and retry, in the cluster of the same name.
+			c := modelCluster(name, 0, protocol)
 			clusters = append(clusters, c)
 			endpoints = append(endpoints, fallbackOnly(name))
 		}
