@@ -299,35 +299,63 @@ func TestRoutedSetsAroundAPush(t *testing.T) {
 	}
 }
 
-// countingPusher counts pushes.
-type countingPusher struct{ n atomic.Int64 }
+// counter counts calls and wakes whoever awaits a count.
+type counter struct {
+	n       atomic.Int64
+	changed chan struct{}
+}
 
-func (p *countingPusher) Push(context.Context, translate.Resources) error {
-	p.n.Add(1)
+func newCounter() *counter { return &counter{changed: make(chan struct{}, 1)} }
+
+func (c *counter) add() {
+	c.n.Add(1)
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// await waits until the count reaches n, failing the test after 10 s.
+func (c *counter) await(t *testing.T, what string, n int64) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for c.n.Load() < n {
+		select {
+		case <-c.changed:
+		case <-deadline:
+			t.Fatalf("%s: %d after 10s, want %d", what, c.n.Load(), n)
+		}
+	}
+}
+
+// countingPusher counts pushes.
+type countingPusher struct{ *counter }
+
+func (p countingPusher) Push(context.Context, translate.Resources) error {
+	p.add()
 	return nil
 }
 
 // countingObserver counts the states shown to it: one per loop round, pushed or not.
-type countingObserver struct{ n atomic.Int64 }
+type countingObserver struct{ *counter }
 
-func (o *countingObserver) Observe(*registry.Registry, residency.Snapshot) { o.n.Add(1) }
+func (o countingObserver) Observe(*registry.Registry, residency.Snapshot) { o.add() }
 
 // TestUnchangedStateIsNotPushedAgain: resyncs that find the state a push already delivered
 // push nothing; a change is pushed.
 func TestUnchangedStateIsNotPushedAgain(t *testing.T) {
 	rdb, keys, path := redisAndRegistry(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	pusher, observer := &countingPusher{}, &countingObserver{}
+	pusher, observer := countingPusher{newCounter()}, countingObserver{newCounter()}
 	c := New(Config{ID: "cp-1", RegistryPath: path, Status: observer,
 		Translate: testTranslate(),
 		Watch:     residency.WatchConfig{Batch: 10 * time.Millisecond, Resync: 20 * time.Millisecond},
 	}, rdb, keys, pusher, log, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer runController(t, ctx, cancel, c)()
-	eventuallyTrue(t, "the first push", func() bool { return pusher.n.Load() == 1 })
+	pusher.await(t, "the first push", 1)
 	// Ten more rounds (resyncs), each shown to the observer: the state is the same.
-	rounds := observer.n.Load()
-	eventuallyTrue(t, "ten resyncs", func() bool { return observer.n.Load() >= rounds+10 })
+	observer.await(t, "ten resyncs", observer.n.Load()+10)
 	if n := pusher.n.Load(); n != 1 {
 		t.Fatalf("%d pushes of an unchanged state, want 1", n)
 	}
@@ -340,14 +368,8 @@ func TestUnchangedStateIsNotPushedAgain(t *testing.T) {
 	// A worker joins (its records as a reporter writes them): the next round pushes.
 	must(rdb.HSet(context.Background(), keys.Worker("w1"), "data_addr", "10.0.0.1:8000").Err())
 	must(rdb.ZAdd(context.Background(), keys.Workers(), redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: "w1"}).Err())
-	eventuallyTrue(t, "a new worker pushed", func() bool { return pusher.n.Load() == 2 })
-}
-
-func eventuallyTrue(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
-		}
+	pusher.await(t, "a new worker pushed", 2)
+	if n := pusher.n.Load(); n != 2 {
+		t.Fatalf("%d pushes after one change, want 2", n)
 	}
 }
