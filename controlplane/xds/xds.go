@@ -120,18 +120,19 @@ func (s *Server) Push(ctx context.Context, next translate.Resources) error {
 		versions     map[resourcev3.Type]string
 		wait         []resourcev3.Type
 	}
-	all := []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType, resourcev3.ListenerType}
-	switchRoutes := phase{"switch routes", "switch_routes", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: next.Routes},
-		with(unionV, nextV[resourcev3.RouteType]), all}
-	phases := []phase{switchRoutes, {"remove clusters", "remove_clusters", next, nextV, nil}}
-	if addsClusters(prev.Clusters, next.Clusters) {
+	var phases []phase
+	if len(union.Clusters) > len(prev.Clusters) {
 		// New clusters must be in every Envoy before a route names them. Without new ones
 		// (a replica added to a cluster kept for its model, recently cold; a rule edited) the
 		// routes go with the endpoints in one phase: a route that arrives before its
 		// endpoints sends its requests to the cluster's fallback, the cold path.
-		phases = append([]phase{{"add clusters", "add_clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
-			with(unionV, prevRoutes), []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType}}}, phases...)
+		phases = append(phases, phase{"add clusters", "add_clusters", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: prev.Routes},
+			with(unionV, prevRoutes), []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType}})
 	}
+	phases = append(phases,
+		phase{"switch routes", "switch_routes", translate.Resources{Listeners: union.Listeners, Clusters: union.Clusters, Endpoints: union.Endpoints, Routes: next.Routes},
+			with(unionV, nextV[resourcev3.RouteType]), []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType, resourcev3.ListenerType}},
+		phase{"remove clusters", "remove_clusters", next, nextV, nil})
 	last := versions(translate.Resources{})
 	acked := true
 	for _, p := range phases {
@@ -202,20 +203,6 @@ func hashOf(items []types.Resource) string {
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
-}
-
-// addsClusters reports whether next has a cluster that prev has not.
-func addsClusters(prev, next []types.Resource) bool {
-	had := make(map[string]bool, len(prev))
-	for _, r := range prev {
-		had[cachev3.GetResourceName(r)] = true
-	}
-	for _, r := range next {
-		if !had[cachev3.GetResourceName(r)] {
-			return true
-		}
-	}
-	return false
 }
 
 // merge gives the union of two resource lists by name, b's version winning, sorted by name.

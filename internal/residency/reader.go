@@ -173,9 +173,9 @@ type WatchConfig struct {
 }
 
 // Watch calls onSnapshot with a fresh snapshot at start, after events (at most once per
-// Batch) and at every resync, until ctx ends. A failed read is logged and retried at the next trigger;
-// onSnapshot is then not called, so callers keep the last good state. Returns nil when ctx
-// ends.
+// Batch) and at every resync, until ctx ends. A failed read is logged and retried at the
+// next trigger; onSnapshot is then not called, so callers keep the last good state. Returns
+// nil when ctx ends.
 func (r *Reader) Watch(ctx context.Context, cfg WatchConfig, onSnapshot func(Snapshot)) error {
 	sub := r.rdb.Subscribe(ctx, r.keys.Events())
 	defer sub.Close()
