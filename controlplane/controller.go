@@ -175,9 +175,9 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 	published := ""
 	republish := time.NewTicker(c.cfg.Watch.Resync)
 	defer republish.Stop()
+	digest := reg.Digest() // reg's, computed once per change of reg (it encodes the registry)
 	// publish writes the registry when it changed; with verify, also when Redis lost it (a
 	// restart that came back empty), which only the periodic check needs to ask Redis about.
-	digest := reg.Digest() // reg's, computed once per change of reg (it encodes the registry)
 	publish := func(verify bool) {
 		if published == digest && (!verify || c.rdb.Exists(ctx, c.keys.Registry()).Val() == 1) {
 			return
@@ -227,34 +227,41 @@ func (c *Controller) loop(ctx context.Context, file *registry.Registry, events <
 		start := time.Now()
 		st := stateOf(reg, *snap)
 		st.Retained = c.retained.update(st, start)
-		if pushed != nil && pushedDigest == digest && sameRouting(*pushed, st) {
-			if c.cfg.Status != nil {
-				c.cfg.Status.Observe(reg, *snap)
+		if pushed == nil || pushedDigest != digest || !sameRouting(*pushed, st) {
+			pushed = nil
+			acked, err := c.push(ctx, reg, *snap, st, start)
+			if err != nil {
+				c.log.ErrorContext(ctx, "translate state", "error", err)
+				continue
 			}
-			continue
-		}
-		pushed = nil
-		res, err := translate.Translate(c.cfg.Translate, st)
-		c.metrics.buildDuration.Observe(time.Since(start).Seconds())
-		if err != nil {
-			c.log.ErrorContext(ctx, "translate state", "error", err)
-			continue
-		}
-		c.routed.load(ctx, slices.Collect(maps.Keys(snap.Workers)))
-		err = c.pushRouted(ctx, res, routedOf(reg, *snap))
-		if err == nil || errors.Is(err, xds.ErrNotAcknowledged) {
-			c.ready.Store(true) // served, even if some gateway was slow or refused it
-		}
-		if err == nil {
-			pushed, pushedDigest = &st, digest
-		}
-		if err != nil && ctx.Err() == nil {
-			c.log.ErrorContext(ctx, "push configuration; the routed sets keep the replicas of both configurations", "error", err)
+			if acked {
+				pushed, pushedDigest = &st, digest
+			}
 		}
 		if c.cfg.Status != nil {
 			c.cfg.Status.Observe(reg, *snap)
 		}
 	}
+}
+
+// push translates st (of reg and snap; started at start, for the build time) and pushes it
+// with the routed sets around it. It returns whether every gateway acknowledged it, and an
+// error only when st did not translate; a failed push is logged here.
+func (c *Controller) push(ctx context.Context, reg *registry.Registry, snap residency.Snapshot, st translate.State, start time.Time) (bool, error) {
+	res, err := translate.Translate(c.cfg.Translate, st)
+	c.metrics.buildDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return false, err
+	}
+	c.routed.load(ctx, slices.Collect(maps.Keys(snap.Workers)))
+	err = c.pushRouted(ctx, res, routedOf(reg, snap))
+	if err == nil || errors.Is(err, xds.ErrNotAcknowledged) {
+		c.ready.Store(true) // served, even if some gateway was slow or refused it
+	}
+	if err != nil && ctx.Err() == nil {
+		c.log.ErrorContext(ctx, "push configuration; the routed sets keep the replicas of both configurations", "error", err)
+	}
+	return err == nil, nil
 }
 
 // sameRouting reports whether a and b, of the same registry, translate alike: the same
