@@ -236,8 +236,7 @@ func TestPushIsMakeBeforeBreak(t *testing.T) {
 // with the fallback alone) goes out with its routes in one phase, one acknowledgement round
 // instead of two; a new cluster still goes first, on its own.
 func TestPushWithoutNewClustersIsOnePhase(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	s := New(Config{AckTimeout: 5 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(reg))
+	s := New(Config{AckTimeout: 5 * time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	ctx := context.Background()
 	envoy := connect(t, s, false)
 
@@ -245,21 +244,16 @@ func TestPushWithoutNewClustersIsOnePhase(t *testing.T) {
 	cold := resources(t, nil)
 	kept := resourcesOf(t, translate.State{Retained: map[placement.ModelVersion]bool{iris: false}})
 	hot := resources(t, map[placement.ModelVersion][]string{iris: {"10.0.0.1:8000"}})
+	// addRounds counts the acknowledgements awaited for adding clusters (one per type).
 	addRounds := func() uint64 {
 		t.Helper()
-		families, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
 		var n uint64
-		for _, f := range families {
-			for _, m := range f.GetMetric() {
-				if f.GetName() == "mesh_controlplane_push_ack_seconds" && slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
-					return l.GetName() == "phase" && l.GetValue() == "add_clusters"
-				}) {
-					n += m.GetHistogram().GetSampleCount()
-				}
+		for _, typ := range []string{"cluster", "endpoint"} {
+			var m dto.Metric
+			if err := s.metrics.ackLatency.WithLabelValues("add_clusters", typ).(prometheus.Metric).Write(&m); err != nil {
+				t.Fatal(err)
 			}
+			n += m.GetHistogram().GetSampleCount()
 		}
 		return n
 	}
