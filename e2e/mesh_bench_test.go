@@ -191,18 +191,16 @@ func BenchmarkMeshConcurrentCold(b *testing.B) {
 // not need for configuration), then measures the control plane's translation and push
 // times, the time from a replica turning ready in Redis until Envoy routes to it, and the
 // memory of Envoy, the control plane and Redis; then the same at 50,000 registered and
-// 10,000 resident on 100 workers (state of the world only). The pooled cases are the same
-// with --routing pooled.
+// 10,000 resident on 100 workers (state of the world only).
 func BenchmarkMeshScale(b *testing.B) {
 	for _, c := range []struct {
 		name                 string
-		delta, pooled        bool
+		delta                bool
 		registered, resident int
 	}{
-		{"sotw", false, false, 10000, 2000}, {"delta", true, false, 10000, 2000}, {"pooled", false, true, 10000, 2000},
-		{"sotw-50k", false, false, 50000, 10000}, {"pooled-50k", false, true, 50000, 10000},
+		{"sotw", false, 10000, 2000}, {"delta", true, 10000, 2000}, {"sotw-50k", false, 50000, 10000},
 	} {
-		b.Run(c.name, func(b *testing.B) { meshScale(b, c.delta, c.pooled, c.registered, c.resident) })
+		b.Run(c.name, func(b *testing.B) { meshScale(b, c.delta, c.registered, c.resident) })
 	}
 }
 
@@ -252,36 +250,18 @@ func startFakeWorkers(b *testing.B, m *mesh, n, perWorker int) []*fakeWorker {
 // routeReloads counts the gateway's applied route configurations.
 const routeReloads = "http.gateway.rds." + translate.RouteConfigName + ".config_reload"
 
-func meshScale(b *testing.B, delta, pooled bool, registered, resident int) {
-	opts := meshOptions{Registry: scaleRegistry(registered), Delta: delta}
-	if pooled {
-		opts.ControlPlaneArgs = []string{"--routing", "pooled"}
-	}
-	m := startMesh(b, opts)
+func meshScale(b *testing.B, delta bool, registered, resident int) {
+	m := startMesh(b, meshOptions{Registry: scaleRegistry(registered), Delta: delta})
 	before := m.envoyMemory(b)
 	fakes := startFakeWorkers(b, m, resident/100, 100)
-	eventuallyEvery(b, 5*time.Minute, 100*time.Millisecond, fmt.Sprintf("%d model replicas in Envoy", resident), func() bool {
-		if pooled { // every worker a host of the pool, and the fallback
-			return m.envoyStat(b, "cluster."+translate.PoolCluster+".membership_total") == int64(len(fakes))+1
-		}
+	eventuallyEvery(b, 5*time.Minute, 100*time.Millisecond, fmt.Sprintf("%d model clusters in Envoy", resident), func() bool {
 		return m.envoyStat(b, "cluster_manager.active_clusters") >= int64(resident)+2
 	})
 	after := m.envoyMemory(b)
 
 	// Each change is timed from the write of a ready replica until Envoy routes to it: the
 	// cluster's replica in Envoy, and the routes that name it (the route configuration
-	// reloaded once more: nothing else changes it here). Pooled, the pool's endpoints updated
-	// once more: its routes are there already, and its worker a host of the pool.
-	routed := func(model string) func() bool {
-		if pooled {
-			updates := m.envoyStat(b, "cluster."+translate.PoolCluster+".update_success")
-			return func() bool { return m.envoyStat(b, "cluster."+translate.PoolCluster+".update_success") > updates }
-		}
-		reloads := m.envoyStat(b, routeReloads)
-		return func() bool {
-			return m.routedReplicas(b, "model|"+model+"|1") == 1 && m.envoyStat(b, routeReloads) > reloads
-		}
-	}
+	// reloaded once more: nothing else changes it here).
 	var lat []time.Duration
 	for i := range 20 {
 		model := fmt.Sprintf("m%05d", resident+i) // registered, not resident
@@ -294,10 +274,12 @@ func meshScale(b *testing.B, delta, pooled bool, registered, resident int) {
 		next.Replicas[model+":1"] = residency.Replica{State: placement.StateReady}
 		f.state = next
 		f.mu.Unlock()
-		done := routed(model)
+		reloads := m.envoyStat(b, routeReloads)
 		start := time.Now()
 		f.ch <- struct{}{}
-		eventually(b, 30*time.Second, model+" routed", done)
+		eventually(b, 30*time.Second, model+" routed", func() bool {
+			return m.routedReplicas(b, "model|"+model+"|1") == 1 && m.envoyStat(b, routeReloads) > reloads
+		})
 		lat = append(lat, time.Since(start))
 	}
 	mean := func(name string) float64 {
@@ -313,8 +295,8 @@ func meshScale(b *testing.B, delta, pooled bool, registered, resident int) {
 	must(b, err)
 	redisMemory, err := strconv.ParseInt(info["Memory"]["used_memory"], 10, 64)
 	must(b, err)
-	fmt.Printf("\n%s xDS%s, %d registered, %d resident on %d workers: translation %.1f ms per build (mean), a replica ready until Envoy routes it p50 %v p99 %v (%d changes), Envoy heap %d MiB -> %d MiB, Envoy RSS %d MiB, control plane RSS %d MiB, Redis %d MiB\n",
-		map[bool]string{false: "state-of-the-world", true: "delta"}[delta], map[bool]string{true: " pooled"}[pooled], registered, resident, len(fakes), build*1000,
+	fmt.Printf("\n%s xDS, %d registered, %d resident on %d workers: translation %.1f ms per build (mean), a replica ready until Envoy routes it p50 %v p99 %v (%d changes), Envoy heap %d MiB -> %d MiB, Envoy RSS %d MiB, control plane RSS %d MiB, Redis %d MiB\n",
+		map[bool]string{false: "state-of-the-world", true: "delta"}[delta], registered, resident, len(fakes), build*1000,
 		lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat), before>>20, after>>20,
 		rss(b, m.envoy.Cmd.Process.Pid)>>20, rss(b, m.cp.Cmd.Process.Pid)>>20, redisMemory>>20)
 }

@@ -35,12 +35,8 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 	if err != nil {
 		return nil, nil, err
 	}
-	if cfg.Pooled {
-		clusters = append(clusters, poolCluster(len(st.Workers), protocol))
-		endpoints = append(endpoints, poolAssignment(st.Registry, ready))
-	}
 	for _, m := range sortedModels(ready) {
-		if st.Registry == nil || cfg.Pooled {
+		if st.Registry == nil {
 			break
 		}
 		if _, ok := st.Registry.Model(m.Name); !ok {
@@ -61,7 +57,7 @@ func buildClusters(cfg Config, st State, ready map[placement.ModelVersion][]stri
 		}
 	}
 	for _, m := range sortedModels(st.Retained) {
-		if _, routed := ready[m]; routed || st.Registry == nil || cfg.Pooled {
+		if _, routed := ready[m]; routed || st.Registry == nil {
 			continue
 		}
 		if _, ok := st.Registry.Model(m.Name); !ok {

@@ -78,15 +78,7 @@ func buildRoutes(cfg Config, reg *registry.Registry, ready map[placement.ModelVe
 // have matched.
 func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cfg Config, pr perRoute) ([]*routev3.Route, error) {
 	hot := func(v string) bool { return len(ready[placement.ModelVersion{Name: m.Name, Version: v}]) > 0 }
-	if cfg.Pooled {
-		hot = func(v string) bool { _, ok := m.Version(v); return ok }
-	}
 	cluster := func(v string) string { return wire.ClusterName(placement.ModelVersion{Name: m.Name, Version: v}) }
-	subset := func(string) *corev3.Metadata { return nil }
-	if cfg.Pooled {
-		cluster = func(string) string { return PoolCluster }
-		subset = func(v string) *corev3.Metadata { return subsetMatch(placement.ModelVersion{Name: m.Name, Version: v}) }
-	}
 	var routes, twins []*routev3.Route
 	for _, v := range m.Versions {
 		if !hot(v.Version) {
@@ -97,7 +89,7 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
 				Headers: []*routev3.HeaderMatcher{exact(wire.HeaderModel, m.Name), exact(wire.HeaderVersion, v.Version)}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster(v.Version)},
-				MetadataMatch: subset(v.Version), Timeout: durationpb.New(cfg.RouteTimeout)}},
+				Timeout: durationpb.New(cfg.RouteTimeout)}},
 		}
 		twins = append(twins, pathTwin(r, m.Name, v.Version, pr)) // never nil: r matches every path
 		routes = append(routes, r)
@@ -137,17 +129,16 @@ func modelRoutes(m registry.Model, ready map[placement.ModelVersion][]string, cf
 			for _, w := range rule.Split {
 				if w.Weight > 0 {
 					weighted = append(weighted, &routev3.WeightedCluster_ClusterWeight{Name: cluster(w.Version), Weight: wrapperspb.UInt32(w.Weight),
-						MetadataMatch: subset(w.Version), RequestHeadersToAdd: versionHeader(w.Version)})
+						RequestHeadersToAdd: versionHeader(w.Version)})
 				}
 			}
 			if len(weighted) == 1 {
 				action.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: weighted[0].Name}
-				action.MetadataMatch = weighted[0].MetadataMatch
 				route.RequestHeadersToAdd = append(weighted[0].RequestHeadersToAdd, route.RequestHeadersToAdd...)
 			} else {
 				action.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: weighted}}
 			}
-			if mir := rule.Mirror; mir != nil && hot(mir.Version) && !cfg.Pooled {
+			if mir := rule.Mirror; mir != nil && hot(mir.Version) {
 				action.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{
 					Cluster:         cluster(mir.Version),
 					RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: perMillion(mir.Percent)},

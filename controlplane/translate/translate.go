@@ -57,9 +57,6 @@ type Config struct {
 	MaxMessageTimeout     time.Duration
 	// Tracing, when set, has the gateway trace requests (tracing.go); nil: no tracing.
 	Tracing *Tracing
-	// Pooled routes every registered version to one cluster of subsets (pooled.go)
-	// instead of a cluster per ready version.
-	Pooled bool
 }
 
 // State is the proto-free input: the registry, the live workers and which replicas are ready.
@@ -111,9 +108,6 @@ func Translate(cfg Config, st State) (Resources, error) {
 		}
 	}
 	split := grpcSplit(ready, st.GRPC)
-	if cfg.Pooled {
-		split = nil
-	}
 	routes, err := buildRoutes(cfg, st.Registry, ready, split)
 	if err != nil {
 		return res, err

@@ -53,7 +53,6 @@ type Config struct {
 	WasmPath          string
 	WasmMaxModels     int
 	RouteTimeout      time.Duration
-	Routing           string
 	HotTryTimeout     time.Duration
 	MessageTimeout    time.Duration
 	MaxMessageTimeout time.Duration
@@ -91,7 +90,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.WasmPath, "wasm-path", "", "path of modelid.wasm on the Envoy host (required)")
 	fs.IntVar(&c.WasmMaxModels, "wasm-max-models", 1000, "distinct models the wasm filter keeps stats for")
 	fs.DurationVar(&c.RouteTimeout, "route-timeout", 60*time.Second, "upstream timeout of a routed request")
-	fs.StringVar(&c.Routing, "routing", "per-model", "how the gateway routes to replicas: per-model (a cluster per ready version, routes only for ready versions) or pooled (one cluster whose hosts carry the versions they hold, routes for every registered version: a load or eviction changes only endpoints; docs/architecture.md)")
 	fs.DurationVar(&c.HotTryTimeout, "hot-try-timeout", 20*time.Second, "longest one try of a hot request may take before it is retried on another replica or the cold path: what a hung worker costs a request, once (0: no bound but --route-timeout)")
 	fs.DurationVar(&c.MessageTimeout, "extproc-message-timeout", time.Second, "Envoy's wait for an ext_proc answer before it fails the request with 504 (ext_proc extends it while a model loads)")
 	fs.DurationVar(&c.MaxMessageTimeout, "extproc-max-message-timeout", 120*time.Second, "longest ext_proc may extend that wait while a model loads")
@@ -134,9 +132,6 @@ func (c *Config) Validate() error {
 	}
 	if c.AckTimeout <= 0 || c.Batch <= 0 || c.Resync <= 0 || c.RouteTimeout <= 0 {
 		errs = append(errs, errors.New("--ack-timeout, --batch, --resync and --route-timeout must be positive"))
-	}
-	if c.Routing != "per-model" && c.Routing != "pooled" {
-		errs = append(errs, fmt.Errorf("--routing %q: must be per-model or pooled", c.Routing))
 	}
 	if c.HotTryTimeout < 0 || c.HotTryTimeout >= c.RouteTimeout {
 		errs = append(errs, errors.New("--hot-try-timeout must be 0 or positive and below --route-timeout"))
@@ -269,7 +264,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ListenerAddress: cfg.ListenerAddress, ListenerPort: uint32(cfg.ListenerPort), ExtProcAddress: cfg.ExtProcAddr,
 			WasmPath: cfg.WasmPath, WasmMaxModels: cfg.WasmMaxModels, RouteTimeout: cfg.RouteTimeout,
 			HotTryTimeout: cfg.HotTryTimeout, ExtProcMessageTimeout: cfg.MessageTimeout, MaxMessageTimeout: cfg.MaxMessageTimeout,
-			Tracing: cfg.tracing(), Pooled: cfg.Routing == "pooled",
+			Tracing: cfg.tracing(),
 		},
 		Watch: residency.WatchConfig{Batch: cfg.Batch, Resync: cfg.Resync},
 	}
